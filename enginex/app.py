@@ -1,0 +1,49 @@
+"""create_app(): builds the ASGI application and mounts the feature routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from enginex.admin.api import router as admin_router
+from enginex.auth.api import router as auth_router
+from enginex.auth.service import AuthKeys
+from enginex.config import Settings, get_settings
+from enginex.db import Database
+from enginex.health.api import router as health_router
+from enginex.kit.crypto import derive_key, load_master_key
+from enginex.orgs.api import router as orgs_router
+from enginex.web.errors import install_error_handlers
+from enginex.web.middleware import SecurityMiddleware
+from enginex.web.pages import router as pages_router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.check_safe()
+    master = load_master_key(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await app.state.db.dispose()
+
+    app = FastAPI(title="EngineX", version="0.1.0", lifespan=lifespan,
+                  description="Multi-tenant platform for AI-agent workflows. Tenant routes live "
+                              "under /api/v1/orgs/{org}/ and need a session cookie (plus "
+                              "X-CSRF-Token on unsafe methods) or an org API key.")
+    app.state.settings = settings
+    app.state.db = Database(settings)
+    app.state.auth_keys = AuthKeys(csrf=derive_key(master, "csrf"))
+    install_error_handlers(app)
+    for router in (health_router, auth_router, orgs_router, admin_router, pages_router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"),
+              name="static")
+    app.add_middleware(SecurityMiddleware, max_body=settings.max_body_bytes,
+                       hsts=settings.base_url.startswith("https://"))
+    return app

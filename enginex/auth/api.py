@@ -1,0 +1,150 @@
+"""Sign-in, sign-out, the current principal, and an organization's API keys."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Request, Response, status
+
+from enginex.auth import service
+from enginex.auth.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    LoginRequest,
+    MeOut,
+    OrgMembershipOut,
+    PasswordChange,
+)
+from enginex.config import Settings
+from enginex.kit.errors import Forbidden
+from enginex.kit.time import utcnow
+from enginex.tenancy.context import TenantContext
+from enginex.tenancy.guards import DB, Authenticated, Public, Require, make_router
+from enginex.tenancy.platform import list_user_orgs
+from enginex.tenancy.principal import Principal, UserPrincipal
+from enginex.tenancy.scopes import Role, Scope
+
+router = make_router(prefix="/api/v1", tags=["auth"])
+
+
+def set_session_cookie(response: Response, settings: Settings,
+                       result: service.LoginResult) -> None:
+    response.set_cookie(
+        settings.session_cookie_name, result.token, httponly=True, samesite="lax",
+        secure=settings.secure_cookies, path="/",
+        max_age=settings.session_absolute_hours * 3600,
+    )
+
+
+def clear_session_cookie(response: Response, settings: Settings) -> None:
+    response.delete_cookie(settings.session_cookie_name, path="/", httponly=True,
+                           samesite="lax", secure=settings.secure_cookies)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def describe_principal(db: DB, principal: Principal) -> MeOut:
+    if isinstance(principal, UserPrincipal):
+        orgs = await list_user_orgs(db, principal.user_id)
+        return MeOut(kind="user", user_id=principal.user_id, email=principal.email,
+                     is_platform_admin=principal.is_platform_admin,
+                     csrf_token=principal.csrf_token,
+                     organizations=[OrgMembershipOut(id=o.org_id, slug=o.slug, name=o.name,
+                                                     status=o.status, role=o.role)
+                                    for o in orgs])
+    from enginex.orgs.repository import get_org
+    org = await get_org(db, principal.tenant_id)
+    assert org is not None
+    return MeOut(kind="api_key", api_key_id=principal.key_id, organizations=[OrgMembershipOut(
+        id=org.id, slug=org.slug, name=org.name, status=org.status, role=principal.role)])
+
+
+@router.post("/auth/login", response_model=MeOut, responses={401: {}, 429: {}})
+async def login(body: LoginRequest, request: Request, response: Response, db: DB,
+                _: Annotated[None, Public()]) -> MeOut:
+    """Sign in with email and password; sets the session cookie (a new token every time)."""
+    settings: Settings = request.app.state.settings
+    try:
+        result = await service.login(db, settings, email=body.email, password=body.password,
+                                     client_address=client_address(request),
+                                     user_agent=request.headers.get("user-agent", ""))
+    except service.LoginFailed:
+        await db.commit()  # keep the recorded failure for throttling
+        raise
+    set_session_cookie(response, settings, result)
+    principal = UserPrincipal(user_id=result.user.id, email=result.user.email,
+                              is_platform_admin=result.user.is_platform_admin,
+                              session_id=result.session.id,
+                              csrf_token=request.app.state.auth_keys.csrf_token(result.session.id))
+    return await describe_principal(db, principal)
+
+
+@router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(request: Request, db: DB,
+                 principal: Annotated[Principal, Authenticated()]) -> Response:
+    """End this browser session (the cookie stops working immediately)."""
+    if not isinstance(principal, UserPrincipal):
+        raise Forbidden("API keys have no session to sign out of; revoke the key instead.")
+    await service.logout(db, principal)
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    clear_session_cookie(response, request.app.state.settings)
+    return response
+
+
+@router.get("/me", response_model=MeOut)
+async def me(db: DB, principal: Annotated[Principal, Authenticated()]) -> MeOut:
+    """Who is calling, their organizations and roles, and the CSRF token for cookie requests."""
+    return await describe_principal(db, principal)
+
+
+@router.post("/me/password", response_model=MeOut)
+async def change_password(body: PasswordChange, request: Request, response: Response, db: DB,
+                          principal: Annotated[Principal, Authenticated()]) -> MeOut:
+    """Change your password: every other session is signed out and a new cookie is set."""
+    if not isinstance(principal, UserPrincipal):
+        raise Forbidden("API keys have no password.")
+    settings: Settings = request.app.state.settings
+    result = await service.change_password(
+        db, settings, principal, current_password=body.current_password,
+        new_password=body.new_password, user_agent=request.headers.get("user-agent", ""))
+    set_session_cookie(response, settings, result)
+    fresh = UserPrincipal(user_id=principal.user_id, email=principal.email,
+                          is_platform_admin=principal.is_platform_admin,
+                          session_id=result.session.id,
+                          csrf_token=request.app.state.auth_keys.csrf_token(result.session.id))
+    return await describe_principal(db, fresh)
+
+
+@router.get("/orgs/{org}/api-keys", response_model=list[ApiKeyOut])
+async def list_api_keys(db: DB, ctx: Annotated[TenantContext, Require(Scope.APIKEYS_READ)]
+                        ) -> list[ApiKeyOut]:
+    """The organization's API keys (never the keys themselves)."""
+    return [ApiKeyOut.model_validate(k) for k in await service.list_api_keys(db, ctx)]
+
+
+@router.post("/orgs/{org}/api-keys", response_model=ApiKeyCreated,
+             status_code=status.HTTP_201_CREATED)
+async def create_api_key(body: ApiKeyCreate, db: DB,
+                         ctx: Annotated[TenantContext, Require(Scope.APIKEYS_WRITE)]
+                         ) -> ApiKeyCreated:
+    """Create an API key for this organization. The token is in this response only."""
+    assert ctx.principal is not None
+    expires = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    token, key = await service.create_api_key(db, ctx, name=body.name, role=Role(body.role),
+                                              expires_at=expires, actor=ctx.principal)
+    return ApiKeyCreated.model_validate({**ApiKeyOut.model_validate(key).model_dump(),
+                                         "token": token})
+
+
+@router.delete("/orgs/{org}/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_api_key(key_id: uuid.UUID, db: DB,
+                         ctx: Annotated[TenantContext, Require(Scope.APIKEYS_WRITE)]) -> Response:
+    """Revoke a key: it stops working on the next request."""
+    assert ctx.principal is not None
+    await service.revoke_api_key(db, ctx, key_id, actor=ctx.principal)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,80 @@
+"""Identity tables: users, browser sessions, org-scoped API keys, login failures."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from enginex.db import Base, TenantOwned
+from enginex.kit.ids import new_id
+from enginex.kit.time import utcnow
+
+
+class User(Base):
+    """A person. Global (not tenant-owned): one user may belong to several organizations."""
+
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(254))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    is_platform_admin: Mapped[bool] = mapped_column(default=False)
+    disabled: Mapped[bool] = mapped_column(default=False)
+    password_changed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("uq_users_email_lower", func.lower(email), unique=True),)
+
+
+class AuthSession(Base):
+    """A browser session. Only the SHA-256 digest of the cookie token is stored."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    token_digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                               index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    user_agent: Mapped[str] = mapped_column(String(300), default="")
+
+
+class ApiKey(TenantOwned, Base):
+    """An org-scoped API key (``enx_...``). Useless on any other organization."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    token_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    hint: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("uq_api_keys_tenant_id_token_digest", "tenant_id", "token_digest", unique=True),
+        Index("ix_api_keys_tenant_id_created_at", "tenant_id", "created_at"),
+    )
+
+
+class LoginFailure(Base):
+    """One failed sign-in, keyed by a digest of the account or the client address."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    key: Mapped[str] = mapped_column(String(80))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)

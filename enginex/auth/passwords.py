@@ -1,0 +1,61 @@
+"""Password policy and hashing (argon2id, OWASP parameters: m=19 MiB, t=2, p=1)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from enginex.kit.errors import ValidationFailed
+
+MIN_LENGTH = 12
+MAX_LENGTH = 128
+
+_hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+# Verified against when the account does not exist, so both paths cost the same time.
+_DUMMY_HASH = _hasher.hash("enginex-timing-equaliser-password")
+
+
+@lru_cache(maxsize=1)
+def _common_passwords() -> frozenset[str]:
+    text = resources.files("enginex.auth").joinpath("common_passwords.txt").read_text()
+    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+
+
+def password_problem(password: str, *, email: str = "") -> str | None:
+    """Why ``password`` is refused, or None when it is acceptable."""
+    if len(password) < MIN_LENGTH:
+        return f"Use at least {MIN_LENGTH} characters (a passphrase of a few words works well)."
+    if len(password) > MAX_LENGTH:
+        return f"Use at most {MAX_LENGTH} characters."
+    lowered = password.lower()
+    if lowered in _common_passwords() or len(set(lowered)) <= 2:
+        return "This password is too common; choose one that is not on lists of leaked passwords."
+    local = email.split("@", 1)[0].lower()
+    if len(local) >= 4 and local in lowered:
+        return "Do not use your email address in your password."
+    return None
+
+
+def check_password_policy(password: str, *, email: str = "", field: str = "password") -> None:
+    problem = password_problem(password, email=email)
+    if problem:
+        raise ValidationFailed(f"{field}: {problem}", details={"field": field})
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Constant-work check: also spends the hashing time when there is no hash."""
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def needs_rehash(password_hash: str) -> bool:
+    return _hasher.check_needs_rehash(password_hash)

@@ -1,0 +1,81 @@
+"""Queries on identity tables. Users and browser sessions are global; API keys are scoped."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.auth.models import ApiKey, AuthSession, LoginFailure, User
+from enginex.tenancy.repository import ScopedRepository
+
+
+async def get_user_by_email(db: AsyncSession, email: str) -> User | None:
+    stmt = select(User).where(func.lower(User.email) == email.strip().lower())
+    return (await db.execute(stmt)).scalar_one_or_none()
+
+
+async def get_user(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+    return await db.get(User, user_id)
+
+
+async def get_session_with_user(db: AsyncSession,
+                                digest: bytes) -> tuple[AuthSession, User] | None:
+    stmt = (select(AuthSession, User).join(User, User.id == AuthSession.user_id)
+            .where(AuthSession.token_digest == digest))
+    row = (await db.execute(stmt)).first()
+    return (row[0], row[1]) if row else None
+
+
+async def delete_session(db: AsyncSession, session_id: uuid.UUID) -> None:
+    await db.execute(delete(AuthSession).where(AuthSession.id == session_id))
+
+
+async def delete_user_sessions(db: AsyncSession, user_id: uuid.UUID) -> None:
+    await db.execute(delete(AuthSession).where(AuthSession.user_id == user_id))
+
+
+async def touch_session(db: AsyncSession, session_id: uuid.UUID, now: datetime) -> None:
+    await db.execute(update(AuthSession).where(AuthSession.id == session_id)
+                     .values(last_seen_at=now))
+
+
+async def count_failures(db: AsyncSession, key: str, since: datetime) -> tuple[int, datetime | None]:
+    stmt = select(func.count(), func.min(LoginFailure.at)).where(
+        LoginFailure.key == key, LoginFailure.at >= since)
+    count, oldest = (await db.execute(stmt)).one()
+    if oldest is not None and oldest.tzinfo is None:
+        from datetime import UTC
+        oldest = oldest.replace(tzinfo=UTC)
+    return int(count), oldest
+
+
+async def clear_failures(db: AsyncSession, key: str) -> None:
+    await db.execute(delete(LoginFailure).where(LoginFailure.key == key))
+
+
+async def prune_failures(db: AsyncSession, before: datetime) -> None:
+    await db.execute(delete(LoginFailure).where(LoginFailure.at < before))
+
+
+class ApiKeyRepository(ScopedRepository[ApiKey]):
+    model = ApiKey
+
+    async def get_by_digest(self, digest: bytes) -> ApiKey | None:
+        stmt = select(ApiKey).where(ApiKey.tenant_id == self.ctx.org_id,
+                                    ApiKey.token_digest == digest)
+        return (await self.db.execute(stmt)).scalar_one_or_none()
+
+    async def list(self) -> list[ApiKey]:
+        stmt = (select(ApiKey).where(ApiKey.tenant_id == self.ctx.org_id)
+                .order_by(ApiKey.created_at.desc()))
+        return list((await self.db.execute(stmt)).scalars())
+
+
+async def get_api_key_for_auth(db: AsyncSession, tenant_id: uuid.UUID,
+                               digest: bytes) -> ApiKey | None:
+    """Kernel-only: the session must already be bound to ``tenant_id`` (see authenticate)."""
+    stmt = select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.token_digest == digest)
+    return (await db.execute(stmt)).scalar_one_or_none()

@@ -1,0 +1,282 @@
+"""Sign-in, browser sessions, request authentication, CSRF and API keys.
+
+Contracts:
+* Tokens (cookies, API keys) are 256-bit random values stored only as SHA-256 digests.
+* ``authenticate`` raises Unauthenticated (401) for missing/expired/revoked credentials and
+  Forbidden (403, code ``csrf_failed``) for a cookie-authenticated unsafe request without the
+  CSRF token. Disabled users and revoked sessions fail on their next request.
+* An API key has the form ``enx_<org id hex>_<secret>``: authenticating one binds the database
+  session to that organization, so the key can never read another tenant's rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.audit.service import record
+from enginex.auth import repository as repo
+from enginex.auth.models import ApiKey, AuthSession, LoginFailure, User
+from enginex.auth.passwords import check_password_policy, hash_password, verify_password
+from enginex.config import Settings
+from enginex.db import set_tenant
+from enginex.kit.crypto import hmac_hex
+from enginex.kit.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
+from enginex.kit.ids import new_token, token_digest
+from enginex.kit.time import utcnow
+from enginex.tenancy.context import TenantContext
+from enginex.tenancy.principal import (
+    ApiKeyPrincipal,
+    Principal,
+    UserPrincipal,
+    acting_user_id,
+)
+from enginex.tenancy.scopes import Role, can_grant
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+API_KEY_PREFIX = "enx_"
+TOUCH_INTERVAL = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class AuthKeys:
+    """Keys derived from the master key that authentication needs."""
+
+    csrf: bytes
+
+    def csrf_token(self, session_id: uuid.UUID) -> str:
+        return hmac_hex(self.csrf, session_id.bytes)
+
+
+# --- sign-in ---------------------------------------------------------------------------------
+
+
+def _account_key(email: str) -> str:
+    return "acct:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:40]
+
+
+def _address_key(address: str) -> str:
+    return "addr:" + hashlib.sha256(address.encode()).hexdigest()[:40]
+
+
+async def _check_throttle(db: AsyncSession, settings: Settings, keys: list[tuple[str, int]]) -> None:
+    now = utcnow()
+    window = timedelta(minutes=settings.login_window_minutes)
+    for key, limit in keys:
+        count, oldest = await repo.count_failures(db, key, now - window)
+        if count >= limit:
+            retry = int(((oldest or now) + window - now).total_seconds()) + 1
+            raise TooManyRequests(
+                f"Too many failed sign-in attempts. Wait {max(retry, 1)} seconds and try again, "
+                "or reset your password with an organization admin.",
+                details={"retry_after_seconds": max(retry, 1)},
+                headers={"Retry-After": str(max(retry, 1))},
+            )
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    token: str
+    session: AuthSession
+    user: User
+
+
+class LoginFailed(Unauthenticated):
+    """Wrong email or password. The request boundary commits the recorded failure first."""
+
+
+async def login(db: AsyncSession, settings: Settings, *, email: str, password: str,
+                client_address: str, user_agent: str = "") -> LoginResult:
+    """Verify a password and open a new browser session (a fresh token at every sign-in).
+
+    Raises TooManyRequests (429) when the account or the address is throttled, LoginFailed
+    (401) for a wrong email or password (the same message and cost for both).
+    """
+    account, address = _account_key(email), _address_key(client_address)
+    await _check_throttle(db, settings, [(account, settings.login_max_failures_per_account),
+                                         (address, settings.login_max_failures_per_address)])
+    user = await repo.get_user_by_email(db, email)
+    ok = verify_password(user.password_hash if user else None, password)
+    if not ok or user is None:
+        db.add_all([LoginFailure(key=account), LoginFailure(key=address)])
+        raise LoginFailed("Wrong email or password. Check both and try again.",
+                          code="invalid_credentials")
+    if user.disabled:
+        raise Forbidden("This account is disabled. Ask an organization admin to re-enable it.",
+                        code="account_disabled")
+    await repo.clear_failures(db, account)
+    return await open_session(db, settings, user, user_agent=user_agent)
+
+
+async def open_session(db: AsyncSession, settings: Settings, user: User, *,
+                       user_agent: str = "") -> LoginResult:
+    token = new_token()
+    now = utcnow()
+    session = AuthSession(token_digest=token_digest(token), user_id=user.id, created_at=now,
+                          last_seen_at=now, user_agent=user_agent[:300],
+                          expires_at=now + timedelta(hours=settings.session_absolute_hours))
+    db.add(session)
+    await db.flush()
+    return LoginResult(token=token, session=session, user=user)
+
+
+async def logout(db: AsyncSession, principal: UserPrincipal) -> None:
+    await repo.delete_session(db, principal.session_id)
+
+
+async def change_password(db: AsyncSession, settings: Settings, principal: UserPrincipal, *,
+                          current_password: str, new_password: str,
+                          user_agent: str = "") -> LoginResult:
+    """Replace the password, revoke every session of the user, and open a fresh one."""
+    user = await repo.get_user(db, principal.user_id)
+    if user is None or not verify_password(user.password_hash, current_password):
+        raise ValidationFailed("current_password: this is not your current password.",
+                               details={"field": "current_password"})
+    check_password_policy(new_password, email=user.email, field="new_password")
+    user.password_hash = hash_password(new_password)
+    user.password_changed_at = utcnow()
+    await repo.delete_user_sessions(db, user.id)
+    return await open_session(db, settings, user, user_agent=user_agent)
+
+
+# --- request authentication ------------------------------------------------------------------
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthenticated("The Authorization header must be 'Bearer enx_...'.")
+    return value.strip()
+
+
+def parse_api_key(token: str) -> uuid.UUID | None:
+    """The organization id embedded in an API key, or None if the key is malformed."""
+    if not token.startswith(API_KEY_PREFIX):
+        return None
+    org_hex, _, secret = token[len(API_KEY_PREFIX):].partition("_")
+    if len(org_hex) != 32 or len(secret) < 20:
+        return None
+    try:
+        return uuid.UUID(hex=org_hex)
+    except ValueError:
+        return None
+
+
+async def _authenticate_api_key(db: AsyncSession, token: str) -> ApiKeyPrincipal:
+    tenant_id = parse_api_key(token)
+    if tenant_id is None:
+        raise Unauthenticated("This API key is malformed. Copy the whole key, starting 'enx_'.")
+    await set_tenant(db, tenant_id)
+    key = await repo.get_api_key_for_auth(db, tenant_id, token_digest(token))
+    now = utcnow()
+    if key is None or key.revoked_at is not None:
+        raise Unauthenticated("This API key is not valid (wrong, revoked or deleted). "
+                              "Create a new key in the organization's settings.")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise Unauthenticated("This API key has expired. Create a new key.", code="key_expired")
+    if key.last_used_at is None or now - key.last_used_at > TOUCH_INTERVAL:
+        key.last_used_at = now
+    return ApiKeyPrincipal(key_id=key.id, tenant_id=key.tenant_id, role=Role(key.role),
+                           created_by=key.created_by)
+
+
+def _check_csrf(request: Request, settings: Settings, expected: str) -> None:
+    if request.method in SAFE_METHODS:
+        return
+    origin = request.headers.get("origin")
+    if origin and origin not in {settings.base_url.rstrip("/"),
+                                 f"{request.url.scheme}://{request.url.netloc}"}:
+        raise Forbidden("Cross-site request refused: the Origin header does not match this "
+                        "site.", code="csrf_failed")
+    sent = request.headers.get("x-csrf-token") or getattr(request.state, "form_csrf", None) or ""
+    if not hmac.compare_digest(sent, expected):
+        raise Forbidden("Missing or wrong CSRF token: send the 'X-CSRF-Token' header with the "
+                        "value from GET /api/v1/me (browsers: reload the page).",
+                        code="csrf_failed")
+
+
+async def authenticate(request: Request, db: AsyncSession) -> Principal:
+    """The principal of this request, cached on ``request.state``; raises 401 without one."""
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    settings: Settings = request.app.state.settings
+    keys: AuthKeys = request.app.state.auth_keys
+    principal: Principal
+    bearer = _bearer(request)
+    if bearer is not None:
+        principal = await _authenticate_api_key(db, bearer)
+    else:
+        cookie = request.cookies.get(settings.session_cookie_name)
+        if not cookie:
+            raise Unauthenticated()
+        found = await repo.get_session_with_user(db, token_digest(cookie))
+        now = utcnow()
+        if found is None:
+            raise Unauthenticated("Your session has ended. Sign in again.",
+                                  code="session_expired")
+        session, user = found
+        idle = timedelta(minutes=settings.session_idle_minutes)
+        if session.expires_at <= now or session.last_seen_at + idle <= now or user.disabled:
+            await repo.delete_session(db, session.id)
+            raise Unauthenticated("Your session has ended. Sign in again.",
+                                  code="session_expired")
+        csrf = keys.csrf_token(session.id)
+        _check_csrf(request, settings, csrf)
+        if now - session.last_seen_at > TOUCH_INTERVAL:
+            await repo.touch_session(db, session.id, now)
+        principal = UserPrincipal(user_id=user.id, email=user.email,
+                                  is_platform_admin=user.is_platform_admin,
+                                  session_id=session.id, csrf_token=csrf)
+    request.state.principal = principal
+    return principal
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+
+async def create_api_key(db: AsyncSession, ctx: TenantContext, *, name: str, role: Role,
+                         expires_at: datetime | None, actor: Principal) -> tuple[str, ApiKey]:
+    """Create a key for ``ctx``'s organization; the token is returned once, never stored.
+
+    Raises Forbidden when ``role`` carries more than the creator's own role. Audited.
+    """
+    if not can_grant(ctx.role, role):
+        raise Forbidden(f"You cannot create a key with role '{role}': it is above your own "
+                        f"role '{ctx.role}'.", code="role_escalation")
+    if expires_at is not None and expires_at <= utcnow():
+        raise ValidationFailed("expires_at: must be in the future.",
+                               details={"field": "expires_at"})
+    token = f"{API_KEY_PREFIX}{ctx.org_id.hex}_{new_token()}"
+    key = repo.ApiKeyRepository(db, ctx).add(ApiKey(
+        token_digest=token_digest(token), hint=token[-4:], name=name, role=str(role),
+        created_by=acting_user_id(actor),
+        expires_at=expires_at,
+    ))
+    await db.flush()
+    await record(db, ctx, "api_key.created", target_kind="api_key", target_id=key.id,
+                 details={"name": name, "role": str(role)})
+    return token, key
+
+
+async def list_api_keys(db: AsyncSession, ctx: TenantContext) -> list[ApiKey]:
+    return await repo.ApiKeyRepository(db, ctx).list()
+
+
+async def revoke_api_key(db: AsyncSession, ctx: TenantContext, key_id: uuid.UUID, *,
+                         actor: Principal) -> ApiKey:
+    """Revoke a key of ``ctx``'s organization (NotFound for another org's id). Audited."""
+    key = await repo.ApiKeyRepository(db, ctx).access(key_id)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        await record(db, ctx, "api_key.revoked", target_kind="api_key", target_id=key.id)
+    return key

@@ -1,0 +1,238 @@
+"""The ``enginex`` command line: serve, migrate, tenant/admin creation, demo data, keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.config import Settings, UnsafeConfigurationError, get_settings
+from enginex.db import Database, set_tenant
+from enginex.kit.crypto import MasterKeyError, generate_master_key
+from enginex.kit.errors import AppError
+from enginex.tenancy.context import system_context
+from enginex.tenancy.scopes import Role
+
+DEMO_PASSWORD = "enginex-demo-pass"
+DEMO_TENANTS = [("acme", "Acme Corp"), ("beta", "Beta Inc")]
+DEMO_PLATFORM_ADMIN = "platform@enginex.test"
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback, exit status 2."""
+
+
+def _read_password(flag: bool) -> str:
+    if not flag:
+        raise CliError("pass the password on standard input with --password-stdin")
+    password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise CliError("no password on standard input")
+    return password
+
+
+async def _in_transaction(settings: Settings,
+                          work: Callable[[AsyncSession], Awaitable[Any]]) -> Any:
+    db = Database(settings)
+    try:
+        async with db.sessions() as session, session.begin():
+            return await work(session)
+    finally:
+        await db.dispose()
+
+
+async def create_tenant(session: AsyncSession, *, slug: str, name: str, admin_email: str,
+                        admin_password: str | None) -> dict[str, str]:
+    from enginex.orgs import repository as org_repo
+    from enginex.orgs import service as org_service
+
+    org = await org_repo.get_org_by_slug(session, slug)
+    if org is None:
+        org, ctx = await org_service.create_organization(session, slug=slug, name=name)
+    else:
+        await set_tenant(session, org.id)
+        ctx = system_context(org.id, org.slug)
+    user, _ = await org_service.ensure_user(session, email=admin_email, password=admin_password)
+    await org_service.add_member(session, ctx, user, Role.ADMIN)
+    return {"org_id": str(org.id), "slug": org.slug, "user_id": str(user.id)}
+
+
+async def _seed_demo(settings: Settings) -> list[tuple[str, str, str]]:
+    from enginex.orgs import service as org_service
+
+    logins: list[tuple[str, str, str]] = []
+    for slug, name in DEMO_TENANTS:
+        async def work(session: AsyncSession, slug: str = slug, name: str = name) -> None:
+            result = await create_tenant(session, slug=slug, name=name,
+                                         admin_email=f"admin@{slug}.test",
+                                         admin_password=DEMO_PASSWORD)
+            ctx = system_context(__import__("uuid").UUID(result["org_id"]), slug)
+            for role in (Role.BUILDER, Role.OPERATOR, Role.VIEWER):
+                user, _ = await org_service.ensure_user(
+                    session, email=f"{role}@{slug}.test", password=DEMO_PASSWORD)
+                await org_service.add_member(session, ctx, user, role)
+        await _in_transaction(settings, work)
+        logins += [(f"{role}@{slug}.test", name, str(role)) for role in Role]
+
+    async def admin(session: AsyncSession) -> None:
+        from enginex.orgs.service import ensure_user
+        user, _ = await ensure_user(session, email=DEMO_PLATFORM_ADMIN, password=DEMO_PASSWORD,
+                                    platform_admin=True)
+        user.is_platform_admin = True
+    await _in_transaction(settings, admin)
+    logins.append((DEMO_PLATFORM_ADMIN, "(platform)", "platform admin"))
+    return logins
+
+
+def _print_demo(logins: list[tuple[str, str, str]], settings: Settings) -> None:
+    print(f"Demo data ready. Sign in at {settings.base_url}/login with password "
+          f"'{DEMO_PASSWORD}' as:")
+    for email, org, role in logins:
+        print(f"  {email:<26} {org:<12} {role}")
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    from enginex.app import create_app
+    from enginex.migrate import upgrade
+
+    if not settings.is_postgres:
+        upgrade(settings)
+        if args.demo:
+            _print_demo(asyncio.run(_seed_demo(settings)), settings)
+    app = create_app(settings)
+    if not args.no_worker:
+        logging.getLogger("enginex").info(
+            "in-process worker: enabled (it has no queue to drain until the agent engine lands)")
+    print(f"EngineX listening on http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
+                proxy_headers=False)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    from enginex.migrate import UnsafeDatabaseRole, upgrade
+
+    try:
+        upgrade(settings)
+    except UnsafeDatabaseRole as exc:
+        raise CliError(str(exc)) from exc
+    print("database is at the latest schema")
+
+
+def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> None:
+    password = _read_password(args.admin_password_stdin)
+
+    async def work(session: AsyncSession) -> dict[str, str]:
+        from enginex.orgs import repository as org_repo
+        if await org_repo.get_org_by_slug(session, args.slug) is not None:
+            raise CliError(f"an organization with slug '{args.slug}' already exists")
+        return await create_tenant(session, slug=args.slug, name=args.name,
+                                   admin_email=args.admin_email, admin_password=password)
+
+    _validate_slug(args.slug)
+    result = asyncio.run(_in_transaction(settings, work))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"created organization '{result['slug']}' ({result['org_id']}) with admin "
+              f"{args.admin_email}")
+
+
+def _validate_slug(slug: str) -> None:
+    import re
+
+    from enginex.kit.schemas import RESERVED_SLUGS, SLUG_PATTERN
+    if not re.match(SLUG_PATTERN, slug) or slug in RESERVED_SLUGS:
+        raise CliError("--slug must be 1-40 lowercase letters, digits or dashes (not starting "
+                       "or ending with a dash) and not a reserved word")
+
+
+def cmd_admin_create(args: argparse.Namespace, settings: Settings) -> None:
+    password = _read_password(args.password_stdin)
+
+    async def work(session: AsyncSession) -> str:
+        from enginex.orgs.service import ensure_user
+        user, created = await ensure_user(session, email=args.email, password=password,
+                                          platform_admin=True)
+        user.is_platform_admin = True
+        return "created" if created else "promoted existing user to"
+
+    verb = asyncio.run(_in_transaction(settings, work))
+    print(f"{verb} platform admin {args.email}")
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
+    from enginex.migrate import upgrade
+
+    if not settings.is_postgres:
+        upgrade(settings)
+    _print_demo(asyncio.run(_seed_demo(settings)), settings)
+
+
+def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> None:
+    print(generate_master_key())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="enginex", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API and dashboard")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="do not run the embedded worker")
+    serve.add_argument("--demo", action="store_true", help="seed the demo tenants first")
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="upgrade the database schema").set_defaults(func=cmd_migrate)
+
+    tenant = sub.add_parser("tenant", help="manage tenants").add_subparsers(dest="action",
+                                                                             required=True)
+    create = tenant.add_parser("create", help="create an organization and its first admin")
+    create.add_argument("--slug", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--admin-email", required=True)
+    create.add_argument("--admin-password-stdin", action="store_true")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=cmd_tenant_create)
+
+    admin = sub.add_parser("admin", help="platform admins").add_subparsers(dest="action",
+                                                                            required=True)
+    admin_create = admin.add_parser("create", help="create a platform admin")
+    admin_create.add_argument("--email", required=True)
+    admin_create.add_argument("--password-stdin", action="store_true")
+    admin_create.set_defaults(func=cmd_admin_create)
+
+    sub.add_parser("demo", help="seed Acme Corp and Beta Inc (idempotent)").set_defaults(
+        func=cmd_demo)
+
+    keys = sub.add_parser("keys", help="master keys").add_subparsers(dest="action", required=True)
+    keys.add_parser("generate", help="print a new random master key").set_defaults(
+        func=cmd_keys_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    try:
+        settings.check_safe()
+        args.func(args, settings)
+    except (CliError, UnsafeConfigurationError, MasterKeyError) as exc:
+        print(f"enginex: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except AppError as exc:
+        print(f"enginex: error: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Settings from the environment (``ENGINEX_*``): one object, read once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class UnsafeConfigurationError(RuntimeError):
+    """Raised at startup when the settings would be unsafe for the chosen deployment."""
+
+
+class Settings(BaseSettings):
+    """Every setting EngineX reads. See README.md, "Configuration", for the table."""
+
+    model_config = SettingsConfigDict(env_prefix="ENGINEX_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".enginex"))
+    database_url: str = ""
+    migration_database_url: str = ""
+    master_key: str = ""
+    base_url: str = "http://127.0.0.1:8000"
+    cookie_secure: bool | None = None
+    allow_dev_key: bool = False
+    session_idle_minutes: int = 12 * 60
+    session_absolute_hours: int = 7 * 24
+    max_body_bytes: int = 1_048_576
+    login_max_failures_per_account: int = 10
+    login_max_failures_per_address: int = 50
+    login_window_minutes: int = 15
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The application's database URL; the embedded SQLite file by default."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'enginex.db').resolve()}"
+
+    @property
+    def resolved_migration_url(self) -> str:
+        """The URL migrations run with (the owner role on PostgreSQL)."""
+        return self.migration_database_url or self.resolved_database_url
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.resolved_database_url.startswith("postgresql")
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Secure + ``__Host-`` cookies whenever the deployment is served over HTTPS."""
+        if self.cookie_secure is not None:
+            return self.cookie_secure
+        return self.base_url.startswith("https://")
+
+    @property
+    def session_cookie_name(self) -> str:
+        return "__Host-enginex_session" if self.secure_cookies else "enginex_session"
+
+    def check_safe(self) -> None:
+        """Refuse settings that are fine for a laptop but unsafe for a shared deployment.
+
+        Raises UnsafeConfigurationError with a message that says how to fix it.
+        """
+        if self.is_postgres and not self.master_key and not self.allow_dev_key:
+            raise UnsafeConfigurationError(
+                "ENGINEX_DATABASE_URL points at PostgreSQL but no ENGINEX_MASTER_KEY is set: "
+                "the auto-generated development key file is only for the embedded SQLite "
+                "default. Generate a key with `enginex keys generate` and set "
+                "ENGINEX_MASTER_KEY (or set ENGINEX_ALLOW_DEV_KEY=true for a throwaway setup)."
+            )
+        if self.base_url.startswith("https://") and self.cookie_secure is False:
+            raise UnsafeConfigurationError(
+                "ENGINEX_BASE_URL is https:// but ENGINEX_COOKIE_SECURE=false: session cookies "
+                "would travel without the Secure flag. Remove ENGINEX_COOKIE_SECURE."
+            )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,43 @@
+"""Shared pydantic building blocks: strict request bodies and common field types."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
+SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$"
+RESERVED_SLUGS = frozenset({"admin", "api", "static", "login", "logout", "me", "new", "orgs",
+                            "settings", "healthz", "readyz", "invitations"})
+
+
+class RequestBody(BaseModel):
+    """Base of every request body: no type coercion, unknown fields rejected."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", str_strip_whitespace=True)
+
+
+class ResponseBody(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+def _check_email(value: str) -> str:
+    value = value.strip()
+    if len(value) > 254 or not _EMAIL.match(value):
+        raise ValueError("not a valid email address (expected name@example.com)")
+    return value
+
+
+def _check_slug(value: str) -> str:
+    if value in RESERVED_SLUGS:
+        raise ValueError(f"'{value}' is reserved; choose another slug")
+    return value
+
+
+Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_check_email)]
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN), AfterValidator(_check_slug)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=120)]
+Password = Annotated[str, StringConstraints(max_length=128)]

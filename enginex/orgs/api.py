@@ -1,0 +1,104 @@
+"""Members and invitations of one organization, and invitation acceptance."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Request, Response, status
+
+from enginex.auth.api import set_session_cookie
+from enginex.auth.service import open_session
+from enginex.kit.errors import Forbidden
+from enginex.orgs import service
+from enginex.orgs.schemas import (
+    InvitationAccept,
+    InvitationAccepted,
+    InvitationCreate,
+    InvitationCreated,
+    InvitationOut,
+    MemberOut,
+    MemberUpdate,
+)
+from enginex.tenancy.context import TenantContext
+from enginex.tenancy.guards import DB, Public, Require, make_router
+from enginex.tenancy.scopes import Role, Scope
+
+router = make_router(prefix="/api/v1", tags=["organizations"])
+
+
+def _member_out(m: service.Member) -> MemberOut:
+    return MemberOut(user_id=m.user_id, email=m.email, display_name=m.display_name, role=m.role,
+                     joined_at=m.joined_at)  # type: ignore[arg-type]
+
+
+@router.get("/orgs/{org}/members", response_model=list[MemberOut])
+async def list_members(db: DB, ctx: Annotated[TenantContext, Require(Scope.MEMBERS_READ)]
+                       ) -> list[MemberOut]:
+    """Members of the organization with their roles."""
+    return [_member_out(m) for m in await service.list_members(db, ctx)]
+
+
+@router.patch("/orgs/{org}/members/{user_id}", response_model=MemberOut)
+async def change_member_role(user_id: uuid.UUID, body: MemberUpdate, db: DB,
+                             ctx: Annotated[TenantContext, Require(Scope.MEMBERS_WRITE)]
+                             ) -> MemberOut:
+    """Change a member's role. 409 if it would leave the organization without an admin."""
+    await service.change_role(db, ctx, user_id, Role(body.role))
+    member = next(m for m in await service.list_members(db, ctx) if m.user_id == user_id)
+    return _member_out(member)
+
+
+@router.delete("/orgs/{org}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_member(user_id: uuid.UUID, db: DB,
+                        ctx: Annotated[TenantContext, Require(Scope.MEMBERS_WRITE)]) -> Response:
+    """Remove a member; their access ends on their next request. 409 for the last admin."""
+    await service.remove_member(db, ctx, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/orgs/{org}/invitations", response_model=list[InvitationOut])
+async def list_invitations(db: DB, ctx: Annotated[TenantContext, Require(Scope.MEMBERS_WRITE)]
+                           ) -> list[InvitationOut]:
+    """Pending and past invitations (tokens are never shown again)."""
+    return [InvitationOut.model_validate(i) for i in await service.list_invitations(db, ctx)]
+
+
+@router.post("/orgs/{org}/invitations", response_model=InvitationCreated,
+             status_code=status.HTTP_201_CREATED)
+async def create_invitation(body: InvitationCreate, request: Request, db: DB,
+                            ctx: Annotated[TenantContext, Require(Scope.MEMBERS_WRITE)]
+                            ) -> InvitationCreated:
+    """Invite someone by email; the response holds the link, once."""
+    token, invitation = await service.create_invitation(db, ctx, email=body.email,
+                                                        role=Role(body.role))
+    base = request.app.state.settings.base_url.rstrip("/")
+    return InvitationCreated.model_validate({
+        **InvitationOut.model_validate(invitation).model_dump(), "token": token,
+        "accept_url": f"{base}/invitations/accept#{token}"})
+
+
+@router.delete("/orgs/{org}/invitations/{invitation_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_invitation(invitation_id: uuid.UUID, db: DB,
+                            ctx: Annotated[TenantContext, Require(Scope.MEMBERS_WRITE)]
+                            ) -> Response:
+    """Revoke an invitation so its link stops working."""
+    await service.revoke_invitation(db, ctx, invitation_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/invitations/accept", response_model=InvitationAccepted,
+             responses={404: {}})
+async def accept_invitation(body: InvitationAccept, request: Request, response: Response,
+                            db: DB, _: Annotated[None, Public()]) -> InvitationAccepted:
+    """Accept an invitation. New accounts set their password here and are signed in."""
+    user, org, created = await service.accept_invitation(
+        db, token=body.token, password=body.password, display_name=body.display_name)
+    if user.disabled:
+        raise Forbidden("This account is disabled.", code="account_disabled")
+    if created:
+        result = await open_session(db, request.app.state.settings, user,
+                                    user_agent=request.headers.get("user-agent", ""))
+        set_session_cookie(response, request.app.state.settings, result)
+    return InvitationAccepted(user_id=user.id, org_slug=org.slug, new_account=created)
+

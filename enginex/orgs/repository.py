@@ -1,0 +1,68 @@
+"""Queries on organizations (global registry), memberships and invitations (scoped)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.auth.models import User
+from enginex.orgs.models import Invitation, Membership, Organization
+from enginex.tenancy.repository import ScopedRepository
+
+
+async def get_org_by_slug(db: AsyncSession, slug: str) -> Organization | None:
+    stmt = select(Organization).where(Organization.slug == slug.lower())
+    return (await db.execute(stmt)).scalar_one_or_none()
+
+
+async def get_org(db: AsyncSession, org_id: uuid.UUID) -> Organization | None:
+    return await db.get(Organization, org_id)
+
+
+async def list_orgs(db: AsyncSession) -> list[Organization]:
+    return list((await db.execute(select(Organization).order_by(Organization.slug))).scalars())
+
+
+async def get_membership_for_guard(db: AsyncSession, tenant_id: uuid.UUID,
+                                   user_id: uuid.UUID) -> Membership | None:
+    """Kernel-only: the session must already be bound to ``tenant_id``."""
+    stmt = select(Membership).where(Membership.tenant_id == tenant_id,
+                                    Membership.user_id == user_id)
+    return (await db.execute(stmt)).scalar_one_or_none()
+
+
+class MembershipRepository(ScopedRepository[Membership]):
+    model = Membership
+
+    async def get_member(self, user_id: uuid.UUID) -> Membership | None:
+        return await get_membership_for_guard(self.db, self.ctx.org_id, user_id)
+
+    async def list_with_users(self) -> list[tuple[Membership, User]]:
+        stmt = (select(Membership, User).join(User, User.id == Membership.user_id)
+                .where(Membership.tenant_id == self.ctx.org_id)
+                .order_by(func.lower(User.email)))
+        return [(m, u) for m, u in (await self.db.execute(stmt)).all()]
+
+    async def count_role(self, role: str) -> int:
+        stmt = select(func.count()).select_from(Membership).where(
+            Membership.tenant_id == self.ctx.org_id, Membership.role == role)
+        return int((await self.db.execute(stmt)).scalar_one())
+
+    async def delete(self, membership: Membership) -> None:
+        await self.db.delete(membership)
+
+
+class InvitationRepository(ScopedRepository[Invitation]):
+    model = Invitation
+
+    async def list(self) -> list[Invitation]:
+        stmt = (select(Invitation).where(Invitation.tenant_id == self.ctx.org_id)
+                .order_by(Invitation.created_at.desc()))
+        return list((await self.db.execute(stmt)).scalars())
+
+    async def get_by_digest(self, digest: bytes) -> Invitation | None:
+        stmt = select(Invitation).where(Invitation.tenant_id == self.ctx.org_id,
+                                        Invitation.token_digest == digest)
+        return (await self.db.execute(stmt)).scalar_one_or_none()

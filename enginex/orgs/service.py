@@ -1,0 +1,240 @@
+"""Organizations, members and invitations.
+
+Every function that takes a TenantContext acts only inside that organization: ids of other
+organizations' members or invitations raise NotFound exactly like ids that do not exist.
+Mutations are audited in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.audit.service import record
+from enginex.auth import repository as auth_repo
+from enginex.auth.models import User
+from enginex.auth.passwords import check_password_policy, hash_password
+from enginex.db import set_tenant
+from enginex.kit.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from enginex.kit.ids import new_token, token_digest
+from enginex.kit.time import utcnow
+from enginex.orgs import repository as repo
+from enginex.orgs.models import Invitation, Membership, Organization
+from enginex.tenancy.context import TenantContext, system_context
+from enginex.tenancy.principal import acting_user_id
+from enginex.tenancy.scopes import Role, can_grant
+
+INVITATION_PREFIX = "inv_"
+INVITATION_TTL = timedelta(days=7)
+
+
+# --- organizations (platform level) ----------------------------------------------------------
+
+
+async def create_organization(db: AsyncSession, *, slug: str, name: str,
+                              region: str = "default") -> tuple[Organization, TenantContext]:
+    """Create a tenant and bind ``db`` to it. Raises Conflict if the slug is taken."""
+    if await repo.get_org_by_slug(db, slug) is not None:
+        raise Conflict(f"The slug '{slug}' is already taken; choose another.",
+                       details={"field": "slug"})
+    org = Organization(slug=slug.lower(), name=name, region=region)
+    db.add(org)
+    await db.flush()
+    await set_tenant(db, org.id)
+    return org, system_context(org.id, org.slug)
+
+
+async def ensure_user(db: AsyncSession, *, email: str, password: str | None,
+                      platform_admin: bool = False) -> tuple[User, bool]:
+    """Return the user with ``email``, creating it (password checked) if it does not exist."""
+    user = await auth_repo.get_user_by_email(db, email)
+    if user is not None:
+        return user, False
+    if password is None:
+        raise ValidationFailed("password: required for a new account.",
+                               details={"field": "password"})
+    check_password_policy(password, email=email)
+    user = User(email=email.strip(), password_hash=hash_password(password),
+                is_platform_admin=platform_admin, password_changed_at=utcnow())
+    db.add(user)
+    await db.flush()
+    return user, True
+
+
+async def add_member(db: AsyncSession, ctx: TenantContext, user: User, role: Role) -> Membership:
+    """Add ``user`` with ``role`` (or keep an existing membership unchanged). Audited."""
+    members = repo.MembershipRepository(db, ctx)
+    existing = await members.get_member(user.id)
+    if existing is not None:
+        return existing
+    membership = members.add(Membership(user_id=user.id, role=str(role)))
+    await db.flush()
+    await record(db, ctx, "member.added", target_kind="user", target_id=user.id,
+                 details={"role": str(role)})
+    return membership
+
+
+async def set_org_status(db: AsyncSession, org: Organization, status: str, *,
+                         actor_id: uuid.UUID) -> Organization:
+    """Suspend or reactivate a tenant; audited in that tenant's log as a platform action."""
+    if org.status != status:
+        org.status = status
+        ctx = system_context(org.id, org.slug)
+        await set_tenant(db, org.id)
+        await record(db, ctx, f"org.{'suspended' if status == 'suspended' else 'reactivated'}",
+                     target_kind="organization", target_id=org.id,
+                     actor_kind="platform_admin", actor_id=actor_id)
+    return org
+
+
+# --- members ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    user_id: uuid.UUID
+    email: str
+    display_name: str
+    role: str
+    joined_at: object
+
+
+async def list_members(db: AsyncSession, ctx: TenantContext) -> list[Member]:
+    rows = await repo.MembershipRepository(db, ctx).list_with_users()
+    return [Member(u.id, u.email, u.display_name, m.role, m.created_at) for m, u in rows]
+
+
+async def _access_member(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID) -> Membership:
+    membership = await repo.MembershipRepository(db, ctx).get_member(user_id)
+    if membership is None:
+        raise NotFound()
+    return membership
+
+
+async def _ensure_admin_remains(db: AsyncSession, ctx: TenantContext,
+                                membership: Membership) -> None:
+    if membership.role == Role.ADMIN and \
+            await repo.MembershipRepository(db, ctx).count_role(Role.ADMIN) <= 1:
+        raise Conflict("This is the organization's last admin. Make another member admin "
+                       "first.", code="last_admin")
+
+
+async def change_role(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID, role: Role,
+                      ) -> Membership:
+    """Change a member's role. Conflict when it would leave no admin. Audited."""
+    membership = await _access_member(db, ctx, user_id)
+    if membership.role != role:
+        if role != Role.ADMIN:
+            await _ensure_admin_remains(db, ctx, membership)
+        old = membership.role
+        membership.role = str(role)
+        await record(db, ctx, "member.role_changed", target_kind="user", target_id=user_id,
+                     details={"from": old, "to": str(role)})
+    return membership
+
+
+async def remove_member(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID) -> None:
+    """Remove a member; takes effect on their next request. Conflict for the last admin."""
+    membership = await _access_member(db, ctx, user_id)
+    await _ensure_admin_remains(db, ctx, membership)
+    await repo.MembershipRepository(db, ctx).delete(membership)
+    await record(db, ctx, "member.removed", target_kind="user", target_id=user_id)
+
+
+# --- invitations -----------------------------------------------------------------------------
+
+
+def parse_invitation_token(token: str) -> uuid.UUID | None:
+    if not token.startswith(INVITATION_PREFIX):
+        return None
+    org_hex, _, secret = token[len(INVITATION_PREFIX):].partition("_")
+    if len(org_hex) != 32 or len(secret) < 20:
+        return None
+    try:
+        return uuid.UUID(hex=org_hex)
+    except ValueError:
+        return None
+
+
+async def create_invitation(db: AsyncSession, ctx: TenantContext, *, email: str,
+                            role: Role) -> tuple[str, Invitation]:
+    """Invite ``email`` with ``role``; the token is returned once. Audited.
+
+    Forbidden if ``role`` is above the inviter's; Conflict if the person is already a member.
+    """
+    if not can_grant(ctx.role, role):
+        raise Forbidden(f"You cannot invite with role '{role}': it is above your own role.",
+                        code="role_escalation")
+    user = await auth_repo.get_user_by_email(db, email)
+    if user is not None and await repo.MembershipRepository(db, ctx).get_member(user.id):
+        raise Conflict(f"{email} is already a member of this organization.",
+                       details={"field": "email"})
+    token = f"{INVITATION_PREFIX}{ctx.org_id.hex}_{new_token()}"
+    invitation = repo.InvitationRepository(db, ctx).add(Invitation(
+        email=email.strip(), role=str(role), token_digest=token_digest(token),
+        invited_by=acting_user_id(ctx.principal),
+        expires_at=utcnow() + INVITATION_TTL,
+    ))
+    await db.flush()
+    await record(db, ctx, "invitation.created", target_kind="invitation",
+                 target_id=invitation.id, details={"role": str(role)})
+    return token, invitation
+
+
+async def list_invitations(db: AsyncSession, ctx: TenantContext) -> list[Invitation]:
+    return await repo.InvitationRepository(db, ctx).list()
+
+
+async def revoke_invitation(db: AsyncSession, ctx: TenantContext,
+                            invitation_id: uuid.UUID) -> Invitation:
+    invitation = await repo.InvitationRepository(db, ctx).access(invitation_id)
+    if invitation.accepted_at is not None:
+        raise Conflict("This invitation was already accepted; remove the member instead.")
+    if invitation.revoked_at is None:
+        invitation.revoked_at = utcnow()
+        await record(db, ctx, "invitation.revoked", target_kind="invitation",
+                     target_id=invitation.id)
+    return invitation
+
+
+INVALID_INVITATION = ("This invitation link is not valid: it may have expired, been revoked or "
+                      "already used. Ask an organization admin for a new one.")
+
+
+async def accept_invitation(db: AsyncSession, *, token: str, password: str | None,
+                            display_name: str = "") -> tuple[User, Organization, bool]:
+    """Join the organization of ``token``. Returns (user, org, created_new_account).
+
+    A new account needs a password (policy checked); an existing account keeps its password
+    and must not send one. Any invalid, expired, revoked or used token gives the same 404.
+    """
+    org_id = parse_invitation_token(token)
+    org = await repo.get_org(db, org_id) if org_id else None
+    if org is None or org_id is None:
+        raise NotFound.with_message(INVALID_INVITATION)
+    await set_tenant(db, org.id)
+    ctx = system_context(org.id, org.slug)
+    invitation = await repo.InvitationRepository(db, ctx).get_by_digest(token_digest(token))
+    now = utcnow()
+    if (invitation is None or invitation.revoked_at is not None or
+            invitation.accepted_at is not None or invitation.expires_at <= now):
+        raise NotFound.with_message(INVALID_INVITATION)
+    if org.status != "active":
+        raise Forbidden("This organization is suspended. Contact the platform operator.",
+                        code="org_suspended")
+    existing = await auth_repo.get_user_by_email(db, invitation.email)
+    if existing is not None and password:
+        raise ValidationFailed("password: you already have an account; sign in with your "
+                               "existing password instead of setting a new one here.",
+                               details={"field": "password"})
+    user, created = await ensure_user(db, email=invitation.email, password=password)
+    if created and display_name:
+        user.display_name = display_name
+    invitation.accepted_at = now
+    await add_member(db, ctx, user, Role(invitation.role))
+    await record(db, ctx, "invitation.accepted", target_kind="invitation",
+                 target_id=invitation.id, actor_kind="user", actor_id=user.id)
+    return user, org, created

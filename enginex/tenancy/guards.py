@@ -1,0 +1,158 @@
+"""Access rules every route declares, and the router that refuses routes without one.
+
+A route declares exactly one of:
+
+* ``Require(Scope.X)`` -- a tenant route under ``/api/v1/orgs/{org}/...``; yields TenantContext.
+* ``Authenticated()`` -- any signed-in principal, no tenant (``/api/v1/me``, logout).
+* ``PlatformAdmin()`` -- the platform admin API; grants no access to tenant content.
+* ``Public()`` -- explicitly public (login, health, invitation acceptance).
+
+Order of checks in ``Require``: no credentials -> 401; unknown org, org of which the caller is
+not a member, or an API key of another org -> 404 (one body for all); suspended org -> 403;
+member without the scope -> 403. The org comes only from the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.auth.service import authenticate
+from enginex.db import set_tenant
+from enginex.kit.errors import Forbidden, NotFound
+from enginex.orgs.repository import get_membership_for_guard, get_org_by_slug
+from enginex.tenancy.context import TenantContext, current_tenant
+from enginex.tenancy.principal import ApiKeyPrincipal, Principal, UserPrincipal
+from enginex.tenancy.scopes import ROLE_SCOPES, Role, Scope
+
+
+async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
+    """One database transaction per request, committed when the handler returns normally."""
+    async with request.app.state.db.sessions() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+DB = Annotated[AsyncSession, Depends(get_db, scope="function")]
+
+
+class AccessRule:
+    """Base of every access declaration; the route walker looks for instances of it."""
+
+    kind: str = "abstract"
+    scope: Scope | None = None
+
+
+class _Public(AccessRule):
+    kind = "public"
+
+    async def __call__(self) -> None:
+        return None
+
+
+class _Authenticated(AccessRule):
+    kind = "authenticated"
+
+    async def __call__(self, request: Request, db: DB) -> Principal:
+        return await authenticate(request, db)
+
+
+class _PlatformAdmin(AccessRule):
+    kind = "platform_admin"
+
+    async def __call__(self, request: Request, db: DB) -> UserPrincipal:
+        principal = await authenticate(request, db)
+        if not isinstance(principal, UserPrincipal) or not principal.is_platform_admin:
+            raise Forbidden("This needs a platform admin account. API keys and organization "
+                            "roles do not grant platform administration.",
+                            code="platform_admin_required")
+        return principal
+
+
+class _TenantScope(AccessRule):
+    kind = "tenant"
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    async def __call__(self, request: Request, db: DB,
+                       org: Annotated[str, Path(description="Organization slug")]
+                       ) -> TenantContext:
+        principal = await authenticate(request, db)
+        organization = await get_org_by_slug(db, org)
+        if organization is None:
+            raise NotFound()
+        if isinstance(principal, ApiKeyPrincipal):
+            if principal.tenant_id != organization.id:
+                raise NotFound()
+            role = principal.role
+        else:
+            await set_tenant(db, organization.id)
+            membership = await get_membership_for_guard(db, organization.id, principal.user_id)
+            if membership is None:
+                raise NotFound()
+            role = Role(membership.role)
+        if organization.status != "active":
+            raise Forbidden("This organization is suspended. Contact the platform operator.",
+                            code="org_suspended")
+        ctx = TenantContext(org_id=organization.id, org_slug=organization.slug,
+                            principal=principal, role=role, scopes=ROLE_SCOPES[role])
+        ctx.require(self.scope)
+        current_tenant.set(ctx)
+        request.state.tenant = ctx
+        return ctx
+
+
+def Require(scope: Scope) -> Any:  # noqa: N802 - reads as a declaration
+    return Depends(_TenantScope(scope))
+
+
+def Authenticated() -> Any:  # noqa: N802
+    return Depends(_Authenticated())
+
+
+def PlatformAdmin() -> Any:  # noqa: N802
+    return Depends(_PlatformAdmin())
+
+
+def Public() -> Any:  # noqa: N802
+    return Depends(_Public())
+
+
+def access_rules(dependant: Dependant) -> list[AccessRule]:
+    """Every AccessRule among a route's dependencies (recursively)."""
+    found: list[AccessRule] = []
+    for sub in dependant.dependencies:
+        if isinstance(sub.call, AccessRule):
+            found.append(sub.call)
+        found.extend(access_rules(sub))
+    return found
+
+
+class GuardedRoute(APIRoute):
+    """An APIRoute that cannot be registered without exactly one access declaration."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        rules = {id(r): r for r in access_rules(self.dependant)}
+        kinds = {r.kind for r in rules.values()}
+        if len(kinds) != 1:
+            raise RuntimeError(
+                f"route {sorted(self.methods)} {path} must declare exactly one access rule "
+                f"(Require/Authenticated/PlatformAdmin/Public), found {sorted(kinds) or 'none'}"
+            )
+        if "tenant" in kinds and "{org}" not in path:
+            raise RuntimeError(f"tenant route {path} must live under /api/v1/orgs/{{org}}/")
+
+
+def make_router(*, prefix: str = "", tags: Iterable[str] = ()) -> APIRouter:
+    return APIRouter(prefix=prefix, tags=list(tags), route_class=GuardedRoute)

@@ -1,0 +1,78 @@
+"""Exception handlers: every error becomes ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from enginex.kit.errors import NOT_FOUND_MESSAGE, AppError
+
+log = logging.getLogger("enginex.errors")
+
+
+class LoginRequired(Exception):
+    """A dashboard page was opened without a session: redirect to sign-in and back."""
+
+    def __init__(self, next_path: str) -> None:
+        self.next_path = next_path
+
+
+def _json(status: int, code: str, message: str, details: dict[str, Any] | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}},
+                        status_code=status, headers=headers)
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)] or ["body"]
+    return ".".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(request: Request, exc: AppError) -> Response:
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for err in exc.errors():
+            msg = str(err.get("msg", "invalid"))
+            if err.get("type") == "extra_forbidden":
+                msg = "unknown field; remove it"
+            elif err.get("type") == "missing":
+                msg = "required field is missing"
+            problems.append({"field": _location(err.get("loc", ())), "message": msg})
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
+        return _json(422, "validation_failed",
+                     f"The request is not valid: {summary}. Fix these fields and retry.",
+                     {"errors": problems})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return _json(404, "not_found", NOT_FOUND_MESSAGE)
+        if exc.status_code == 405:
+            return _json(405, "method_not_allowed",
+                         f"{request.method} is not supported on this address; see /docs.",
+                         headers=dict(exc.headers or {}))
+        return _json(exc.status_code, "http_error", str(exc.detail),
+                     headers=dict(exc.headers or {}))
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        from urllib.parse import quote
+
+        return RedirectResponse(f"/login?next={quote(exc.next_path, safe='/')}", status_code=303)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _json(500, "internal_error",
+                     "Something went wrong on our side; nothing was saved. Try again, and "
+                     "report it if it keeps happening.")

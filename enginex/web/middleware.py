@@ -1,0 +1,108 @@
+"""ASGI middleware: security headers, request body limit, request log lines with tenant_id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("enginex.request")
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; form-action 'self'; object-src 'none'; base-uri 'none'; "
+       "frame-ancestors 'none'")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _error(status: int, code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message, "details": {}}}).encode()
+
+
+class SecurityMiddleware:
+    """Adds security headers to every response and refuses bodies over ``max_body`` bytes."""
+
+    def __init__(self, app: ASGIApp, *, max_body: int, hsts: bool) -> None:
+        self.app = app
+        self.max_body = max_body
+        headers = [
+            (b"content-security-policy", CSP.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"same-origin"),
+            (b"x-frame-options", b"DENY"),
+            (b"cross-origin-opener-policy", b"same-origin"),
+            (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+        ]
+        if hsts:
+            headers.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_holder: dict[str, Any] = {"status": 500, "sent": False}
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_body
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await self._send_413(send, status_holder)
+                    self._log(scope, status_holder, started)
+                    return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                status_holder["sent"] = True
+                names = {n.lower() for n, _ in message.get("headers", [])}
+                extra = [h for h in self.headers if h[0] not in names]
+                if b"cache-control" not in names:
+                    extra.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_headers)
+        except _BodyTooLarge:
+            if not status_holder["sent"]:
+                await self._send_413(send_with_headers, status_holder)
+        finally:
+            self._log(scope, status_holder, started)
+
+    async def _send_413(self, send: Send, holder: dict[str, Any]) -> None:
+        body = _error(413, "payload_too_large",
+                      f"The request body is larger than {self.max_body} bytes; send less data.")
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode()), *self.headers]
+        holder["status"] = 413
+        holder["sent"] = True
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _log(scope: Scope, holder: dict[str, Any], started: float) -> None:
+        state = scope.get("state") or {}
+        tenant = state.get("tenant")
+        log.info("%s %s %s %.1fms tenant_id=%s", scope.get("method"), scope.get("path"),
+                 holder["status"], (time.perf_counter() - started) * 1000,
+                 tenant.org_id if tenant else "-")

@@ -1,0 +1,121 @@
+"""Dashboard pages of the foundation: sign-in, the signed-in landing page, sign-out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.auth import service as auth_service
+from enginex.auth.api import clear_session_cookie, client_address, set_session_cookie
+from enginex.config import Settings
+from enginex.kit.errors import AppError, Unauthenticated
+from enginex.tenancy.guards import DB, AccessRule, Public, make_router
+from enginex.tenancy.platform import list_user_orgs
+from enginex.tenancy.principal import Principal, UserPrincipal
+from enginex.web.errors import LoginRequired
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+router = make_router(tags=["dashboard"])
+
+
+class _WebUser(AccessRule):
+    """A signed-in browser user; anonymous visitors are redirected to sign-in and back."""
+
+    kind = "authenticated"
+
+    async def __call__(self, request: Request, db: DB) -> UserPrincipal:
+        if request.method not in auth_service.SAFE_METHODS:
+            form = await request.form()
+            request.state.form_csrf = str(form.get("csrf_token") or "")
+        try:
+            principal = await auth_service.authenticate(request, db)
+        except Unauthenticated as exc:
+            raise LoginRequired(request.url.path) from exc
+        if not isinstance(principal, UserPrincipal):
+            raise LoginRequired(request.url.path)
+        return principal
+
+
+def WebUser() -> object:  # noqa: N802
+    from fastapi import Depends
+
+    return Depends(_WebUser())
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site absolute paths; anything else goes to the landing page."""
+    if not target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") \
+            or "\\" in target:
+        return "/"
+    return target
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, _: Annotated[None, Public()],
+                     next: str = "/") -> Response:  # noqa: A002
+    return templates.TemplateResponse(request, "login.html",
+                                      {"next": safe_next(next), "error": None, "email": ""})
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login_submit(request: Request, db: DB, _: Annotated[None, Public()]) -> Response:
+    settings: Settings = request.app.state.settings
+    form = await request.form()
+    email = str(form.get("email") or "")[:254]
+    password = str(form.get("password") or "")[:128]
+    target = safe_next(str(form.get("next") or "/"))
+    origin = request.headers.get("origin")
+    if origin and origin not in {settings.base_url.rstrip("/"),
+                                 f"{request.url.scheme}://{request.url.netloc}"}:
+        return _login_error(request, target, email, "Sign-in from another site was refused.",
+                            403)
+    if not email or not password:
+        return _login_error(request, target, email, "Enter your email and password.", 422)
+    try:
+        result = await auth_service.login(db, settings, email=email, password=password,
+                                          client_address=client_address(request),
+                                          user_agent=request.headers.get("user-agent", ""))
+    except AppError as exc:
+        if isinstance(exc, auth_service.LoginFailed):
+            await db.commit()
+        return _login_error(request, target, email, exc.message, exc.status_code)
+    response = RedirectResponse(target, status_code=303)
+    set_session_cookie(response, settings, result)
+    return response
+
+
+def _login_error(request: Request, target: str, email: str, message: str,
+                 status: int) -> Response:
+    return templates.TemplateResponse(request, "login.html",
+                                      {"next": target, "error": message, "email": email},
+                                      status_code=status)
+
+
+async def _home_context(db: AsyncSession, principal: Principal) -> dict[str, object]:
+    assert isinstance(principal, UserPrincipal)
+    return {"principal": principal, "orgs": await list_user_orgs(db, principal.user_id)}
+
+
+@router.get("/", response_class=HTMLResponse)
+async def home(request: Request, db: DB,
+               principal: Annotated[UserPrincipal, WebUser()]) -> Response:
+    return templates.TemplateResponse(request, "home.html",
+                                      await _home_context(db, principal))
+
+
+@router.post("/logout")
+async def logout(request: Request, db: DB,
+                 principal: Annotated[UserPrincipal, WebUser()]) -> Response:
+    await auth_service.logout(db, principal)
+    response = RedirectResponse("/login", status_code=303)
+    clear_session_cookie(response, request.app.state.settings)
+    return response
