@@ -19,7 +19,7 @@ from enginex.kit.errors import AppError
 from enginex.tenancy.context import system_context
 from enginex.tenancy.scopes import Role
 
-DEMO_PASSWORD = "enginex-demo-pass"
+DEMO_PASSWORD = "enginex-demo-pass"  # noqa: S105 - published demo credential
 DEMO_TENANTS = [("acme", "Acme Corp"), ("beta", "Beta Inc")]
 DEMO_PLATFORM_ADMIN = "platform@enginex.test"
 

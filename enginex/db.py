@@ -26,7 +26,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -163,7 +168,8 @@ def _scope_tenant_queries(state: ORMExecuteState) -> None:
 
 @event.listens_for(Session, "before_flush")
 def _check_tenant_writes(session: Session, flush_context: Any, instances: Any) -> None:
-    touched = [o for o in (*session.new, *session.dirty, *session.deleted) if is_tenant_owned(type(o))]
+    touched = [o for o in (*session.new, *session.dirty, *session.deleted)
+               if is_tenant_owned(type(o))]
     if not touched:
         return
     tenant_id = session.info.get(TENANT_KEY)

@@ -42,7 +42,8 @@ async def touch_session(db: AsyncSession, session_id: uuid.UUID, now: datetime) 
                      .values(last_seen_at=now))
 
 
-async def count_failures(db: AsyncSession, key: str, since: datetime) -> tuple[int, datetime | None]:
+async def count_failures(db: AsyncSession, key: str,
+                         since: datetime) -> tuple[int, datetime | None]:
     stmt = select(func.count(), func.min(LoginFailure.at)).where(
         LoginFailure.key == key, LoginFailure.at >= since)
     count, oldest = (await db.execute(stmt)).one()

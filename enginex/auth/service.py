@@ -65,7 +65,8 @@ def _address_key(address: str) -> str:
     return "addr:" + hashlib.sha256(address.encode()).hexdigest()[:40]
 
 
-async def _check_throttle(db: AsyncSession, settings: Settings, keys: list[tuple[str, int]]) -> None:
+async def _check_throttle(db: AsyncSession, settings: Settings,
+                          keys: list[tuple[str, int]]) -> None:
     now = utcnow()
     window = timedelta(minutes=settings.login_window_minutes)
     for key, limit in keys:

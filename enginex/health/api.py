@@ -25,6 +25,6 @@ async def readyz(request: Request, _: Annotated[None, Public()]) -> JSONResponse
     try:
         async with request.app.state.db.sessions() as session:
             await session.execute(text("SELECT 1"))
-    except Exception:  # noqa: BLE001 - any failure means not ready
+    except Exception:
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
     return JSONResponse({"status": "ok", "database": "ok"})

@@ -6,6 +6,7 @@ A route declares exactly one of:
 * ``Authenticated()`` -- any signed-in principal, no tenant (``/api/v1/me``, logout).
 * ``PlatformAdmin()`` -- the platform admin API; grants no access to tenant content.
 * ``Public()`` -- explicitly public (login, health, invitation acceptance).
+* ``WebUser()`` (web/pages.py) -- a dashboard page; anonymous visitors go to sign-in.
 
 Order of checks in ``Require``: no credentials -> 401; unknown org, org of which the caller is
 not a member, or an API key of another org -> 404 (one body for all); suspended org -> 403;
@@ -15,12 +16,14 @@ member without the scope -> 403. The org comes only from the path.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.routing import BaseRoute
 
 from enginex.auth.service import authenticate
 from enginex.db import set_tenant
@@ -112,19 +115,19 @@ class _TenantScope(AccessRule):
         return ctx
 
 
-def Require(scope: Scope) -> Any:  # noqa: N802 - reads as a declaration
+def Require(scope: Scope) -> Any:
     return Depends(_TenantScope(scope))
 
 
-def Authenticated() -> Any:  # noqa: N802
+def Authenticated() -> Any:
     return Depends(_Authenticated())
 
 
-def PlatformAdmin() -> Any:  # noqa: N802
+def PlatformAdmin() -> Any:
     return Depends(_PlatformAdmin())
 
 
-def Public() -> Any:  # noqa: N802
+def Public() -> Any:
     return Depends(_Public())
 
 
@@ -156,3 +159,20 @@ class GuardedRoute(APIRoute):
 
 def make_router(*, prefix: str = "", tags: Iterable[str] = ()) -> APIRouter:
     return APIRouter(prefix=prefix, tags=list(tags), route_class=GuardedRoute)
+
+
+@dataclass(frozen=True)
+class RegisteredRoute:
+    path: str
+    methods: frozenset[str]
+    route: BaseRoute
+
+
+def registered_routes(app: FastAPI) -> list[RegisteredRoute]:
+    """Every route the app serves, with its full path (walks included routers)."""
+    found = []
+    for context in iter_route_contexts(app.routes):
+        path = context.path or getattr(context.original_route, "path", "")
+        found.append(RegisteredRoute(path=path, methods=frozenset(context.methods or ()),
+                                     route=context.original_route))
+    return found

@@ -27,7 +27,7 @@ router = make_router(tags=["dashboard"])
 class _WebUser(AccessRule):
     """A signed-in browser user; anonymous visitors are redirected to sign-in and back."""
 
-    kind = "authenticated"
+    kind = "web"
 
     async def __call__(self, request: Request, db: DB) -> UserPrincipal:
         if request.method not in auth_service.SAFE_METHODS:
@@ -42,7 +42,7 @@ class _WebUser(AccessRule):
         return principal
 
 
-def WebUser() -> object:  # noqa: N802
+def WebUser() -> object:
     from fastapi import Depends
 
     return Depends(_WebUser())
@@ -61,7 +61,7 @@ def safe_next(target: str | None) -> str:
 
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, _: Annotated[None, Public()],
-                     next: str = "/") -> Response:  # noqa: A002
+                     next: str = "/") -> Response:
     return templates.TemplateResponse(request, "login.html",
                                       {"next": safe_next(next), "error": None, "email": ""})
 

@@ -14,7 +14,6 @@ from alembic import op
 import enginex.db
 from enginex.migrations.rls import disable_tenant_rls, enable_tenant_rls, is_postgres
 
-
 revision = '0001'
 down_revision = None
 branch_labels = None

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One command for the whole test suite: installs everything the tests need, then runs
+# ruff and pytest on SQLite, PostgreSQL (RLS on) and a real Chromium.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+
+# Chromium for the browser tests (Debian package; Playwright cannot download browsers here).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
+  else
+    echo "chromium is missing: sudo apt-get install -y chromium" >&2
+  fi
+fi
+
+# PostgreSQL on 127.0.0.1:5432 for the RLS tests; start the local cluster if it is down.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  fi
+fi
+
+.venv/bin/ruff check enginex tests benchmarks
+.venv/bin/pytest "$@"

@@ -1,0 +1,161 @@
+"""Test fixtures: a real server per database backend, and two tenants, org_a and org_b.
+
+Every test that uses ``server`` runs twice: against SQLite and against PostgreSQL (with
+row-level security, the app connected as a role that cannot bypass it). When PostgreSQL is not
+reachable the PostgreSQL half is skipped locally and FAILS under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import uvicorn
+
+from enginex.app import create_app
+from enginex.config import Settings
+from enginex.kit.crypto import generate_master_key
+from enginex.migrate import upgrade
+from tests.factories import Org, Server, make_org, make_platform_admin
+
+PG_ADMIN_DSN = os.environ.get("ENGINEX_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+OWNER_ROLE = "enginex_test_owner"
+APP_ROLE = "enginex_test_app"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pg_available() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0]
+
+
+def _ensure_pg_roles(admin: psycopg.Connection) -> None:
+    for role in (OWNER_ROLE, APP_ROLE):
+        exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if not exists:
+            admin.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB')
+
+
+class PgDatabase:
+    """A fresh database owned by the owner role; dropped at the end of the session."""
+
+    def __init__(self) -> None:
+        self.name = f"enginex_test_{os.getpid()}_{secrets.token_hex(3)}"
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            _ensure_pg_roles(admin)
+            admin.execute(f'CREATE DATABASE "{self.name}" OWNER "{OWNER_ROLE}"')
+
+    def url(self, role: str, driver: str = "postgresql+psycopg") -> str:
+        return f"{driver}://{role}@127.0.0.1:5432/{self.name}"
+
+    def dsn(self, role: str) -> str:
+        return self.url(role, "postgresql")
+
+    def drop(self) -> None:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def settings_for(backend: str, tmp: Path, pg: PgDatabase | None) -> Settings:
+    common = {"data_dir": tmp, "master_key": generate_master_key(),
+              "base_url": "http://127.0.0.1", "log_level": "WARNING"}
+    if backend == "sqlite":
+        return Settings(**common)
+    assert pg is not None
+    return Settings(**common, database_url=pg.url(APP_ROLE),
+                    migration_database_url=pg.url(OWNER_ROLE))
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        problem = _pg_available()
+        if problem:
+            message = f"PostgreSQL is not reachable at {PG_ADMIN_DSN}: {problem}"
+            if IN_CI:
+                pytest.fail(f"{message} (mandatory in CI)")
+            pytest.skip(message)
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pg_database(backend: str) -> Iterator[PgDatabase | None]:
+    if backend != "postgres":
+        yield None
+        return
+    db = PgDatabase()
+    try:
+        yield db
+    finally:
+        db.drop()
+
+
+@pytest.fixture(scope="session")
+def settings(backend: str, pg_database: PgDatabase | None,
+             tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = settings_for(backend, tmp_path_factory.mktemp(f"data-{backend}"), pg_database)
+    upgrade(settings)
+    return settings
+
+
+class _ServerThread:
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server(settings: Settings, backend: str) -> Iterator[Server]:
+    thread = _ServerThread(settings)
+    thread.start()
+    try:
+        yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=settings,
+                     backend=backend, app=thread.app)
+    finally:
+        thread.stop()
+
+
+@pytest.fixture(scope="session")
+def platform_admin(server: Server):
+    return make_platform_admin(server)
+
+
+@pytest.fixture
+def org_a(server: Server, platform_admin) -> Org:
+    return make_org(server, platform_admin, "a")
+
+
+@pytest.fixture
+def org_b(server: Server, platform_admin) -> Org:
+    return make_org(server, platform_admin, "b")

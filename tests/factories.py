@@ -1,0 +1,121 @@
+"""Plain typed factories. Tenants and members are made through the real HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from enginex.config import Settings
+
+PASSWORD = "test-pass-phrase-42"
+ROLES = ("admin", "builder", "operator", "viewer")
+
+
+@dataclass
+class Server:
+    base_url: str
+    settings: Settings
+    backend: str
+    app: Any
+
+
+@dataclass
+class Actor:
+    """A signed-in user (cookie + CSRF header) or an API key, with an httpx client."""
+
+    email: str
+    client: httpx.Client
+    user_id: str = ""
+    role: str = ""
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@dataclass
+class Org:
+    id: str
+    slug: str
+    name: str
+    members: dict[str, Actor] = field(default_factory=dict)
+    api_keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def admin(self) -> Actor:
+        return self.members["admin"]
+
+
+def anonymous(server: Server) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, timeout=30)
+
+
+def sign_in(server: Server, email: str, password: str = PASSWORD) -> Actor:
+    client = anonymous(server)
+    response = client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    client.headers["X-CSRF-Token"] = body["csrf_token"]
+    return Actor(email=email, client=client, user_id=body["user_id"])
+
+
+def api_key_client(server: Server, token: str) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, timeout=30,
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def make_platform_admin(server: Server) -> Actor:
+    from enginex.cli import _in_transaction
+    from enginex.orgs.service import ensure_user
+
+    email = f"root-{secrets.token_hex(4)}@platform.test"
+
+    async def work(session: Any) -> None:
+        user, _ = await ensure_user(session, email=email, password=PASSWORD, platform_admin=True)
+        user.is_platform_admin = True
+
+    asyncio.run(_in_transaction(server.settings, work))
+    return sign_in(server, email)
+
+
+def accept(server: Server, token: str, password: str = PASSWORD) -> httpx.Response:
+    with anonymous(server) as client:
+        return client.post("/api/v1/invitations/accept", json={"token": token,
+                                                               "password": password})
+
+
+def make_org(server: Server, platform_admin: Actor, label: str, *,
+             roles: tuple[str, ...] = ROLES, with_keys: bool = True) -> Org:
+    """A new organization with one signed-in member per role and one API key per role."""
+    slug = f"{label}-{secrets.token_hex(4)}"
+    admin_email = f"admin-{slug}@example.org"
+    response = platform_admin.client.post("/api/v1/admin/tenants", json={
+        "slug": slug, "name": f"Org {slug}", "admin_email": admin_email})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert accept(server, created["invitation_token"]).status_code == 200
+    org = Org(id=created["id"], slug=slug, name=created["name"])
+    admin = sign_in(server, admin_email)
+    admin.role = "admin"
+    org.members["admin"] = admin
+    for role in roles:
+        if role == "admin":
+            continue
+        email = f"{role}-{slug}@example.org"
+        invite = admin.client.post(f"/api/v1/orgs/{slug}/invitations",
+                                   json={"email": email, "role": role})
+        assert invite.status_code == 201, invite.text
+        assert accept(server, invite.json()["token"]).status_code == 200
+        actor = sign_in(server, email)
+        actor.role = role
+        org.members[role] = actor
+    if with_keys:
+        for role in roles:
+            key = admin.client.post(f"/api/v1/orgs/{slug}/api-keys",
+                                    json={"name": f"{role} key", "role": role})
+            assert key.status_code == 201, key.text
+            org.api_keys[role] = key.json()["token"]
+    return org

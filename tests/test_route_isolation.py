@@ -1,0 +1,180 @@
+"""The cross-tenant route walk: every registered route, every actor that must be refused.
+
+Routes are read from the running app, so a new route is covered the moment it is added; a
+route whose path parameters this test cannot fill fails the test until it learns them.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import Mount
+
+from enginex.kit.errors import NOT_FOUND_MESSAGE
+from enginex.tenancy.guards import access_rules, registered_routes
+from enginex.tenancy.scopes import ROLE_SCOPES, Role
+from tests.factories import Org, Server, anonymous, api_key_client
+
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
+
+
+@dataclass(frozen=True)
+class RouteCase:
+    path: str
+    method: str
+    kind: str
+    scope: str | None
+    has_body: bool
+
+
+def walk_routes(app) -> list[RouteCase]:
+    cases: list[RouteCase] = []
+    for registered in registered_routes(app):
+        route = registered.route
+        if isinstance(route, Mount) and registered.path == "/static":
+            continue
+        if not isinstance(route, APIRoute):
+            if registered.path in {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}:
+                continue
+            pytest.fail(f"unexpected non-API route {registered.path}: declare it or list it")
+        rules = access_rules(route.dependant)
+        kinds = {r.kind for r in rules}
+        assert len(kinds) == 1, f"{registered.path} declares {kinds or 'no'} access rule"
+        kind = kinds.pop()
+        scope = next((str(r.scope) for r in rules if r.scope), None)
+        for method in sorted(registered.methods - {"HEAD", "OPTIONS"}):
+            cases.append(RouteCase(registered.path, method, kind, scope,
+                                   route.body_field is not None))
+    return cases
+
+
+def victim_ids(victim: Org) -> dict[str, str]:
+    """Real ids of the victim's objects, one per path parameter name used by the routes."""
+    admin = victim.admin.client
+    keys = admin.get(f"/api/v1/orgs/{victim.slug}/api-keys").json()
+    invite = admin.post(f"/api/v1/orgs/{victim.slug}/invitations",
+                        json={"email": f"canary-{victim.slug}@example.org", "role": "viewer"})
+    assert invite.status_code == 201
+    return {"org": victim.slug, "user_id": victim.members["viewer"].user_id,
+            "key_id": keys[0]["id"], "invitation_id": invite.json()["id"],
+            "tenant_id": victim.id}
+
+
+def fill(path: str, values: dict[str, str]) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            pytest.fail(f"route {path}: teach this test a value for path parameter '{name}'")
+        return values[name]
+    return re.sub(r"\{([a-z_]+)(?::[a-z]+)?\}", sub, path)
+
+
+def send(client: httpx.Client, case: RouteCase, url: str) -> httpx.Response:
+    kwargs = {"json": {}} if case.has_body else {}
+    return client.request(case.method, url, **kwargs)
+
+
+def canaries(victim: Org) -> list[str]:
+    found = [victim.id, victim.name, *(a.email for a in victim.members.values()),
+             *(a.user_id for a in victim.members.values()), f"canary-{victim.slug}"]
+    return [c for c in found if c]
+
+
+def assert_no_leak(response: httpx.Response, secrets_of_victim: list[str], where: str) -> None:
+    haystack = response.text + " ".join(f"{k}: {v}" for k, v in response.headers.items())
+    for canary in secrets_of_victim:
+        assert canary not in haystack, f"{where}: leaked {canary!r}"
+
+
+def test_every_route_refuses_the_wrong_actor(server: Server, org_a: Org, org_b: Org) -> None:
+    cases = walk_routes(server.app)
+    assert any(c.kind == "tenant" for c in cases)
+    ids = victim_ids(org_b)
+    random_ids = {k: str(uuid.uuid4()) for k in ids} | {"org": f"no-such-{org_b.slug}"}
+    leak_canaries = canaries(org_b)
+    attempts = 0
+    tenant_routes = {c.path for c in cases if c.kind == "tenant"}
+    attacker_key = api_key_client(server, org_a.api_keys["admin"])
+    with anonymous(server) as anon:
+        for case in cases:
+            where = f"{case.method} {case.path}"
+            if case.kind == "public":
+                continue
+            url = fill(case.path, ids)
+            # 1. anonymous
+            response = send(anon, case, url)
+            attempts += 1
+            if case.kind == "web":
+                assert response.status_code == 303 and "/login" in response.headers["location"]
+            else:
+                assert response.status_code == 401, (where, response.text)
+                assert response.json()["error"]["code"] == "unauthenticated"
+            if case.kind == "platform_admin":
+                for actor in (org_a.admin.client, attacker_key):
+                    response = send(actor, case, url)
+                    attempts += 1
+                    assert response.status_code == 403, (where, response.text)
+                    assert_no_leak(response, leak_canaries, where)
+            if case.kind != "tenant":
+                continue
+            # 2. member of the other org, and the other org's API key: 404, same as random
+            random_url = fill(case.path, random_ids)
+            for attacker in (org_a.admin.client, attacker_key):
+                response = send(attacker, case, url)
+                baseline = send(attacker, case, random_url)
+                attempts += 2
+                assert response.status_code == 404, (where, response.text)
+                assert response.json() == EXPECTED_404 == baseline.json(), where
+                assert_no_leak(response, leak_canaries, where)
+            # 3. own members and keys whose role lacks the scope: 403
+            for role in Role:
+                if case.scope in {str(s) for s in ROLE_SCOPES[role]}:
+                    continue
+                key = api_key_client(server, org_b.api_keys[str(role)])
+                for actor in (org_b.members[str(role)].client, key):
+                    response = send(actor, case, url)
+                    attempts += 1
+                    assert response.status_code == 403, (where, role, response.text)
+                    assert response.json()["error"]["code"] == "forbidden"
+                key.close()
+    attacker_key.close()
+    print(f"\nisolation[{server.backend}]: {len(cases)} route-methods "
+          f"({len(tenant_routes)} tenant paths) = {attempts} attempts, 0 leaks")
+
+
+def test_write_routes_refuse_mass_assignment(server: Server, org_a: Org, platform_admin) -> None:
+    """No write route accepts tenant_id, org_id, is_platform_admin or created_by."""
+    ids = victim_ids(org_a)
+    forged = {"tenant_id": str(uuid.uuid4()), "org_id": str(uuid.uuid4()),
+              "is_platform_admin": True, "created_by": str(uuid.uuid4())}
+    checked = 0
+    for case in walk_routes(server.app):
+        if not case.has_body:
+            continue
+        client = platform_admin.client if case.kind == "platform_admin" else org_a.admin.client
+        response = send_json(client, case, fill(case.path, ids), forged)
+        checked += 1
+        assert response.status_code == 422, (case, response.text)
+        fields = {e["field"] for e in response.json()["error"]["details"]["errors"]}
+        assert set(forged) <= fields, (case, fields)
+    assert checked >= 5
+
+
+def send_json(client: httpx.Client, case: RouteCase, url: str, body: dict) -> httpx.Response:
+    return client.request(case.method, url, json=body)
+
+
+def test_a_route_without_access_rule_cannot_be_registered() -> None:
+    from enginex.tenancy.guards import make_router
+
+    router = make_router()
+    with pytest.raises(RuntimeError, match="exactly one access rule"):
+        @router.get("/api/v1/orgs/{org}/unguarded")
+        async def unguarded(org: str) -> dict[str, str]:
+            return {"org": org}
