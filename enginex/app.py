@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,16 +12,25 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from enginex.admin.api import router as admin_router
+from enginex.agents.api import router as agents_router
+from enginex.approvals.api import router as approvals_router
 from enginex.auth.api import router as auth_router
 from enginex.auth.service import AuthKeys
 from enginex.config import Settings, get_settings
 from enginex.db import Database
 from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
+from enginex.llm.api import router as llm_router
 from enginex.orgs.api import router as orgs_router
+from enginex.reports.api import router as reports_router
+from enginex.runs.api import router as runs_router
+from enginex.runs.runtime import build_engine, build_worker
 from enginex.web.errors import install_error_handlers
 from enginex.web.middleware import SecurityMiddleware
 from enginex.web.pages import router as pages_router
+
+ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
+           agents_router, approvals_router, reports_router, llm_router, pages_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,8 +40,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await app.state.db.dispose()
+        task = None
+        if settings.embedded_worker:
+            app.state.worker = build_worker(settings, app.state.db, app.state.engine)
+            task = asyncio.create_task(app.state.worker.run(), name="embedded-worker")
+        try:
+            yield
+        finally:
+            if task is not None:
+                app.state.worker.stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await app.state.db.dispose()
 
     app = FastAPI(title="EngineX", version="0.1.0", lifespan=lifespan,
                   description="Multi-tenant platform for AI-agent workflows. Tenant routes live "
@@ -38,9 +59,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "X-CSRF-Token on unsafe methods) or an org API key.")
     app.state.settings = settings
     app.state.db = Database(settings)
+    app.state.master_key = master
     app.state.auth_keys = AuthKeys(csrf=derive_key(master, "csrf"))
+    try:  # TEMPORARY while the LLM/tools modules land; removed before commit
+        app.state.engine = build_engine(settings, app.state.db, master)
+    except ImportError:
+        settings = settings.model_copy(update={"embedded_worker": False})
+        app.state.settings = settings
+        app.state.engine = None
+    from enginex.reports.storage import ArtifactStorage
+    app.state.storage = ArtifactStorage(settings.resolved_storage_dir)
     install_error_handlers(app)
-    for router in (health_router, auth_router, orgs_router, admin_router, pages_router):
+    for router in ROUTERS:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"),
               name="static")

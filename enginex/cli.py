@@ -8,8 +8,10 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.config import Settings, UnsafeConfigurationError, get_settings
@@ -28,9 +30,9 @@ class CliError(Exception):
     """A problem the user can fix; printed without a traceback, exit status 2."""
 
 
-def _read_password(flag: bool) -> str:
+def _read_password(flag: bool, name: str = "--password-stdin") -> str:
     if not flag:
-        raise CliError("pass the password on standard input with --password-stdin")
+        raise CliError(f"pass the password on standard input with {name}")
     password = sys.stdin.readline().rstrip("\n")
     if not password:
         raise CliError("no password on standard input")
@@ -101,19 +103,46 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     from enginex.app import create_app
+    from enginex.kit.crypto import load_master_key
     from enginex.migrate import upgrade
 
+    load_master_key(settings)  # an unusable key is reported before anything changes
     if not settings.is_postgres:
         upgrade(settings)
         if args.demo:
             _print_demo(asyncio.run(_seed_demo(settings)), settings)
+    if args.no_worker:
+        settings = settings.model_copy(update={"embedded_worker": False})
     app = create_app(settings)
-    if not args.no_worker:
-        logging.getLogger("enginex").info(
-            "in-process worker: enabled (it has no queue to drain until the agent engine lands)")
     print(f"EngineX listening on http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
                 proxy_headers=False)
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    """A standalone worker process (production): claims runs until SIGINT/SIGTERM."""
+    import signal
+
+    from enginex.db import Database
+    from enginex.kit.crypto import load_master_key
+    from enginex.runs.runtime import build_engine, build_worker
+
+    if args.slots:
+        settings = settings.model_copy(update={"worker_slots": args.slots})
+
+    async def main() -> None:
+        db = Database(settings)
+        worker = build_worker(settings, db, build_engine(settings, db, load_master_key(settings)))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        print(f"worker {worker.name} started ({settings.worker_slots} slots)", flush=True)
+        try:
+            await worker.run()
+        finally:
+            await db.dispose()
+
+    asyncio.run(main())
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
@@ -127,7 +156,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> None:
-    password = _read_password(args.admin_password_stdin)
+    password = _read_password(args.admin_password_stdin, "--admin-password-stdin")
 
     async def work(session: AsyncSession) -> dict[str, str]:
         from enginex.orgs import repository as org_repo
@@ -137,12 +166,21 @@ def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> None:
                                    admin_email=args.admin_email, admin_password=password)
 
     _validate_slug(args.slug)
+    _migrate_embedded(settings)
     result = asyncio.run(_in_transaction(settings, work))
     if args.json:
         print(json.dumps(result))
     else:
         print(f"created organization '{result['slug']}' ({result['org_id']}) with admin "
               f"{args.admin_email}")
+
+
+def _migrate_embedded(settings: Settings) -> None:
+    """The embedded SQLite database migrates itself (PostgreSQL needs ``enginex migrate``)."""
+    from enginex.migrate import upgrade
+
+    if not settings.is_postgres:
+        upgrade(settings)
 
 
 def _validate_slug(slug: str) -> None:
@@ -164,6 +202,7 @@ def cmd_admin_create(args: argparse.Namespace, settings: Settings) -> None:
         user.is_platform_admin = True
         return "created" if created else "promoted existing user to"
 
+    _migrate_embedded(settings)
     verb = asyncio.run(_in_transaction(settings, work))
     print(f"{verb} platform admin {args.email}")
 
@@ -192,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="upgrade the database schema").set_defaults(func=cmd_migrate)
+
+    worker = sub.add_parser("worker", help="run a worker process that executes sessions")
+    worker.add_argument("--slots", type=int, default=0, help="concurrent steps (default 4)")
+    worker.set_defaults(func=cmd_worker)
 
     tenant = sub.add_parser("tenant", help="manage tenants").add_subparsers(dest="action",
                                                                              required=True)
@@ -222,16 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = get_settings()
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # noise per command
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        _fail("invalid settings: " + "; ".join(
+            f"ENGINEX_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()))
     try:
         settings.check_safe()
         args.func(args, settings)
     except (CliError, UnsafeConfigurationError, MasterKeyError) as exc:
-        print(f"enginex: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc))
     except AppError as exc:
-        print(f"enginex: error: {exc.message}", file=sys.stderr)
-        sys.exit(2)
+        _fail(exc.message)
+    except DBAPIError as exc:
+        problem = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        _fail(f"database error: {problem}. Check ENGINEX_DATABASE_URL (and "
+              "ENGINEX_MIGRATION_DATABASE_URL); if the schema is missing, run `enginex migrate`.")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"enginex: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

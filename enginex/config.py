@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     login_max_failures_per_address: int = 50
     login_window_minutes: int = 15
     log_level: str = "INFO"
+    storage_dir: Path | None = None
+    embedded_worker: bool = True
+    worker_slots: int = 4
+    tenant_concurrency: int = 4
+    lease_seconds: int = 30
+    allow_private_network: bool = False
 
     @property
     def resolved_database_url(self) -> str:
@@ -44,6 +50,10 @@ class Settings(BaseSettings):
     def resolved_migration_url(self) -> str:
         """The URL migrations run with (the owner role on PostgreSQL)."""
         return self.migration_database_url or self.resolved_database_url
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return self.storage_dir or (self.data_dir / "storage")
 
     @property
     def is_postgres(self) -> bool:

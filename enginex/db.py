@@ -2,9 +2,12 @@
 
 Two guards live here because every query passes through them:
 
-* ORM guard: a statement on a tenant-owned model raises ``TenantContextMissing`` unless the
-  session carries a tenant (``set_tenant``); when it does, a tenant filter is added to the SQL
-  of every such statement, and every inserted row gets (and must keep) that tenant_id.
+* ORM guard: a statement that touches a tenant-owned table anywhere (FROM, joins, subqueries,
+  EXISTS, INSERT, UPDATE, DELETE) raises ``TenantContextMissing`` unless the session carries a
+  tenant (``set_tenant``); when it does, a tenant filter is added to the SQL for every
+  occurrence of a tenant-owned model, every row written must carry that tenant_id, and a
+  tenant-owned table named as a bare Table (which the filter cannot reach) is refused.
+  Raw ``text()`` SQL is not inspected: it is for the few platform reads (tenancy/platform.py).
 * PostgreSQL GUC: ``set_tenant`` runs ``set_config('app.tenant_id', ..., true)`` (transaction
   local), and it is re-applied at the start of every later transaction of the same session, so
   row-level security sees the tenant and a pooled connection never carries one.
@@ -12,8 +15,9 @@ Two guards live here because every query passes through them:
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     MetaData,
+    Table,
     Uuid,
     event,
     text,
@@ -41,6 +46,9 @@ from sqlalchemy.orm import (
     with_loader_criteria,
 )
 from sqlalchemy.orm.session import ORMExecuteState
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.elements import ClauseElement, ColumnClause
+from sqlalchemy.sql.selectable import Select, TableClause
 from sqlalchemy.types import TypeDecorator
 
 from enginex.config import Settings
@@ -146,17 +154,86 @@ def _reapply_tenant(session: Session, transaction: SessionTransaction, connectio
         )
 
 
+def _is_tenant_table(table: object) -> bool:
+    return isinstance(table, Table) and "tenant_id" in table.c
+
+
+def _tenant_tables_used(statement: Executable) -> tuple[bool, bool]:
+    """Whether ``statement`` reads or writes a tenant-owned table anywhere (FROM, joins,
+    subqueries, EXISTS, DML target), and whether it names one through a bare Table -- or
+    selects a bare Column of one -- instead of the mapped class: the ORM tenant filter can only
+    be attached to mapped classes. (Bare columns in WHERE clauses are how SQLAlchemy itself
+    builds ``session.get`` and refresh queries on the mapped class, so they are allowed.)
+    """
+    used = False
+    pending: list[tuple[Any, bool]] = [(statement, False)]
+    while pending:
+        element, selected = pending.pop()
+        if isinstance(element, TableClause | ColumnClause):
+            is_table = isinstance(element, TableClause)
+            if _is_tenant_table(element if is_table else element.table):
+                used = True
+                if "parententity" not in element._annotations and (is_table or selected):
+                    return True, True
+            continue  # a table's children are its own columns; a column's, its table
+        if isinstance(element, Select):
+            # A Select's children include FROMs derived from its columns (bare tables even for
+            # mapped columns); only its explicit FROMs count.
+            pending.extend((c, True) for c in element._raw_columns)
+            pending.extend((c, False) for c in super(Select, element).get_children(
+                omit_attrs=("_raw_columns", "_from_obj", "_correlate", "_correlate_except")))
+            pending.extend((c, False) for c in element._from_obj)
+        else:
+            pending.extend((c, selected) for c in element.get_children())
+    return used, False
+
+
+def _same_tenant(value: object, tenant_id: uuid.UUID) -> bool:
+    value = getattr(value, "value", value)  # a BindParameter from .values(...)
+    if isinstance(value, ClauseElement):
+        return False  # an SQL expression: cannot be verified before it runs
+    try:
+        return uuid.UUID(str(value)) == tenant_id
+    except ValueError:
+        return False
+
+
+def _written_tenant_ids(state: ORMExecuteState) -> list[object]:
+    """Every tenant_id value an INSERT or UPDATE statement would write."""
+    statement: Any = state.statement
+    rows: list[dict[Any, Any]] = [dict(statement._values or {})]
+    for values in getattr(statement, "_multi_values", ()):
+        rows.extend(values)
+    params = state.parameters
+    rows.extend(params if isinstance(params, list) else [params] if params else [])
+    return [value for row in rows for key, value in row.items()
+            if getattr(key, "key", key) == "tenant_id"]
+
+
 @event.listens_for(Session, "do_orm_execute")
 def _scope_tenant_queries(state: ORMExecuteState) -> None:
-    if not (state.is_select or state.is_update or state.is_delete):
+    if not (state.is_select or state.is_update or state.is_delete or state.is_insert):
         return
-    if not any(is_tenant_owned(m.class_) for m in state.all_mappers):
+    used, bare = _tenant_tables_used(state.statement)
+    if not used:
         return
     tenant_id = state.session.info.get(TENANT_KEY)
     if tenant_id is None:
         raise TenantContextMissing(
             "query on a tenant-owned model without a tenant context; use a scoped repository"
         )
+    if bare:
+        raise TenantContextMissing(
+            "tenant-owned table used without its mapped class, so no tenant filter can be "
+            "added; select from the model instead"
+        )
+    if state.is_insert or state.is_update:
+        if getattr(state.statement, "select", None) is not None:
+            raise TenantContextMissing("INSERT ... FROM SELECT into a tenant-owned table refused")
+        if not all(_same_tenant(v, tenant_id) for v in _written_tenant_ids(state)):
+            raise TenantContextMissing("write to a row of another tenant refused")
+    if state.is_insert:
+        return
     state.statement = state.statement.options(
         with_loader_criteria(
             TenantOwned,
@@ -210,14 +287,52 @@ def create_engine_for(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
+class Notifier:
+    """Wakes this process's workers when a run becomes claimable (other processes are woken
+    by PostgreSQL NOTIFY, see runs/worker.py)."""
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Event] = set()
+
+    def waiter(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters.add(event)
+        return event
+
+    def discard(self, event: asyncio.Event) -> None:
+        self._waiters.discard(event)
+
+    def wake(self) -> None:
+        for event in list(self._waiters):
+            event.set()
+
+
+def on_commit(session: Session | AsyncSession, callback: Callable[[], None]) -> None:
+    """Run ``callback`` after the session's current transaction commits (never on rollback)."""
+    session.info.setdefault("on_commit", []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_on_commit(session: Session) -> None:
+    for callback in session.info.pop("on_commit", []):
+        callback()
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_on_commit(session: Session) -> None:
+    session.info.pop("on_commit", None)
+
+
 class Database:
     """The process's engine and session factory."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pool_size: int = 10) -> None:
         if not settings.is_postgres:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine_for(settings.resolved_database_url)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+            settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.engine = create_engine_for(settings.resolved_database_url, pool_size=pool_size)
+        self.notifier = Notifier()
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False,
+                                           info={"notifier": self.notifier})
 
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:

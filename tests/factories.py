@@ -119,3 +119,42 @@ def make_org(server: Server, platform_admin: Actor, label: str, *,
             assert key.status_code == 201, key.text
             org.api_keys[role] = key.json()["token"]
     return org
+
+
+# --- helpers for the auth, organization, admin and error tests ------------------------------
+
+
+def run_db(server: Server, work: Any) -> Any:
+    """Run ``await work(session)`` in one committed transaction on the server's database.
+
+    Only for setup that has no API on purpose (expiring a token, disabling an account); the
+    behaviour under test is always observed through HTTP.
+    """
+    from enginex.cli import _in_transaction
+
+    return asyncio.run(_in_transaction(server.settings, work))
+
+
+def client_from(server: Server, address: str | None = None) -> httpx.Client:
+    """An anonymous client whose connections come from another loopback address.
+
+    Login throttling counts failures per client address; tests that fail sign-ins on purpose
+    use their own address so they never throttle other tests (all of 127.0.0.0/8 is local).
+    """
+    if address is None:
+        octets = (1 + secrets.randbelow(254), secrets.randbelow(256), 1 + secrets.randbelow(254))
+        address = "127." + ".".join(map(str, octets))
+    return httpx.Client(base_url=server.base_url, timeout=30,
+                        transport=httpx.HTTPTransport(local_address=address))
+
+
+def add_member(server: Server, org: Org, role: str, *, email: str | None = None) -> Actor:
+    """Invite a new person into ``org`` (through its admin), accept, and sign them in."""
+    email = email or f"{role}-{secrets.token_hex(4)}-{org.slug}@example.org"
+    invite = org.admin.client.post(f"/api/v1/orgs/{org.slug}/invitations",
+                                   json={"email": email, "role": role})
+    assert invite.status_code == 201, invite.text
+    assert accept(server, invite.json()["token"]).status_code == 200
+    actor = sign_in(server, email)
+    actor.role = role
+    return actor

@@ -61,9 +61,18 @@ def victim_ids(victim: Org) -> dict[str, str]:
     invite = admin.post(f"/api/v1/orgs/{victim.slug}/invitations",
                         json={"email": f"canary-{victim.slug}@example.org", "role": "viewer"})
     assert invite.status_code == 201
+    from pathlib import Path
+
+    from enginex.agents.cli import zip_directory
+    package = zip_directory(Path(__file__).parent / "fixtures" / "agents" / "hourly_tracking")
+    deployed = victim.members["builder"].client.post(
+        f"/api/v1/orgs/{victim.slug}/agents",
+        files={"package": ("hourly_tracking.zip", package, "application/zip")})
+    assert deployed.status_code in (200, 201), deployed.text
     return {"org": victim.slug, "user_id": victim.members["viewer"].user_id,
             "key_id": keys[0]["id"], "invitation_id": invite.json()["id"],
-            "tenant_id": victim.id}
+            "tenant_id": victim.id, "agent_key": deployed.json()["agent_key"],
+            "version": deployed.json()["version"]}
 
 
 def fill(path: str, values: dict[str, str]) -> str:

@@ -1,13 +1,15 @@
 """The master key and keys derived from it.
 
 The master key is 32 random bytes, given base64url-encoded in ENGINEX_MASTER_KEY or, for the
-embedded default only, generated once into ``<data_dir>/master.key`` with mode 0600.
+embedded default only, generated once into ``<data_dir>/master.key`` with mode 0600 (the data
+directory is created with mode 0700).
 Purpose-specific subkeys are derived with HKDF so one key never serves two purposes.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -48,10 +50,20 @@ def load_master_key(settings: Settings) -> bytes:
     path = Path(settings.data_dir) / "master.key"
     if path.exists():
         return _decode(path.read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(generate_master_key() + "\n")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Written complete under a temporary name, then published with link(), which fails if
+    # another process (a worker starting alongside) got there first: all use the same key.
+    temporary = path.with_name(f".master.key.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate_master_key() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return _decode(path.read_text())
 
 

@@ -21,15 +21,29 @@ async def get_org(db: AsyncSession, org_id: uuid.UUID) -> Organization | None:
     return await db.get(Organization, org_id)
 
 
+async def lock_org(db: AsyncSession, org_id: uuid.UUID) -> None:
+    """Hold the organization's row lock until commit (PostgreSQL; SQLite serializes writers).
+
+    Membership changes take it first, so checks such as "an admin remains" see every
+    concurrent change to the same organization that committed before them.
+    """
+    await db.execute(select(Organization.id).where(Organization.id == org_id).with_for_update())
+
+
 async def list_orgs(db: AsyncSession) -> list[Organization]:
     return list((await db.execute(select(Organization).order_by(Organization.slug))).scalars())
 
 
 async def get_membership_for_guard(db: AsyncSession, tenant_id: uuid.UUID,
                                    user_id: uuid.UUID) -> Membership | None:
-    """Kernel-only: the session must already be bound to ``tenant_id``."""
-    stmt = select(Membership).where(Membership.tenant_id == tenant_id,
-                                    Membership.user_id == user_id)
+    """Kernel-only: the session must already be bound to ``tenant_id``.
+
+    Always re-read from the database (not the session's identity map): after ``lock_org`` the
+    caller must see the role as committed by concurrent requests.
+    """
+    stmt = (select(Membership).where(Membership.tenant_id == tenant_id,
+                                     Membership.user_id == user_id)
+            .execution_options(populate_existing=True))
     return (await db.execute(stmt)).scalar_one_or_none()
 
 
@@ -62,7 +76,9 @@ class InvitationRepository(ScopedRepository[Invitation]):
                 .order_by(Invitation.created_at.desc()))
         return list((await self.db.execute(stmt)).scalars())
 
-    async def get_by_digest(self, digest: bytes) -> Invitation | None:
-        stmt = select(Invitation).where(Invitation.tenant_id == self.ctx.org_id,
-                                        Invitation.token_digest == digest)
+    async def get_by_digest_for_update(self, digest: bytes) -> Invitation | None:
+        """The invitation, row-locked until commit so that it can be accepted only once."""
+        stmt = (select(Invitation).where(Invitation.tenant_id == self.ctx.org_id,
+                                         Invitation.token_digest == digest)
+                .with_for_update())
         return (await self.db.execute(stmt)).scalar_one_or_none()

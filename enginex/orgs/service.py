@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
@@ -36,13 +37,20 @@ INVITATION_TTL = timedelta(days=7)
 
 async def create_organization(db: AsyncSession, *, slug: str, name: str,
                               region: str = "default") -> tuple[Organization, TenantContext]:
-    """Create a tenant and bind ``db`` to it. Raises Conflict if the slug is taken."""
+    """Create a tenant and bind ``db`` to it. Raises Conflict if the slug is taken.
+
+    Two concurrent creations of one slug: the unique index decides, the loser gets Conflict.
+    """
+    taken = Conflict(f"The slug '{slug}' is already taken; choose another.",
+                     details={"field": "slug"})
     if await repo.get_org_by_slug(db, slug) is not None:
-        raise Conflict(f"The slug '{slug}' is already taken; choose another.",
-                       details={"field": "slug"})
+        raise taken
     org = Organization(slug=slug.lower(), name=name, region=region)
     db.add(org)
-    await db.flush()
+    try:
+        await db.flush()
+    except IntegrityError as exc:
+        raise taken from exc
     await set_tenant(db, org.id)
     return org, system_context(org.id, org.slug)
 
@@ -125,6 +133,7 @@ async def _ensure_admin_remains(db: AsyncSession, ctx: TenantContext,
 async def change_role(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID, role: Role,
                       ) -> Membership:
     """Change a member's role. Conflict when it would leave no admin. Audited."""
+    await repo.lock_org(db, ctx.org_id)
     membership = await _access_member(db, ctx, user_id)
     if membership.role != role:
         if role != Role.ADMIN:
@@ -138,6 +147,7 @@ async def change_role(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID, 
 
 async def remove_member(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID) -> None:
     """Remove a member; takes effect on their next request. Conflict for the last admin."""
+    await repo.lock_org(db, ctx.org_id)
     membership = await _access_member(db, ctx, user_id)
     await _ensure_admin_remains(db, ctx, membership)
     await repo.MembershipRepository(db, ctx).delete(membership)
@@ -217,7 +227,8 @@ async def accept_invitation(db: AsyncSession, *, token: str, password: str | Non
         raise NotFound.with_message(INVALID_INVITATION)
     await set_tenant(db, org.id)
     ctx = system_context(org.id, org.slug)
-    invitation = await repo.InvitationRepository(db, ctx).get_by_digest(token_digest(token))
+    invitation = await repo.InvitationRepository(db, ctx).get_by_digest_for_update(
+        token_digest(token))
     now = utcnow()
     if (invitation is None or invitation.revoked_at is not None or
             invitation.accepted_at is not None or invitation.expires_at <= now):

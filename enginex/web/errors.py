@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from enginex.kit.errors import NOT_FOUND_MESSAGE, AppError
@@ -43,11 +44,19 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = []
         for err in exc.errors():
             msg = str(err.get("msg", "invalid"))
+            field = _location(err.get("loc", ()))
             if err.get("type") == "extra_forbidden":
                 msg = "unknown field; remove it"
             elif err.get("type") == "missing":
                 msg = "required field is missing"
-            problems.append({"field": _location(err.get("loc", ())), "message": msg})
+            elif err.get("type") == "json_invalid":
+                # loc is ("body", <character offset>): not a field name.
+                position = next((p for p in err.get("loc", ())[1:] if isinstance(p, int)), 0)
+                reason = (err.get("ctx") or {}).get("error", "invalid syntax")
+                field = "body"
+                msg = (f"malformed JSON at character {position} ({reason}); send a valid "
+                       "JSON object")
+            problems.append({"field": field, "message": msg})
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
         return _json(422, "validation_failed",
                      f"The request is not valid: {summary}. Fix these fields and retry.",
@@ -63,6 +72,15 @@ def install_error_handlers(app: FastAPI) -> None:
                          headers=dict(exc.headers or {}))
         return _json(exc.status_code, "http_error", str(exc.detail),
                      headers=dict(exc.headers or {}))
+
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(request: Request, exc: IntegrityError) -> Response:
+        # Checks run before writes; reaching a constraint means a concurrent request won.
+        log.warning("constraint conflict on %s %s: %s", request.method, request.url.path,
+                    exc.orig.__class__.__name__ if exc.orig else "IntegrityError")
+        return _json(409, "conflict",
+                     "This change conflicts with another one made at the same time; nothing "
+                     "was saved. Reload and try again.")
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:

@@ -62,15 +62,23 @@ class SecurityMiddleware:
         received = 0
 
         async def limited_receive() -> Message:
+            # Without a Content-Length (chunked upload) the size is only known while reading.
+            # Answer 413 right here: the framework turns any error raised while it reads the
+            # body into its own 400, so raising alone would not reach the client as a 413.
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
+                    if not status_holder["sent"]:
+                        await self._send_413(send, status_holder)
+                        status_holder["rejected"] = True
                     raise _BodyTooLarge
             return message
 
         async def send_with_headers(message: Message) -> None:
+            if status_holder.get("rejected"):
+                return  # the 413 has been sent; drop whatever the app answers after it
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 status_holder["sent"] = True
@@ -93,7 +101,8 @@ class SecurityMiddleware:
         body = _error(413, "payload_too_large",
                       f"The request body is larger than {self.max_body} bytes; send less data.")
         headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode()), *self.headers]
+                   (b"content-length", str(len(body)).encode()), *self.headers,
+                   (b"cache-control", b"no-store"), (b"connection", b"close")]
         holder["status"] = 413
         holder["sent"] = True
         await send({"type": "http.response.start", "status": 413, "headers": headers})

@@ -49,21 +49,38 @@ def WebUser() -> object:
 
 
 def safe_next(target: str | None) -> str:
-    """Only same-site absolute paths; anything else goes to the landing page."""
+    """Only same-site absolute paths; anything else goes to the landing page. The sign-in
+    page itself is no target either: a signed-in visitor sent there would loop."""
     if not target:
         return "/"
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") \
-            or "\\" in target:
+            or "\\" in target or parts.path.rstrip("/") == "/login":
         return "/"
     return target
 
 
+async def _signed_in_user(request: Request, db: AsyncSession) -> UserPrincipal | None:
+    """The browser's user if its session cookie is still valid, else None (never raises)."""
+    settings: Settings = request.app.state.settings
+    if not request.cookies.get(settings.session_cookie_name):
+        return None
+    try:
+        principal = await auth_service.authenticate(request, db)
+    except AppError:
+        return None
+    return principal if isinstance(principal, UserPrincipal) else None
+
+
 @router.get("/login", response_class=HTMLResponse)
-async def login_page(request: Request, _: Annotated[None, Public()],
+async def login_page(request: Request, db: DB, _: Annotated[None, Public()],
                      next: str = "/") -> Response:
+    """The sign-in form; a visitor who is already signed in goes straight on to ``next``."""
+    target = safe_next(next)
+    if await _signed_in_user(request, db) is not None:
+        return RedirectResponse(target, status_code=303)
     return templates.TemplateResponse(request, "login.html",
-                                      {"next": safe_next(next), "error": None, "email": ""})
+                                      {"next": target, "error": None, "email": ""})
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -87,17 +104,20 @@ async def login_submit(request: Request, db: DB, _: Annotated[None, Public()]) -
     except AppError as exc:
         if isinstance(exc, auth_service.LoginFailed):
             await db.commit()
-        return _login_error(request, target, email, exc.message, exc.status_code)
+        return _login_error(request, target, email, exc.message, exc.status_code,
+                            retry_after=exc.headers.get("Retry-After"))
     response = RedirectResponse(target, status_code=303)
     set_session_cookie(response, settings, result)
     return response
 
 
 def _login_error(request: Request, target: str, email: str, message: str,
-                 status: int) -> Response:
+                 status: int, *, retry_after: str | None = None) -> Response:
+    """The form again, with the message, the email kept and the password cleared."""
+    headers = {"Retry-After": retry_after} if retry_after else None
     return templates.TemplateResponse(request, "login.html",
                                       {"next": target, "error": message, "email": email},
-                                      status_code=status)
+                                      status_code=status, headers=headers)
 
 
 async def _home_context(db: AsyncSession, principal: Principal) -> dict[str, object]:

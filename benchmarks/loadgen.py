@@ -1,0 +1,123 @@
+"""Load generator process: fixed concurrency, fixed duration, routes alternated in rounds.
+
+Reads a JSON spec on standard input::
+
+    {"base_url": "http://127.0.0.1:PORT", "concurrency": 16, "warmup": 1.0, "seconds": 2.0,
+     "rounds": 5, "server_pid": 1234,
+     "routes": [{"name": "unscoped", "path": "/...", "headers": {...}}, ...]}
+
+and writes one JSON object per line on standard output: one per measurement
+(``{"kind": "measure", "round": r, "route": name, "requests": n, ...}``), then
+``{"kind": "done"}``. Round ``r`` runs the routes in an order rotated by ``r``, back to back,
+so that slow drifts of the machine affect every route alike.
+
+Each measurement: ``concurrency`` tasks share one keep-alive httpx client and loop for
+``seconds``; a request counts when its response is complete. Any non-200 answer is counted as
+an error (and the first one is reported). The server's CPU time comes from
+``/proc/<server_pid>/stat`` when available (Linux).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+async def measure(client: httpx.AsyncClient, route: dict[str, Any], concurrency: int,
+                  seconds: float, server_pid: int) -> dict[str, Any]:
+    path, headers = route["path"], route.get("headers", {})
+    latencies: list[float] = []
+    errors = 0
+    first_error: str | None = None
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors, first_error
+        while True:
+            started = time.perf_counter()
+            if started >= stop_at:
+                return
+            response = await client.get(path, headers=headers)
+            latencies.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                errors += 1
+                if first_error is None:
+                    first_error = f"{response.status_code} {response.text[:300]}"
+
+    server_cpu0 = process_cpu_seconds(server_pid)
+    own_cpu0 = time.process_time()
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    server_cpu1 = process_cpu_seconds(server_pid)
+    latencies.sort()
+    return {
+        "route": route["name"],
+        "requests": len(latencies),
+        "errors": errors,
+        "first_error": first_error,
+        "elapsed": elapsed,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p95_ms": percentile(latencies, 0.95) * 1000,
+        "server_cpu": (server_cpu1 - server_cpu0)
+        if server_cpu0 is not None and server_cpu1 is not None else None,
+        "loadgen_cpu": time.process_time() - own_cpu0,
+    }
+
+
+def emit(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+async def run(spec: dict[str, Any]) -> None:
+    routes: list[dict[str, Any]] = spec["routes"]
+    concurrency = int(spec["concurrency"])
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=spec["base_url"], limits=limits,
+                                 timeout=30.0) as client:
+        for route in routes:
+            result = await measure(client, route, concurrency, float(spec["warmup"]),
+                                   spec["server_pid"])
+            emit({"kind": "warmup", **result})
+        for round_no in range(int(spec["rounds"])):
+            shift = round_no % len(routes)
+            for route in routes[shift:] + routes[:shift]:
+                result = await measure(client, route, concurrency, float(spec["seconds"]),
+                                       spec["server_pid"])
+                emit({"kind": "measure", "round": round_no, **result})
+    emit({"kind": "done"})
+
+
+def main() -> None:
+    asyncio.run(run(json.load(sys.stdin)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Entry point of ``make bench``: runs every benchmark and prints its figures.
+
+Benchmarks are not tests: they exit non-zero only when they could not run, never because a
+figure missed its goal (the printed verdict says that).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import scoped_read
+
+    return scoped_read.main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Approvals: the inbox and decisions.
+
+A decision is recorded once (a second one gets Conflict), only by a member with
+``approvals:decide`` whose role is the approval's ``approver_role`` or admin. The decision, the
+decider and the comment go into the approval row, the run's event log (immediately) and the
+audit log; the run becomes claimable and a worker applies the decision to the run's state in
+its next checkpoint. Other organizations' approval ids raise NotFound.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.approvals.models import Approval
+from enginex.audit.service import record
+from enginex.kit.errors import Conflict, Forbidden, ValidationFailed
+from enginex.kit.time import utcnow
+from enginex.runs.models import Run
+from enginex.runs.repository import RunRepository
+from enginex.runs.service import notify_workers
+from enginex.tenancy.context import TenantContext
+from enginex.tenancy.principal import acting_user_id
+from enginex.tenancy.repository import ScopedRepository
+from enginex.tenancy.scopes import Role
+
+
+class ApprovalRepository(ScopedRepository[Approval]):
+    model = Approval
+
+    async def list(self, status: str | None, limit: int) -> list[Approval]:
+        stmt = select(Approval).where(Approval.tenant_id == self.ctx.org_id)
+        if status:
+            stmt = stmt.where(Approval.status == status)
+        stmt = stmt.order_by(Approval.created_at.desc()).limit(limit)
+        return list((await self.db.execute(stmt)).scalars())
+
+    async def count_pending(self) -> int:
+        stmt = select(func.count()).select_from(Approval).where(
+            Approval.tenant_id == self.ctx.org_id, Approval.status == "pending")
+        return int((await self.db.execute(stmt)).scalar_one())
+
+    async def mark_decided(self, approval_id: uuid.UUID, *, status: str, decision: str,
+                           comment: str, decided_by: uuid.UUID | None) -> bool:
+        """Record the decision iff still pending and unexpired (atomic: decided at most once)."""
+        now = utcnow()
+        stmt = (update(Approval)
+                .where(Approval.tenant_id == self.ctx.org_id, Approval.id == approval_id,
+                       Approval.status == "pending", Approval.expires_at > now)
+                .values(status=status, decision=decision, comment=comment,
+                        decided_by=decided_by, decided_at=now)
+                .execution_options(synchronize_session=False))
+        return bool((await self.db.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def list_approvals(db: AsyncSession, ctx: TenantContext, *, status: str | None,
+                         limit: int = 100) -> list[Approval]:
+    return await ApprovalRepository(db, ctx).list(status, limit)
+
+
+async def access_approval(db: AsyncSession, ctx: TenantContext,
+                          approval_id: uuid.UUID) -> Approval:
+    return await ApprovalRepository(db, ctx).access(approval_id)
+
+
+def can_decide(ctx: TenantContext, approval: Approval) -> bool:
+    return ctx.role == Role.ADMIN or str(ctx.role) == approval.approver_role
+
+
+async def decide(db: AsyncSession, ctx: TenantContext, approval_id: uuid.UUID, *,
+                 decision: str, comment: str, actor: object = None) -> Approval:
+    """Decide a pending approval and resume its run. See the module docstring."""
+    repo = ApprovalRepository(db, ctx)
+    approval = await repo.access(approval_id)
+    if not can_decide(ctx, approval):
+        raise Forbidden(f"This approval can be decided by the '{approval.approver_role}' role "
+                        f"(or an admin); your role is '{ctx.role}'.", code="approver_role")
+    if decision not in approval.options:
+        raise ValidationFailed(f"decision: must be one of {approval.options}.",
+                               details={"field": "decision", "options": approval.options})
+    if approval.status != "pending":
+        raise Conflict(f"This approval was already {approval.status}; decisions are final.",
+                       code="already_decided")
+    status = "rejected" if decision in {"reject", "rejected", "deny"} else "approved"
+    decided_by = acting_user_id(ctx.principal)
+    if not await repo.mark_decided(approval.id, status=status, decision=decision,
+                                   comment=comment, decided_by=decided_by):
+        raise Conflict("This approval was decided or expired a moment ago; reload it.",
+                       code="already_decided")
+    await db.execute(update(Run).where(Run.tenant_id == ctx.org_id, Run.id == approval.run_id,
+                                       Run.status == "waiting_approval")
+                     .values(status="running", lease_owner=None, lease_expires_at=None)
+                     .execution_options(synchronize_session=False))
+    await RunRepository(db, ctx).append_events(approval.run_id, [(
+        "approval_decided", approval.node_id,
+        {"approval_id": str(approval.id), "decision": decision, "comment": comment,
+         "decided_by": str(decided_by) if decided_by else None})])
+    await record(db, ctx, "approval.decided", target_kind="approval", target_id=approval.id,
+                 details={"decision": decision, "run_id": str(approval.run_id)})
+    await notify_workers(db)
+    await db.refresh(approval)
+    return approval

@@ -1,0 +1,42 @@
+"""Reports (artifacts) of an organization's runs: list, read, download.
+
+Other organizations' artifact ids raise NotFound. Bytes are read only through the storage
+path built from this organization's id.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.reports.models import Artifact
+from enginex.reports.storage import ArtifactStorage
+from enginex.tenancy.context import TenantContext
+from enginex.tenancy.repository import ScopedRepository
+
+
+class ArtifactRepository(ScopedRepository[Artifact]):
+    model = Artifact
+
+    async def list(self, run_id: uuid.UUID | None, limit: int) -> list[Artifact]:
+        stmt = select(Artifact).where(Artifact.tenant_id == self.ctx.org_id)
+        if run_id:
+            stmt = stmt.where(Artifact.run_id == run_id)
+        stmt = stmt.order_by(Artifact.created_at.desc()).limit(limit)
+        return list((await self.db.execute(stmt)).scalars())
+
+
+async def list_reports(db: AsyncSession, ctx: TenantContext, *, run_id: uuid.UUID | None,
+                       limit: int = 100) -> list[Artifact]:
+    return await ArtifactRepository(db, ctx).list(run_id, limit)
+
+
+async def access_report(db: AsyncSession, ctx: TenantContext, artifact_id: uuid.UUID) -> Artifact:
+    return await ArtifactRepository(db, ctx).access(artifact_id)
+
+
+def read_report(storage: ArtifactStorage, ctx: TenantContext, artifact: Artifact) -> bytes:
+    assert artifact.tenant_id == ctx.org_id
+    return storage.read(ctx.org_id, artifact.id)

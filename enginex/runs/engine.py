@@ -1,0 +1,411 @@
+"""Executing one step of a run: load (short transaction) -> run the node (no transaction)
+-> commit result + events + checkpoint (one short transaction, guarded).
+
+Contract:
+* A step's result is committed atomically with its events and checkpoint, and only if the
+  worker still holds the run's lease at the expected step (``commit_step_guard``): a step is
+  never applied twice, and a worker that lost its lease discards its result.
+* A worker that dies mid-step loses nothing committed: after its lease expires another worker
+  claims the run and re-executes the step from the last checkpoint. External side effects of
+  that step (an HTTP call) may therefore happen again: at-least-once for the outside world,
+  exactly-once for the run's own state.
+* Every database access re-binds the session to the run's tenant first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from enginex.agents.manifest import AgentManifest, ApprovalNode, LLMNode, ReportNode, ToolNode
+from enginex.agents.models import AgentVersion
+from enginex.approvals.models import Approval
+from enginex.db import set_tenant
+from enginex.kit.expressions import evaluate
+from enginex.kit.templates import render, render_value
+from enginex.kit.time import utcnow
+from enginex.llm.base import (
+    CompletionRequest,
+    LLMError,
+    LLMProvider,
+    Message,
+    ToolCall,
+    ToolSpec,
+)
+from enginex.orgs.repository import get_org
+from enginex.reports.models import Artifact
+from enginex.reports.storage import ArtifactStorage
+from enginex.runs.models import Checkpoint, Run
+from enginex.runs.repository import RunRepository
+from enginex.tenancy.context import TenantContext, system_context
+from enginex.tenancy.repository import ScopedRepository
+from enginex.tools.base import ToolContext, ToolError, ToolRegistry
+
+log = logging.getLogger("enginex.engine")
+
+MAX_EVENT_TEXT = 4000
+PENDING_APPROVAL = "__pending_approval__"
+
+Event = tuple[str, str | None, dict[str, Any]]
+ProviderFactory = Callable[[AsyncSession, TenantContext, AgentManifest], Awaitable[LLMProvider]]
+
+
+class _Versions(ScopedRepository[AgentVersion]):
+    model = AgentVersion
+
+
+class _Approvals(ScopedRepository[Approval]):
+    model = Approval
+
+
+@dataclass
+class EngineDeps:
+    """Process-wide things a worker needs."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    storage: ArtifactStorage
+    tools: ToolRegistry
+    provider_for: ProviderFactory
+    allow_private_network: bool = False
+    lease_seconds: int = 30
+
+
+@dataclass
+class _Loaded:
+    ctx: TenantContext
+    run: Run
+    manifest: AgentManifest
+    files: dict[str, str]
+    state: dict[str, Any]
+    path: list[str]
+    node_id: str
+    approval: Approval | None
+    provider: LLMProvider | None
+
+
+@dataclass
+class _Result:
+    events: list[Event] = field(default_factory=list)
+    outcome: str = "success"
+    error: str | None = None
+    waiting_approval: Approval | None = None
+    artifacts: list[tuple[Artifact, bytes]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def _clip(value: Any, limit: int = MAX_EVENT_TEXT) -> Any:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text) <= limit:
+        return value
+    return text[:limit] + f"... [{len(text) - limit} more characters]"
+
+
+def initial_state(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {"inputs": dict(inputs), **inputs}
+
+
+async def _load(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
+                worker: str) -> _Loaded | None:
+    async with deps.sessions() as db:
+        await set_tenant(db, tenant_id)
+        org = await get_org(db, tenant_id)
+        if org is None:
+            return None
+        ctx = system_context(org.id, org.slug)
+        run = await RunRepository(db, ctx).get(run_id)
+        if run is None or run.status != "running" or run.lease_owner != worker:
+            return None
+        version = await _Versions(db, ctx).get(run.agent_version_id)
+        if version is None:
+            return None
+        manifest = AgentManifest.model_validate(version.manifest)
+        checkpoint = await RunRepository(db, ctx).latest_checkpoint(run_id)
+        state = dict(checkpoint.state) if checkpoint else initial_state(run.inputs)
+        path = list(checkpoint.path) if checkpoint else []
+        node_id = run.next_node or manifest.graph.entry_node
+        approval = None
+        if PENDING_APPROVAL in state:
+            approval = await _Approvals(db, ctx).get(uuid.UUID(state[PENDING_APPROVAL]))
+        provider = None
+        if isinstance(manifest.graph.node(node_id), LLMNode):
+            provider = await deps.provider_for(db, ctx, manifest)
+        await db.rollback()
+        return _Loaded(ctx, run, manifest, dict(version.files), state, path, node_id, approval,
+                       provider)
+
+
+# --- node kinds --------------------------------------------------------------------------------
+
+SET_OUTPUT = ToolSpec(
+    name="set_output",
+    description="Set one of this step's declared output keys. Call once per key.",
+    parameters={"type": "object", "properties": {"key": {"type": "string"}, "value": {}},
+                "required": ["key", "value"]},
+)
+
+
+async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Result) -> None:
+    assert loaded.provider is not None
+    state = loaded.state
+    system = node.system_prompt
+    if node.system_prompt_file:
+        system = loaded.files.get(node.system_prompt_file, "")
+    system = render(system, state)
+    system += ("\n\nWhen done, call set_output once for each of these keys: "
+               + ", ".join(node.output_keys) + ".")
+    inputs = {key: state.get(key) for key in node.input_keys} if node.input_keys else {
+        "inputs": state.get("inputs", {})}
+    messages: list[Message] = [Message("system", system),
+                               Message("user", json.dumps(inputs, default=str, indent=2))]
+    tool_specs = [SET_OUTPUT, *[s for s in deps.tools.specs(node.tools) if s.name != "set_output"]]
+    tool_ctx = ToolContext(tenant_id=loaded.ctx.org_id, run_id=loaded.run.id, node_id=node.id,
+                           state=state, allow_private_network=deps.allow_private_network)
+    outputs: dict[str, Any] = {}
+    for _ in range(node.max_iterations):
+        request = CompletionRequest(messages=tuple(messages), tools=tuple(tool_specs),
+                                    model=node.model, node_id=node.id)
+        result.events.append(("llm_request", node.id, {"model": node.model,
+                                                        "messages": len(messages)}))
+        response = await loaded.provider.complete(request)
+        result.prompt_tokens += response.usage.prompt_tokens
+        result.completion_tokens += response.usage.completion_tokens
+        result.events.append(("llm_response", node.id, {
+            "model": response.model, "text": _clip(response.text),
+            "tool_calls": [c.name for c in response.tool_calls],
+            "prompt_tokens": response.usage.prompt_tokens,
+            "completion_tokens": response.usage.completion_tokens}))
+        messages.append(Message("assistant", response.text, tool_calls=response.tool_calls))
+        if not response.tool_calls:
+            missing = [k for k in node.output_keys if k not in outputs]
+            if len(missing) == 1 and response.text:
+                outputs[missing[0]] = response.text
+            else:
+                messages.append(Message("user", "Call set_output for: " + ", ".join(missing)))
+        for call in response.tool_calls:
+            content = await _llm_tool_call(deps, node, call, tool_ctx, outputs, result)
+            messages.append(Message("tool", content, tool_call_id=call.id, name=call.name))
+        if all(k in outputs for k in node.output_keys):
+            state.update({k: outputs[k] for k in node.output_keys})
+            return
+    missing = [k for k in node.output_keys if k not in outputs]
+    raise ToolError(f"the model did not set {', '.join(missing)} within "
+                    f"{node.max_iterations} iterations")
+
+
+async def _llm_tool_call(deps: EngineDeps, node: LLMNode, call: ToolCall, tool_ctx: ToolContext,
+                         outputs: dict[str, Any], result: _Result) -> str:
+    result.events.append(("tool_call", node.id, {"tool": call.name,
+                                                 "arguments": _clip(call.arguments)}))
+    if call.name == "set_output":
+        key, value = call.arguments.get("key"), call.arguments.get("value")
+        if key not in node.output_keys:
+            content = f"error: '{key}' is not an output key of this step ({node.output_keys})"
+        else:
+            outputs[str(key)] = value
+            content = "ok"
+    elif call.name not in node.tools or deps.tools.get(call.name) is None:
+        content = f"error: tool '{call.name}' is not available to this step"
+    else:
+        tool = deps.tools.get(call.name)
+        assert tool is not None
+        try:
+            content = json.dumps(await tool.call(tool_ctx, dict(call.arguments)), default=str)
+        except ToolError as exc:
+            content = f"error: {exc}"
+    result.events.append(("tool_result", node.id, {"tool": call.name, "result": _clip(content)}))
+    return content
+
+
+async def _run_tool(deps: EngineDeps, loaded: _Loaded, node: ToolNode, result: _Result) -> None:
+    tool = deps.tools.get(node.tool)
+    if tool is None:
+        raise ToolError(f"tool '{node.tool}' is not available")
+    arguments = render_value(node.arguments, loaded.state)
+    result.events.append(("tool_call", node.id, {"tool": node.tool,
+                                                 "arguments": _clip(arguments)}))
+    tool_ctx = ToolContext(tenant_id=loaded.ctx.org_id, run_id=loaded.run.id, node_id=node.id,
+                           state=loaded.state, allow_private_network=deps.allow_private_network)
+    value = await tool.call(tool_ctx, arguments)
+    result.events.append(("tool_result", node.id, {"tool": node.tool, "result": _clip(value)}))
+    loaded.state[node.output_key or node.id] = value
+
+
+def _run_approval(loaded: _Loaded, node: ApprovalNode, step: int, result: _Result) -> bool:
+    """Request a decision, or apply one. Returns True when the node is complete."""
+    approval = loaded.approval
+    if approval is None:
+        approval = Approval(
+            id=uuid.uuid4(), tenant_id=loaded.ctx.org_id, run_id=loaded.run.id, node_id=node.id,
+            step=step, question=render(node.question, loaded.state), options=list(node.options),
+            approver_role=node.approver_role, status="pending",
+            expires_at=utcnow() + timedelta(minutes=node.expires_in_minutes))
+        loaded.state[PENDING_APPROVAL] = str(approval.id)
+        result.waiting_approval = approval
+        result.events.append(("approval_requested", node.id, {
+            "approval_id": str(approval.id), "question": _clip(approval.question),
+            "options": approval.options, "approver_role": approval.approver_role,
+            "expires_at": approval.expires_at.isoformat()}))
+        return False
+    if approval.status == "pending":
+        raise _NotReady
+    loaded.state.pop(PENDING_APPROVAL, None)
+    loaded.state[node.output_key or node.id] = {
+        "decision": approval.decision, "comment": approval.comment or "",
+        "status": approval.status,
+        "decided_by": str(approval.decided_by) if approval.decided_by else None}
+    return True
+
+
+async def _run_report(deps: EngineDeps, loaded: _Loaded, node: ReportNode,
+                      result: _Result) -> None:
+    template = loaded.files.get(node.template_file, "") if node.template_file else node.template
+    markdown = render(template, loaded.state)
+    data = markdown.encode()
+    artifact = Artifact(id=uuid.uuid4(), tenant_id=loaded.ctx.org_id, run_id=loaded.run.id,
+                        node_id=node.id, title=render(node.title, loaded.state)[:200],
+                        filename=f"{node.id}.md", media_type="text/markdown",
+                        size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    deps.storage.write(loaded.ctx.org_id, artifact.id, data)
+    result.artifacts.append((artifact, data))
+    loaded.state[node.output_key or node.id] = {"artifact_id": str(artifact.id),
+                                                "title": artifact.title}
+    result.events.append(("report_created", node.id, {"artifact_id": str(artifact.id),
+                                                      "title": artifact.title,
+                                                      "size_bytes": len(data)}))
+
+
+class _NotReady(Exception):
+    """The run was claimed while its approval is still pending: release it unchanged."""
+
+
+# --- edges -------------------------------------------------------------------------------------
+
+
+def next_node(manifest: AgentManifest, node_id: str, outcome: str,
+              state: dict[str, Any]) -> str | None:
+    """The first matching edge (highest priority first, then file order), or None."""
+    for edge in manifest.graph.edges_from(node_id):
+        if edge.condition == "always":
+            return edge.target
+        if edge.condition == "on_success" and outcome == "success":
+            return edge.target
+        if edge.condition == "on_failure" and outcome == "failure":
+            return edge.target
+        if edge.condition == "conditional" and outcome == "success" and edge.expr and \
+                bool(evaluate(edge.expr, state)):
+            return edge.target
+    return None
+
+
+# --- one step ----------------------------------------------------------------------------------
+
+
+async def execute_step(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
+                       worker: str) -> bool:
+    """Run the next node of a claimed run and commit its result. Returns True if committed."""
+    loaded = await _load(deps, tenant_id, run_id, worker)
+    if loaded is None:
+        return False
+    run, manifest = loaded.run, loaded.manifest
+    step = run.step + 1
+    node = manifest.graph.node(loaded.node_id)
+    result = _Result()
+    result.events.append(("node_started", node.id, {"node_type": node.node_type, "step": step}))
+    complete = True
+    try:
+        if step > manifest.graph.max_steps:
+            raise ToolError(f"the run exceeded max_steps ({manifest.graph.max_steps})")
+        if isinstance(node, LLMNode):
+            await _run_llm(deps, loaded, node, result)
+        elif isinstance(node, ToolNode):
+            await _run_tool(deps, loaded, node, result)
+        elif isinstance(node, ApprovalNode):
+            complete = _run_approval(loaded, node, step, result)
+        else:
+            await _run_report(deps, loaded, node, result)
+    except _NotReady:
+        await _release(deps, loaded, worker)
+        return False
+    except (ToolError, LLMError) as exc:
+        result.outcome, result.error = "failure", str(exc)[:2000]
+        result.events.append(("error", node.id, {"message": result.error}))
+    except Exception as exc:  # noqa: BLE001 - a node must never kill the worker
+        log.exception("node %s of run %s failed", node.id, run_id)
+        result.outcome = "failure"
+        result.error = f"internal error in node '{node.id}' ({type(exc).__name__})"
+        result.events.append(("error", node.id, {"message": result.error}))
+    return await _commit(deps, loaded, worker, step, node.id, result, complete)
+
+
+async def _commit(deps: EngineDeps, loaded: _Loaded, worker: str, step: int, node_id: str,
+                  result: _Result, complete: bool) -> bool:
+    run, manifest, state = loaded.run, loaded.manifest, loaded.state
+    values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None,
+                              "prompt_tokens": Run.prompt_tokens + result.prompt_tokens,
+                              "completion_tokens": Run.completion_tokens
+                              + result.completion_tokens}
+    path = [*loaded.path, node_id]
+    following: str | None = node_id
+    if result.waiting_approval is not None:
+        values["status"] = "waiting_approval"
+    elif complete:
+        is_terminal = node_id in manifest.graph.terminal_nodes and result.outcome == "success"
+        try:
+            following = None if is_terminal else next_node(manifest, node_id, result.outcome,
+                                                           state)
+        except Exception as exc:  # noqa: BLE001 - a broken expression fails the run
+            result.outcome, result.error = "failure", f"edge condition failed: {exc}"
+            following = None
+        result.events.append(("node_finished", node_id, {"outcome": result.outcome}))
+        if following is None:
+            failed = result.outcome == "failure" or not is_terminal
+            error = result.error or (None if is_terminal else
+                                     f"no outgoing edge of node '{node_id}' matched")
+            values.update(status="failed" if failed else "succeeded", finished_at=utcnow(),
+                          error=error)
+            result.events.append(("finished", None, {"status": values["status"],
+                                                     "error": error}))
+    values["next_node"] = following
+    status_after = values.get("status", "running")
+    async with deps.sessions() as db:
+        await set_tenant(db, loaded.ctx.org_id)
+        repo = RunRepository(db, loaded.ctx)
+        last_seq = await repo.commit_step_guard(run.id, expected_step=run.step, worker=worker,
+                                                n_events=len(result.events) + 1, values=values)
+        if last_seq is None:
+            await db.rollback()
+            log.info("run %s: lease lost before committing step %s; result discarded",
+                     run.id, step)
+            return False
+        result.events.append(("checkpoint", node_id, {"step": step, "next_node": following,
+                                                      "status": status_after}))
+        repo.add_events(run.id, last_seq, result.events)
+        db.add(Checkpoint(tenant_id=loaded.ctx.org_id, run_id=run.id, step=step, node_id=node_id,
+                          next_node=following, status=status_after, state=state, path=path))
+        if result.waiting_approval is not None:
+            db.add(result.waiting_approval)
+        for artifact, _ in result.artifacts:
+            db.add(artifact)
+        await db.commit()
+    return True
+
+
+async def _release(deps: EngineDeps, loaded: _Loaded, worker: str) -> None:
+    async with deps.sessions() as db:
+        await set_tenant(db, loaded.ctx.org_id)
+        run = await RunRepository(db, loaded.ctx).get(loaded.run.id)
+        if run is not None and run.lease_owner == worker:
+            run.lease_owner = None
+            run.lease_expires_at = None
+            if loaded.approval is not None and loaded.approval.status == "pending":
+                run.status = "waiting_approval"
+        await db.commit()

@@ -1,0 +1,123 @@
+"""Scoped queries on runs, events and checkpoints."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.runs.models import Checkpoint, Run, RunEvent
+from enginex.tenancy.context import TenantContext
+from enginex.tenancy.repository import ScopedRepository
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    status: str | None = None
+    agent_key: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+class RunRepository(ScopedRepository[Run]):
+    model = Run
+
+    def __init__(self, db: AsyncSession, ctx: TenantContext) -> None:
+        super().__init__(db, ctx)
+
+    async def list(self, filters: RunFilter, *, limit: int,
+                   before: tuple[datetime, uuid.UUID] | None) -> list[Run]:
+        """Newest first; ``before`` is the (created_at, id) cursor of the last row seen."""
+        stmt = select(Run).where(Run.tenant_id == self.ctx.org_id)
+        if filters.status:
+            stmt = stmt.where(Run.status == filters.status)
+        if filters.agent_key:
+            stmt = stmt.where(Run.agent_key == filters.agent_key)
+        if filters.created_after:
+            stmt = stmt.where(Run.created_at >= filters.created_after)
+        if filters.created_before:
+            stmt = stmt.where(Run.created_at < filters.created_before)
+        if before:
+            at, last_id = before
+            stmt = stmt.where((Run.created_at < at) | ((Run.created_at == at) & (Run.id < last_id)))
+        stmt = stmt.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
+        return list((await self.db.execute(stmt)).scalars())
+
+    async def count_by_status(self) -> dict[str, int]:
+        stmt = (select(Run.status, func.count()).where(Run.tenant_id == self.ctx.org_id)
+                .group_by(Run.status))
+        return {status: int(n) for status, n in (await self.db.execute(stmt)).all()}
+
+    async def events_after(self, run_id: uuid.UUID, after: int, limit: int = 500) -> list[RunEvent]:
+        stmt = (select(RunEvent).where(RunEvent.tenant_id == self.ctx.org_id,
+                                       RunEvent.run_id == run_id, RunEvent.seq > after)
+                .order_by(RunEvent.seq).limit(limit))
+        return list((await self.db.execute(stmt)).scalars())
+
+    async def checkpoints(self, run_id: uuid.UUID) -> list[Checkpoint]:
+        stmt = (select(Checkpoint).where(Checkpoint.tenant_id == self.ctx.org_id,
+                                         Checkpoint.run_id == run_id)
+                .order_by(Checkpoint.step))
+        return list((await self.db.execute(stmt)).scalars())
+
+    async def checkpoint(self, run_id: uuid.UUID, step: int) -> Checkpoint | None:
+        stmt = select(Checkpoint).where(Checkpoint.tenant_id == self.ctx.org_id,
+                                        Checkpoint.run_id == run_id, Checkpoint.step == step)
+        return (await self.db.execute(stmt)).scalar_one_or_none()
+
+    async def latest_checkpoint(self, run_id: uuid.UUID) -> Checkpoint | None:
+        stmt = (select(Checkpoint).where(Checkpoint.tenant_id == self.ctx.org_id,
+                                         Checkpoint.run_id == run_id)
+                .order_by(Checkpoint.step.desc()).limit(1))
+        return (await self.db.execute(stmt)).scalar_one_or_none()
+
+    async def commit_step_guard(self, run_id: uuid.UUID, *, expected_step: int, worker: str,
+                                n_events: int, values: dict[str, object]) -> int | None:
+        """Advance the run by one step iff this worker still holds it at ``expected_step``.
+
+        Reserves ``n_events`` event sequence numbers atomically; returns the last one, or None
+        when the lease was lost, the run was cancelled, or another worker committed the step.
+        """
+        stmt = (update(Run).where(Run.tenant_id == self.ctx.org_id, Run.id == run_id,
+                                  Run.step == expected_step, Run.lease_owner == worker,
+                                  Run.status == "running")
+                .values(step=expected_step + 1, last_event_seq=Run.last_event_seq + n_events,
+                        **values)
+                .returning(Run.last_event_seq)
+                .execution_options(synchronize_session=False))
+        return (await self.db.execute(stmt)).scalar_one_or_none()
+
+    async def reserve_events(self, run_id: uuid.UUID, n_events: int) -> int | None:
+        """Atomically reserve ``n_events`` sequence numbers; returns the last one."""
+        stmt = (update(Run).where(Run.tenant_id == self.ctx.org_id, Run.id == run_id)
+                .values(last_event_seq=Run.last_event_seq + n_events)
+                .returning(Run.last_event_seq)
+                .execution_options(synchronize_session=False))
+        return (await self.db.execute(stmt)).scalar_one_or_none()
+
+    async def extend_lease(self, run_id: uuid.UUID, worker: str, until: datetime) -> bool:
+        stmt = (update(Run).where(Run.tenant_id == self.ctx.org_id, Run.id == run_id,
+                                  Run.lease_owner == worker, Run.status == "running")
+                .values(lease_expires_at=until).execution_options(synchronize_session=False))
+        return bool((await self.db.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+    def add_events(self, run_id: uuid.UUID, last_seq: int,
+                   events: list[tuple[str, str | None, dict[str, object]]]) -> list[RunEvent]:
+        """Insert events numbered up to ``last_seq`` (reserved with the calls above)."""
+        first = last_seq - len(events) + 1
+        rows = [RunEvent(tenant_id=self.ctx.org_id, run_id=run_id, seq=first + i, kind=kind,
+                         node_id=node_id, data=data)
+                for i, (kind, node_id, data) in enumerate(events)]
+        self.db.add_all(rows)
+        return rows
+
+    async def append_events(self, run_id: uuid.UUID,
+                            events: list[tuple[str, str | None, dict[str, object]]]
+                            ) -> list[RunEvent]:
+        last = await self.reserve_events(run_id, len(events))
+        if last is None:
+            return []
+        return self.add_events(run_id, last, events)

@@ -1,0 +1,34 @@
+"""Builds the engine's dependencies and the embedded worker from the settings."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.agents.manifest import AgentManifest
+from enginex.config import Settings
+from enginex.db import Database
+from enginex.llm.base import LLMProvider
+from enginex.reports.storage import ArtifactStorage
+from enginex.runs.engine import EngineDeps
+from enginex.runs.worker import Worker
+from enginex.tenancy.context import TenantContext
+
+
+def build_engine(settings: Settings, db: Database, master_key: bytes) -> EngineDeps:
+    from enginex.llm.service import provider_for
+    from enginex.tools.registry import builtin_registry
+
+    async def providers(session: AsyncSession, ctx: TenantContext,
+                        manifest: AgentManifest) -> LLMProvider:
+        return await provider_for(session, ctx, manifest, master_key=master_key,
+                                  allow_private_network=settings.allow_private_network)
+
+    return EngineDeps(sessions=db.sessions, storage=ArtifactStorage(settings.resolved_storage_dir),
+                      tools=builtin_registry(), provider_for=providers,
+                      allow_private_network=settings.allow_private_network,
+                      lease_seconds=settings.lease_seconds)
+
+
+def build_worker(settings: Settings, db: Database, deps: EngineDeps) -> Worker:
+    return Worker(db, deps, slots=settings.worker_slots, tenant_limit=settings.tenant_concurrency,
+                  database_url=settings.resolved_database_url)

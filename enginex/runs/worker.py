@@ -1,0 +1,142 @@
+"""Workers: claim runs under a lease, execute one step at a time, heartbeat, wake on notify.
+
+The same Worker runs embedded in ``enginex serve`` (in-process, the embedded default) and as
+``enginex worker`` processes (production). After every committed step the lease is released,
+so the scheduler's fair choice is made again for the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from datetime import timedelta
+
+import psycopg
+from sqlalchemy import make_url
+
+from enginex.db import Database, set_tenant
+from enginex.kit.time import utcnow
+from enginex.runs.engine import EngineDeps, execute_step
+from enginex.runs.repository import RunRepository
+from enginex.runs.scheduler import Claim, claim_next, expire_approvals
+from enginex.runs.service import RUN_CHANNEL
+from enginex.tenancy.context import system_context
+
+log = logging.getLogger("enginex.worker")
+
+
+class Worker:
+    def __init__(self, db: Database, deps: EngineDeps, *, slots: int = 4,
+                 tenant_limit: int = 4, poll_seconds: float = 1.0,
+                 database_url: str | None = None) -> None:
+        self.db = db
+        self.deps = deps
+        self.slots = slots
+        self.tenant_limit = tenant_limit
+        self.poll_seconds = poll_seconds
+        self.database_url = database_url
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.steps_committed = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until ``stop()``; cancellation-safe (a cancelled step just loses its lease)."""
+        wake = self.db.notifier.waiter()
+        tasks = [asyncio.create_task(self._slot(wake), name=f"worker-slot-{i}")
+                 for i in range(self.slots)]
+        tasks.append(asyncio.create_task(self._sweeper(), name="worker-sweeper"))
+        if self.database_url and self.database_url.startswith("postgresql"):
+            tasks.append(asyncio.create_task(self._listen(), name="worker-listen"))
+        try:
+            await self._stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.db.notifier.discard(wake)
+
+    async def _slot(self, wake: asyncio.Event) -> None:
+        while not self._stop.is_set():
+            try:
+                claim = await self._claim()
+            except Exception:  # noqa: BLE001 - keep the worker alive through DB hiccups
+                log.exception("claim failed")
+                claim = None
+            if claim is None:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=self.poll_seconds)
+                continue
+            await self._execute(claim)
+
+    async def _claim(self) -> Claim | None:
+        async with self.db.sessions() as session:
+            claim = await claim_next(session, worker=self.name,
+                                     lease_seconds=self.deps.lease_seconds,
+                                     tenant_limit=self.tenant_limit)
+            await session.commit()
+            return claim
+
+    async def _execute(self, claim: Claim) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(claim))
+        try:
+            if await execute_step(self.deps, claim.tenant_id, claim.run_id, self.name):
+                self.steps_committed += 1
+                self.db.notifier.wake()  # the run may have more steps: claim again
+        except Exception:  # noqa: BLE001
+            log.exception("step of run %s failed unexpectedly; its lease will expire",
+                          claim.run_id)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, claim: Claim) -> None:
+        interval = max(self.deps.lease_seconds / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            async with self.db.sessions() as session:
+                await set_tenant(session, claim.tenant_id)
+                ctx = system_context(claim.tenant_id, "")
+                until = utcnow() + timedelta(seconds=self.deps.lease_seconds)
+                if not await RunRepository(session, ctx).extend_lease(claim.run_id, self.name,
+                                                                      until):
+                    await session.rollback()
+                    return
+                await session.commit()
+
+    async def _sweeper(self) -> None:
+        while True:
+            try:
+                async with self.db.sessions() as session:
+                    if await expire_approvals(session):
+                        self.db.notifier.wake()
+                    await session.commit()
+            except Exception:  # noqa: BLE001
+                log.exception("approval expiry sweep failed")
+            await asyncio.sleep(max(self.poll_seconds * 5, 1.0))
+
+    async def _listen(self) -> None:
+        """PostgreSQL LISTEN: runs queued by other processes wake this worker at once."""
+        assert self.database_url is not None
+        conninfo = make_url(self.database_url).set(drivername="postgresql").render_as_string(
+            hide_password=False)
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo,
+                                                                 autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {RUN_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self.db.notifier.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.warning("LISTEN connection lost; retrying in 2 s")
+                await asyncio.sleep(2)

@@ -1,0 +1,20 @@
+"""The built-in tool registry. MCP tools (``mcp.<server>.<tool>``) register into the same
+``ToolRegistry`` later; the engine builds one registry per run."""
+
+from __future__ import annotations
+
+from enginex.tools.base import ToolRegistry
+from enginex.tools.builtin import HttpRequestTool, RenderReportTool, SetOutputTool
+
+
+def builtin_registry() -> ToolRegistry:
+    """A fresh registry holding ``http_request``, ``set_output`` and ``render_report``."""
+    registry = ToolRegistry()
+    for tool in (HttpRequestTool(), SetOutputTool(), RenderReportTool()):
+        registry.register(tool)
+    return registry
+
+
+def builtin_tool_names() -> set[str]:
+    """Names of the built-in tools (what agent manifests may list without MCP)."""
+    return {HttpRequestTool.spec.name, SetOutputTool.spec.name, RenderReportTool.spec.name}
