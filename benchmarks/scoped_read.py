@@ -297,9 +297,18 @@ class RouteFigures:
     rps: float
     p50_ms: float
     p95_ms: float
-    server_cpu_ms_per_req: float | None
-    server_cpu_share: float | None
-    loadgen_cpu_share: float
+    server_ms_per_req: float | None
+    db_ms_per_req: float | None
+    server_busy: float | None
+    loadgen_busy: float
+    db_connections_churned: int | None
+
+    @property
+    def cost_ms_per_req(self) -> float | None:
+        """CPU per request of the server plus (PostgreSQL) the database backends."""
+        if self.server_ms_per_req is None:
+            return None
+        return self.server_ms_per_req + (self.db_ms_per_req or 0.0)
 
 
 @dataclass
@@ -311,23 +320,36 @@ class BackendResult:
     def ratio(self, name: str) -> float:
         return statistics.median(self.ratios[name])
 
+    def cost_ratio(self, name: str) -> float | None:
+        base, scoped = self.routes["unscoped"].cost_ms_per_req, self.routes[name].cost_ms_per_req
+        return base / scoped if base and scoped else None
+
+
+def _cpu_ms_per_request(records: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in records]
+    if any(v is None for v in values):
+        return None
+    return sum(values) * 1000 / sum(r["requests"] for r in records)
+
 
 def summarize(backend: str, records: list[dict[str, Any]]) -> BackendResult:
     result = BackendResult(backend)
     names = list(dict.fromkeys(r["route"] for r in records))
     for name in names:
         mine = [r for r in records if r["route"] == name]
-        cpu = [r["server_cpu"] for r in mine]
-        requests = sum(r["requests"] for r in mine)
         elapsed = sum(r["elapsed"] for r in mine)
-        known = all(c is not None for c in cpu)
+        server_ms = _cpu_ms_per_request(mine, "server_cpu")
         result.routes[name] = RouteFigures(
             rps=statistics.median(r["rps"] for r in mine),
             p50_ms=statistics.median(r["p50_ms"] for r in mine),
             p95_ms=statistics.median(r["p95_ms"] for r in mine),
-            server_cpu_ms_per_req=sum(cpu) * 1000 / requests if known else None,
-            server_cpu_share=sum(cpu) / elapsed if known else None,
-            loadgen_cpu_share=sum(r["loadgen_cpu"] for r in mine) / elapsed,
+            server_ms_per_req=server_ms,
+            db_ms_per_req=_cpu_ms_per_request(mine, "db_cpu"),
+            server_busy=(sum(r["server_cpu"] for r in mine) / elapsed
+                         if server_ms is not None else None),
+            loadgen_busy=sum(r["loadgen_cpu"] for r in mine) / elapsed,
+            db_connections_churned=(None if mine[0]["db_connections_churned"] is None else
+                                    sum(r["db_connections_churned"] for r in mine)),
         )
     by_round: dict[int, dict[str, float]] = {}
     for r in records:
@@ -338,26 +360,25 @@ def summarize(backend: str, records: list[dict[str, Any]]) -> BackendResult:
     return result
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def print_result(result: BackendResult) -> None:
-    log(f"  {'route':<26}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'server CPU':>12}"
-        f"{'CPU ms/req':>12}{'loadgen CPU':>13}")
+    log(f"  {'route':<26}{'req/s':>7}{'p50 ms':>8}{'p95 ms':>8}   CPU ms/request: "
+        f"{'server':>6}{'db':>6}   busy: {'server':>6}{'loadgen':>8}   db conns churned")
     for name, fig in result.routes.items():
-        share = f"{fig.server_cpu_share:.0%}" if fig.server_cpu_share is not None else "n/a"
-        per_req = (f"{fig.server_cpu_ms_per_req:.2f}"
-                   if fig.server_cpu_ms_per_req is not None else "n/a")
-        log(f"  {ROUTE_LABELS[name]:<26}{fig.rps:>8.0f}{fig.p50_ms:>9.1f}{fig.p95_ms:>9.1f}"
-            f"{share:>12}{per_req:>12}{fig.loadgen_cpu_share:>13.0%}")
-    base = result.routes["unscoped"]
+        log(f"  {ROUTE_LABELS[name]:<26}{fig.rps:>7.0f}{fig.p50_ms:>8.1f}{fig.p95_ms:>8.1f}"
+            f"{'':>18}{_fmt(fig.server_ms_per_req, '.2f'):>6}{_fmt(fig.db_ms_per_req, '.2f'):>6}"
+            f"{'':>9}{_fmt(fig.server_busy, '.0%'):>6}{fig.loadgen_busy:>8.0%}"
+            f"{_fmt(fig.db_connections_churned, 'd'):>19}")
     for name, ratios in result.ratios.items():
         verdict = "meets" if result.ratio(name) >= GOAL else "BELOW"
-        cpu_ratio = ""
-        fig = result.routes[name]
-        if fig.server_cpu_ms_per_req and base.server_cpu_ms_per_req:
-            cpu_ratio = (f"; by server CPU per request "
-                         f"{base.server_cpu_ms_per_req / fig.server_cpu_ms_per_req:.2f}")
+        cost = result.cost_ratio(name)
+        by_cost = f"; by CPU per request {cost:.2f}" if cost is not None else ""
         log(f"  ratio {ROUTE_LABELS[name]} / unscoped: {result.ratio(name):.2f} "
-            f"(rounds {min(ratios):.2f}-{max(ratios):.2f}{cpu_ratio}) -> {verdict} the "
-            f"goal >= {GOAL}")
+            f"(rounds {min(ratios):.2f}-{max(ratios):.2f}{by_cost}) -> {verdict} the goal "
+            f">= {GOAL}")
 
 
 # --- driver ----------------------------------------------------------------------------------
@@ -389,6 +410,7 @@ def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult:
             "base_url": server.base_url, "concurrency": args.concurrency,
             "warmup": args.warmup, "seconds": args.seconds, "rounds": args.rounds,
             "server_pid": server.process.pid, "routes": routes,
+            "pg": {"dsn": PG_ADMIN_DSN, "database": pg.name} if pg else None,
         })
         return summarize(backend, records)
     finally:
@@ -486,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     if results:
         log(f"\nsummary: throughput ratio scoped / unscoped (goal >= {GOAL})")
         for result in results:
-            parts = [f"{ROUTE_LABELS[name].split(', ')[1]} {result.ratio(name):.2f}"
+            parts = [f"{ROUTE_LABELS[name].split(', ')[1]} {result.ratio(name):.2f} "
+                     f"(by CPU {_fmt(result.cost_ratio(name), '.2f')})"
                      for name in result.ratios]
             log(f"  {result.backend:<9} " + "   ".join(parts))
     return 1 if failed else 0

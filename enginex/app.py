@@ -61,14 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db = Database(settings)
     app.state.master_key = master
     app.state.auth_keys = AuthKeys(csrf=derive_key(master, "csrf"))
-    try:  # TEMPORARY while the LLM/tools modules land; removed before commit
-        app.state.engine = build_engine(settings, app.state.db, master)
-    except ImportError:
-        settings = settings.model_copy(update={"embedded_worker": False})
-        app.state.settings = settings
-        app.state.engine = None
-    from enginex.reports.storage import ArtifactStorage
-    app.state.storage = ArtifactStorage(settings.resolved_storage_dir)
+    app.state.engine = build_engine(settings, app.state.db, master)
+    app.state.storage = app.state.engine.storage
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

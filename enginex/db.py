@@ -45,10 +45,18 @@ from sqlalchemy.orm import (
     mapped_column,
     with_loader_criteria,
 )
+from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.orm.session import ORMExecuteState
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement, ColumnClause
-from sqlalchemy.sql.selectable import Select, TableClause
+from sqlalchemy.sql.selectable import (
+    CTE,
+    CompoundSelect,
+    FromClause,
+    Select,
+    TableClause,
+    TextualSelect,
+)
 from sqlalchemy.types import TypeDecorator
 
 from enginex.config import Settings
@@ -158,33 +166,60 @@ def _is_tenant_table(table: object) -> bool:
     return isinstance(table, Table) and "tenant_id" in table.c
 
 
+# Constructs the ORM tenant filter does not reach (their SQL is compiled without the ORM's
+# loader criteria); a tenant-owned table inside one is refused rather than left unfiltered.
+_UNFILTERED = (CTE, CompoundSelect, FromStatement, TextualSelect)
+
+
 def _tenant_tables_used(statement: Executable) -> tuple[bool, bool]:
-    """Whether ``statement`` reads or writes a tenant-owned table anywhere (FROM, joins,
-    subqueries, EXISTS, DML target), and whether it names one through a bare Table -- or
-    selects a bare Column of one -- instead of the mapped class: the ORM tenant filter can only
-    be attached to mapped classes. (Bare columns in WHERE clauses are how SQLAlchemy itself
-    builds ``session.get`` and refresh queries on the mapped class, so they are allowed.)
+    """Whether ``statement`` touches a tenant-owned table anywhere (FROM, joins, subqueries,
+    EXISTS, DML target), and whether it does so where the ORM tenant filter cannot be attached.
+
+    The filter reaches mapped classes (and aliases of them), including in joins and WHERE
+    subqueries of a statement that selects some mapped class or attribute. It does not reach a
+    bare Table, a bare Column in a columns clause, CTEs, UNIONs, ``from_statement`` or a
+    derived table selected by a statement that selects no mapped class. (Bare columns in WHERE
+    clauses are how SQLAlchemy itself builds ``session.get`` and refresh queries, so they are
+    allowed.)
     """
     used = False
-    pending: list[tuple[Any, bool]] = [(statement, False)]
+    seen: set[int] = set()
+    # (element, is it in a columns clause, is it out of the filter's reach)
+    pending: list[tuple[Any, bool, bool]] = [(statement, False, False)]
     while pending:
-        element, selected = pending.pop()
+        element, selected, unreachable = pending.pop()
+        if id(element) in seen:
+            continue
+        seen.add(id(element))
+        mapped = "parententity" in getattr(element, "_annotations", {})
         if isinstance(element, TableClause | ColumnClause):
             is_table = isinstance(element, TableClause)
-            if _is_tenant_table(element if is_table else element.table):
-                used = True
-                if "parententity" not in element._annotations and (is_table or selected):
+            table = element if is_table else element.table
+            if _is_tenant_table(table):
+                if unreachable or (not mapped and (is_table or selected)):
                     return True, True
+                used = True
+            elif not is_table and table is not None:
+                pending.append((table, False, unreachable))  # a derived table's column
             continue  # a table's children are its own columns; a column's, its table
+        if mapped and isinstance(element, FromClause):  # aliased(Model[, subquery])
+            if is_tenant_owned(element._annotations["parententity"].class_):
+                if unreachable:
+                    return True, True
+                used = True
+            continue
+        unreachable = unreachable or isinstance(element, _UNFILTERED)
         if isinstance(element, Select):
             # A Select's children include FROMs derived from its columns (bare tables even for
             # mapped columns); only its explicit FROMs count.
-            pending.extend((c, True) for c in element._raw_columns)
-            pending.extend((c, False) for c in super(Select, element).get_children(
+            entityless = not any("parententity" in c._annotations for c in element._raw_columns)
+            pending.extend((c, True, unreachable) for c in element._raw_columns)
+            pending.extend((c, False, unreachable or entityless)
+                           for c in element._from_obj)
+            pending.extend((c, False, unreachable) for c in super(Select, element).get_children(
                 omit_attrs=("_raw_columns", "_from_obj", "_correlate", "_correlate_except")))
-            pending.extend((c, False) for c in element._from_obj)
         else:
-            pending.extend((c, selected) for c in element.get_children())
+            pending.extend((c, selected, unreachable) for c in element.get_children())
     return used, False
 
 
@@ -303,8 +338,8 @@ class Notifier:
         self._waiters.discard(event)
 
     def wake(self) -> None:
-        for event in list(self._waiters):
-            event.set()
+        for waiter in list(self._waiters):
+            waiter.set()
 
 
 def on_commit(session: Session | AsyncSession, callback: Callable[[], None]) -> None:

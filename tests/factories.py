@@ -158,3 +158,56 @@ def add_member(server: Server, org: Org, role: str, *, email: str | None = None)
     actor = sign_in(server, email)
     actor.role = role
     return actor
+
+
+# --- helpers for the engine tests ---------------------------------------------------------------
+
+AGENT_FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "agents"
+TIMESHEET = ("date,person,project,hours\n2026-11-02,Alice,Apollo,8\n2026-11-03,Alice,Apollo,8\n"
+             "2026-11-04,Alice,Borealis,6.5\n2026-11-02,Bob,Apollo,7.5\n"
+             "2026-11-03,Bob,Apollo,7.5\n")
+
+
+def deploy_agent(org: Org, name: str = "hourly_tracking") -> dict[str, Any]:
+    """Deploy a fixture package as the org's builder, through the upload API."""
+    from enginex.agents.cli import zip_directory
+
+    data = zip_directory(AGENT_FIXTURES / name)
+    response = org.members["builder"].client.post(
+        f"/api/v1/orgs/{org.slug}/agents",
+        files={"package": ("package.zip", data, "application/zip")})
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+def start_session(org: Org, inputs: dict[str, Any] | None = None,
+                  agent: str = "hourly-tracking") -> dict[str, Any]:
+    response = org.members["operator"].client.post(
+        f"/api/v1/orgs/{org.slug}/sessions",
+        json={"agent": agent, "inputs": inputs if inputs is not None else
+              {"timesheet": TIMESHEET}})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def wait_for_status(org: Org, run_id: str, statuses: set[str],
+                    timeout: float = 30.0) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    client = org.members["viewer"].client
+    while True:
+        body = client.get(f"/api/v1/orgs/{org.slug}/sessions/{run_id}").json()
+        if body["status"] in statuses:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"session {run_id} stuck in {body['status']}: {body}")
+        time.sleep(0.05)
+
+
+def pending_approval(org: Org, run_id: str) -> dict[str, Any]:
+    inbox = org.members["operator"].client.get(f"/api/v1/orgs/{org.slug}/approvals",
+                                               params={"status": "pending"}).json()
+    mine = [a for a in inbox if a["run_id"] == run_id]
+    assert len(mine) == 1, inbox
+    return mine[0]

@@ -13,6 +13,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from enginex.kit.errors import NOT_FOUND_MESSAGE
 from tests.factories import (
@@ -20,7 +21,6 @@ from tests.factories import (
     Org,
     Server,
     accept,
-    add_member,
     anonymous,
     api_key_client,
     make_org,
@@ -28,6 +28,12 @@ from tests.factories import (
 
 TENANTS = "/api/v1/admin/tenants"
 EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
+
+
+@pytest.fixture(scope="module")
+def tenant(server: Server, platform_admin: Actor) -> Org:
+    """A tenant with one member and key per role; tests here do not change its membership."""
+    return make_org(server, platform_admin, "adm")
 
 
 def new_slug(label: str = "t") -> str:
@@ -51,19 +57,19 @@ def test_create_tenant_for_a_new_admin_returns_an_invitation(server: Server,
     email = f"boss-{slug}@example.org"
     response = create(platform_admin, slug, email, region="eu-west")
     assert response.status_code == 201, response.text
-    tenant = response.json()
-    assert tenant["slug"] == slug and tenant["status"] == "active"
-    assert tenant["region"] == "eu-west" and tenant["member_count"] == 0
-    assert tenant["admin_user_id"] is None
-    token = tenant["invitation_token"]
-    assert token.startswith(f"inv_{uuid.UUID(tenant['id']).hex}_")
-    assert tenant["invitation_url"].endswith(f"#{token}")
+    created = response.json()
+    assert created["slug"] == slug and created["status"] == "active"
+    assert created["region"] == "eu-west" and created["member_count"] == 0
+    assert created["admin_user_id"] is None
+    token = created["invitation_token"]
+    assert token.startswith(f"inv_{uuid.UUID(created['id']).hex}_")
+    assert created["invitation_url"].endswith(f"#{token}")
     assert listed(platform_admin)[slug]["member_count"] == 0
 
     accepted = accept(server, token)
     assert accepted.status_code == 200 and accepted.json()["new_account"] is True
     entry = listed(platform_admin)[slug]
-    assert entry["member_count"] == 1 and entry["id"] == tenant["id"]
+    assert entry["member_count"] == 1 and entry["id"] == created["id"]
     # The invitation made its holder the tenant's admin.
     with anonymous(server) as client:
         login = client.post("/api/v1/auth/login",
@@ -74,22 +80,22 @@ def test_create_tenant_for_a_new_admin_returns_an_invitation(server: Server,
 
 
 def test_create_tenant_for_an_existing_user_adds_the_membership(
-        server: Server, platform_admin: Actor, org_a: Org) -> None:
-    person = org_a.members["viewer"]
+        server: Server, platform_admin: Actor, tenant: Org) -> None:
+    person = tenant.members["viewer"]
     slug = new_slug("second")
     response = create(platform_admin, slug, person.email.upper())
     assert response.status_code == 201, response.text
-    tenant = response.json()
-    assert tenant["admin_user_id"] == person.user_id
-    assert tenant["invitation_token"] is None and tenant["invitation_url"] is None
-    assert tenant["member_count"] == 1
+    created = response.json()
+    assert created["admin_user_id"] == person.user_id
+    assert created["invitation_token"] is None and created["invitation_url"] is None
+    assert created["member_count"] == 1
     orgs = {o["slug"]: o["role"] for o in person.client.get("/api/v1/me").json()["organizations"]}
-    assert orgs == {org_a.slug: "viewer", slug: "admin"}
+    assert orgs == {tenant.slug: "viewer", slug: "admin"}
     members = person.client.get(f"/api/v1/orgs/{slug}/members")
     assert members.status_code == 200
     assert [m["user_id"] for m in members.json()] == [person.user_id]
     # Being admin of the new tenant grants nothing more in the first one.
-    assert person.client.get(f"/api/v1/orgs/{org_a.slug}/invitations").status_code == 403
+    assert person.client.get(f"/api/v1/orgs/{tenant.slug}/invitations").status_code == 403
 
 
 def test_slug_rules(server: Server, platform_admin: Actor) -> None:
@@ -124,19 +130,19 @@ def test_concurrent_creation_of_one_slug_gives_one_tenant(server: Server,
 
 
 def test_list_shows_member_counts_not_content(server: Server, platform_admin: Actor,
-                                              org_a: Org) -> None:
+                                              tenant: Org) -> None:
     response = platform_admin.client.get(TENANTS)
     assert response.status_code == 200
-    entry = next(t for t in response.json() if t["slug"] == org_a.slug)
-    assert entry["member_count"] == 4 and entry["id"] == org_a.id
+    entry = next(t for t in response.json() if t["slug"] == tenant.slug)
+    assert entry["member_count"] == 4 and entry["id"] == tenant.id
     assert set(entry) == {"id", "slug", "name", "status", "region", "created_at",
                           "member_count"}
-    for member in org_a.members.values():
+    for member in tenant.members.values():
         assert member.email not in response.text
 
 
 def test_suspend_locks_members_out_and_reactivate_restores(
-        server: Server, platform_admin: Actor, org_b: Org) -> None:
+        server: Server, platform_admin: Actor, tenant: Org) -> None:
     org = make_org(server, platform_admin, "susp", roles=("admin", "viewer"))
     pending = org.admin.client.post(f"/api/v1/orgs/{org.slug}/invitations",
                                     json={"email": f"late-{org.slug}@example.org"})
@@ -161,7 +167,7 @@ def test_suspend_locks_members_out_and_reactivate_restores(
     late = accept(server, pending.json()["token"])
     assert late.status_code == 403 and late.json()["error"]["code"] == "org_suspended"
     # Outsiders still get the plain 404: suspension is not disclosed to them.
-    outsider = org_b.admin.client.get(members_url)
+    outsider = tenant.admin.client.get(members_url)
     assert outsider.status_code == 404 and outsider.json() == EXPECTED_404
     # Members still see the tenant, marked suspended, in their own profile.
     me = org.admin.client.get("/api/v1/me").json()
@@ -191,11 +197,11 @@ def test_status_update_validation_and_unknown_tenant(server: Server,
 
 
 def test_platform_admin_has_no_implicit_access_to_tenant_content(
-        server: Server, platform_admin: Actor, org_a: Org) -> None:
+        server: Server, platform_admin: Actor, tenant: Org) -> None:
     admin_id = platform_admin.client.get("/api/v1/me").json()["user_id"]
-    viewer_id = org_a.members["viewer"].user_id
-    keys = org_a.admin.client.get(f"/api/v1/orgs/{org_a.slug}/api-keys").json()
-    base = f"/api/v1/orgs/{org_a.slug}"
+    viewer_id = tenant.members["viewer"].user_id
+    keys = tenant.admin.client.get(f"/api/v1/orgs/{tenant.slug}/api-keys").json()
+    base = f"/api/v1/orgs/{tenant.slug}"
     for method, path, body in [("GET", "members", None), ("GET", "invitations", None),
                                ("GET", "api-keys", None),
                                ("POST", "invitations", {"email": "pa@example.org"}),
@@ -206,24 +212,23 @@ def test_platform_admin_has_no_implicit_access_to_tenant_content(
         response = platform_admin.client.request(method, f"{base}/{path}", json=body)
         assert response.status_code == 404, (method, path, response.text)
         assert response.json() == EXPECTED_404
-    members = org_a.admin.client.get(f"{base}/members").json()
+    members = tenant.admin.client.get(f"{base}/members").json()
     assert admin_id not in {m["user_id"] for m in members} and len(members) == 4
-    assert len(org_a.admin.client.get(f"{base}/api-keys").json()) == len(keys)
+    assert len(tenant.admin.client.get(f"{base}/api-keys").json()) == len(keys)
 
 
-def test_only_platform_admins_reach_the_admin_api(server: Server, org_a: Org) -> None:
-    tenant = f"{TENANTS}/{org_a.id}"
+def test_only_platform_admins_reach_the_admin_api(server: Server, tenant: Org) -> None:
+    url = f"{TENANTS}/{tenant.id}"
     with anonymous(server) as anon:
         assert anon.get(TENANTS).status_code == 401
         assert anon.get(TENANTS).json()["error"]["code"] == "unauthenticated"
-    member = add_member(server, org_a, "builder")
-    for client in (org_a.admin.client, member.client):
-        for response in (client.get(TENANTS), client.patch(tenant, json={"status": "suspended"}),
+    member = tenant.members["builder"]
+    for client in (tenant.admin.client, member.client):
+        for response in (client.get(TENANTS), client.patch(url, json={"status": "suspended"}),
                          client.post(TENANTS, json={"slug": new_slug(), "name": "x",
                                                     "admin_email": "x@example.org"})):
             assert response.status_code == 403, response.text
             error = response.json()["error"]
             assert error["code"] == "platform_admin_required"
-            assert org_a.slug not in response.text
-    assert org_a.admin.client.get(f"/api/v1/orgs/{org_a.slug}/members").status_code == 200
-    member.close()
+            assert tenant.slug not in response.text
+    assert tenant.admin.client.get(f"/api/v1/orgs/{tenant.slug}/members").status_code == 200

@@ -273,6 +273,24 @@ def test_password_change_revokes_other_sessions_and_enforces_policy(server: Serv
         assert login(client, person.email, new_password).status_code == 200
 
 
+def test_wrong_current_passwords_count_towards_the_account_throttle(strict_server: Server,
+                                                                   team: Org) -> None:
+    """A stolen session cookie is not an unthrottled way to guess the account's password."""
+    person = add_member(strict_server, team, "viewer")
+    new = {"new_password": "a brand new pass phrase"}
+    for _ in range(strict_server.settings.login_max_failures_per_account):
+        guess = person.client.post("/api/v1/me/password",
+                                   json={"current_password": "a wrong guess 1", **new})
+        error = assert_error(guess, 422, "validation_failed")
+        assert error["details"]["field"] == "current_password"
+    right = person.client.post("/api/v1/me/password", json={"current_password": PASSWORD, **new})
+    assert_error(right, 429, "too_many_requests")
+    assert int(right.headers["retry-after"]) > 0
+    with client_from(strict_server) as client:
+        assert_error(login(client, person.email), 429, "too_many_requests")
+    assert person.client.get("/api/v1/me").status_code == 200  # the session itself stays
+
+
 # --- CSRF ------------------------------------------------------------------------------------
 
 

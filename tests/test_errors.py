@@ -14,6 +14,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from enginex.kit.errors import NOT_FOUND_MESSAGE
+from tests.conftest import _ServerThread
 from tests.factories import Actor, Org, Server, anonymous, client_from, make_org
 
 EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
@@ -22,6 +23,22 @@ EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "de
 @pytest.fixture(scope="module")
 def shop(server: Server, platform_admin: Actor) -> Org:
     return make_org(server, platform_admin, "err", roles=("admin",), with_keys=False)
+
+
+@pytest.fixture(scope="module")
+def failing_base_url(server: Server) -> Iterator[str]:
+    """The real app on the same database, plus one route that fails with an unexpected error."""
+    thread = _ServerThread(server.settings.model_copy(update={"embedded_worker": False}))
+
+    async def fail() -> None:
+        raise RuntimeError("internal-detail-that-must-not-leak")
+
+    thread.app.add_api_route("/api/v1/test-failure", fail, methods=["GET"])
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{thread.port}"
+    finally:
+        thread.stop()
 
 
 def assert_error_shape(response: httpx.Response) -> dict:
@@ -211,6 +228,18 @@ def test_every_error_status_has_the_shape_and_headers(server: Server, shop: Org)
         assert_error_shape(response)
         assert_security_headers(response)
         assert "Traceback" not in response.text
+
+
+def test_unexpected_errors_are_500_json_with_headers_and_no_details(
+        failing_base_url: str) -> None:
+    with httpx.Client(base_url=failing_base_url, timeout=30) as client:
+        response = client.get("/api/v1/test-failure")
+        assert response.status_code == 500
+        error = assert_error_shape(response)
+        assert error["code"] == "internal_error" and error["details"] == {}
+        assert "internal-detail" not in response.text and "Traceback" not in response.text
+        assert_security_headers(response)
+        assert client.get("/healthz").status_code == 200  # the server carries on
 
 
 def test_security_headers_on_pages_and_api(server: Server, shop: Org) -> None:

@@ -63,18 +63,18 @@ def second_turn(call_id: str) -> CompletionRequest:
 
 
 def test_scripted_replies_are_stateless_and_deterministic() -> None:
-    provider = ScriptedProvider({"summarise": [
+    replies = {"summarise": [
         {"text": "Let me set it.", "tool_calls": [
             {"name": "set_output", "arguments": {"key": "summary", "value": "3h"}},
             {"name": "set_output", "arguments": {"key": "total", "value": 3}}]},
         "All done.",
-    ]})
+    ]}
+    provider = ScriptedProvider(replies)
     request = CompletionRequest(messages=(Message("system", "Summarise the hours please"),
                                           Message("user", "alice 3h")),
                                 tools=(), model="default", node_id="summarise")
     first = run(provider.complete(request))
-    again = run(ScriptedProvider({"summarise": provider._replies["summarise"]})
-                .complete(request))
+    again = run(ScriptedProvider(replies).complete(request))  # another process, same answer
     assert first == again
     assert first.text == "Let me set it."
     assert [c.id for c in first.tool_calls] == ["call_summarise_0_0", "call_summarise_0_1"]

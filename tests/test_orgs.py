@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from enginex.db import set_tenant
@@ -37,6 +38,12 @@ from tests.factories import (
 COOKIE = "enginex_session"
 EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
 INVALID_404 = {"error": {"code": "not_found", "message": INVALID_INVITATION, "details": {}}}
+
+
+@pytest.fixture(scope="module")
+def full(server: Server, platform_admin: Actor) -> Org:
+    """One member and one API key per role; shared by tests that only add invitations."""
+    return make_org(server, platform_admin, "orgs")
 
 
 def small_org(server: Server, platform_admin: Actor, label: str) -> Org:
@@ -223,9 +230,10 @@ def test_revoked_expired_and_forged_invitations_give_the_same_404(
 
 
 def test_accepting_for_an_existing_account_never_sets_its_password(
-        server: Server, platform_admin: Actor, org_a: Org, org_b: Org) -> None:
-    outsider = org_b.members["operator"]
-    created = invite(org_a.admin, org_a, "viewer", outsider.email.upper())
+        server: Server, platform_admin: Actor, full: Org) -> None:
+    org = small_org(server, platform_admin, "exist")
+    outsider = full.members["operator"]
+    created = invite(org.admin, org, "viewer", outsider.email.upper())
     assert created.status_code == 201, created.text
     token = created.json()["token"]
     hijack = accept_token(server, token, password="attacker chosen pass")
@@ -233,41 +241,40 @@ def test_accepting_for_an_existing_account_never_sets_its_password(
     assert hijack.json()["error"]["details"]["field"] == "password"
     joined = accept_token(server, token)
     assert joined.status_code == 200, joined.text
-    assert joined.json() == {"user_id": outsider.user_id, "org_slug": org_a.slug,
+    assert joined.json() == {"user_id": outsider.user_id, "org_slug": org.slug,
                              "new_account": False}
     assert "set-cookie" not in joined.headers  # no session for whoever held the link
     # The account's password is unchanged and it now belongs to both organizations.
     again = sign_in(server, outsider.email, PASSWORD)
     orgs = {o["slug"]: o["role"] for o in again.client.get("/api/v1/me").json()["organizations"]}
-    assert orgs == {org_a.slug: "viewer", org_b.slug: "operator"}
+    assert orgs == {org.slug: "viewer", full.slug: "operator"}
     with anonymous(server) as client:
         assert client.post("/api/v1/auth/login", json={
             "email": outsider.email, "password": "attacker chosen pass"}).status_code == 401
     again.close()
 
 
-def test_only_admins_can_invite(server: Server, org_a: Org) -> None:
+def test_only_admins_can_invite(server: Server, full: Org) -> None:
     for role in ("builder", "operator", "viewer"):
         for wanted in ("admin", role):
-            response = invite(org_a.members[role], org_a, wanted)
+            response = invite(full.members[role], full, wanted)
             assert response.status_code == 403, (role, response.text)
             error = response.json()["error"]
             assert error["code"] == "forbidden"
             assert error["details"] == {"required_scope": "members:write", "role": role}
-        with api_key_client(server, org_a.api_keys[role]) as key:
-            response = key.post(f"/api/v1/orgs/{org_a.slug}/invitations",
+        with api_key_client(server, full.api_keys[role]) as key:
+            response = key.post(f"/api/v1/orgs/{full.slug}/invitations",
                                 json={"email": "k@example.org", "role": "admin"})
             assert response.status_code == 403
-    with api_key_client(server, org_a.api_keys["admin"]) as key:
-        response = key.post(f"/api/v1/orgs/{org_a.slug}/invitations",
+    with api_key_client(server, full.api_keys["admin"]) as key:
+        response = key.post(f"/api/v1/orgs/{full.slug}/invitations",
                             json={"email": f"by-key-{secrets.token_hex(3)}@example.org",
                                   "role": "admin"})
         assert response.status_code == 201, response.text
 
 
-def test_an_invitation_is_accepted_once_under_concurrency(server: Server,
-                                                          org_a: Org) -> None:
-    token = invite(org_a.admin, org_a).json()["token"]
+def test_an_invitation_is_accepted_once_under_concurrency(server: Server, full: Org) -> None:
+    token = invite(full.admin, full).json()["token"]
     with ThreadPoolExecutor(4) as pool:
         statuses = sorted(pool.map(
             lambda _: accept_token(server, token, password="a racing pass phrase").status_code,

@@ -18,7 +18,16 @@ from starlette.routing import Mount
 from enginex.kit.errors import NOT_FOUND_MESSAGE
 from enginex.tenancy.guards import access_rules, registered_routes
 from enginex.tenancy.scopes import ROLE_SCOPES, Role
-from tests.factories import Org, Server, anonymous, api_key_client
+from tests.factories import (
+    Org,
+    Server,
+    anonymous,
+    api_key_client,
+    deploy_agent,
+    pending_approval,
+    start_session,
+    wait_for_status,
+)
 
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
@@ -61,19 +70,26 @@ def victim_ids(victim: Org) -> dict[str, str]:
     invite = admin.post(f"/api/v1/orgs/{victim.slug}/invitations",
                         json={"email": f"canary-{victim.slug}@example.org", "role": "viewer"})
     assert invite.status_code == 201
-    from pathlib import Path
-
-    from enginex.agents.cli import zip_directory
-    package = zip_directory(Path(__file__).parent / "fixtures" / "agents" / "hourly_tracking")
-    deployed = victim.members["builder"].client.post(
-        f"/api/v1/orgs/{victim.slug}/agents",
-        files={"package": ("hourly_tracking.zip", package, "application/zip")})
-    assert deployed.status_code in (200, 201), deployed.text
+    deployed = deploy_agent(victim)
+    # One finished session with a report, and one waiting for its approval.
+    finished = start_session(victim, {"timesheet": f"canary-{victim.slug},1"})
+    wait_for_status(victim, finished["id"], {"waiting_approval"})
+    decided = victim.members["operator"].client.post(
+        f"/api/v1/orgs/{victim.slug}/approvals/"
+        f"{pending_approval(victim, finished['id'])['id']}/decision",
+        json={"decision": "approve", "comment": f"canary-{victim.slug}"})
+    assert decided.status_code == 200, decided.text
+    wait_for_status(victim, finished["id"], {"succeeded"})
+    report = victim.admin.client.get(f"/api/v1/orgs/{victim.slug}/reports",
+                                     params={"session": finished["id"]}).json()[0]
+    waiting = start_session(victim, {"timesheet": f"canary-{victim.slug},2"})
+    wait_for_status(victim, waiting["id"], {"waiting_approval"})
+    approval = pending_approval(victim, waiting["id"])
     return {"org": victim.slug, "user_id": victim.members["viewer"].user_id,
             "key_id": keys[0]["id"], "invitation_id": invite.json()["id"],
-            "tenant_id": victim.id, "agent_key": deployed.json()["agent_key"],
-            "version": deployed.json()["version"]}
-
+            "tenant_id": victim.id, "agent_key": deployed["agent_key"],
+            "version": deployed["version"], "run_id": waiting["id"],
+            "approval_id": approval["id"], "report_id": report["id"]}
 
 def fill(path: str, values: dict[str, str]) -> str:
     def sub(match: re.Match[str]) -> str:

@@ -109,9 +109,13 @@ async def change_password(body: PasswordChange, request: Request, response: Resp
     if not isinstance(principal, UserPrincipal):
         raise Forbidden("API keys have no password.")
     settings: Settings = request.app.state.settings
-    result = await service.change_password(
-        db, settings, principal, current_password=body.current_password,
-        new_password=body.new_password, user_agent=request.headers.get("user-agent", ""))
+    try:
+        result = await service.change_password(
+            db, settings, principal, current_password=body.current_password,
+            new_password=body.new_password, user_agent=request.headers.get("user-agent", ""))
+    except service.WrongCurrentPassword:
+        await db.commit()  # keep the recorded failure for throttling
+        raise
     set_session_cookie(response, settings, result)
     fresh = UserPrincipal(user_id=principal.user_id, email=principal.email,
                           is_platform_admin=principal.is_platform_admin,

@@ -23,7 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from enginex.audit.service import record
 from enginex.auth import repository as repo
 from enginex.auth.models import ApiKey, AuthSession, LoginFailure, User
-from enginex.auth.passwords import check_password_policy, hash_password, verify_password
+from enginex.auth.passwords import (
+    check_password_policy,
+    hash_password_off_loop,
+    verify_password_off_loop,
+)
 from enginex.config import Settings
 from enginex.db import set_tenant
 from enginex.kit.crypto import hmac_hex
@@ -74,8 +78,8 @@ async def _check_throttle(db: AsyncSession, settings: Settings,
         if count >= limit:
             retry = int(((oldest or now) + window - now).total_seconds()) + 1
             raise TooManyRequests(
-                f"Too many failed sign-in attempts. Wait {max(retry, 1)} seconds and try again, "
-                "or reset your password with an organization admin.",
+                f"Too many failed sign-in attempts. Wait {max(retry, 1)} seconds and try again; "
+                "the pause protects the account from password guessing.",
                 details={"retry_after_seconds": max(retry, 1)},
                 headers={"Retry-After": str(max(retry, 1))},
             )
@@ -103,7 +107,7 @@ async def login(db: AsyncSession, settings: Settings, *, email: str, password: s
     await _check_throttle(db, settings, [(account, settings.login_max_failures_per_account),
                                          (address, settings.login_max_failures_per_address)])
     user = await repo.get_user_by_email(db, email)
-    ok = verify_password(user.password_hash if user else None, password)
+    ok = await verify_password_off_loop(user.password_hash if user else None, password)
     if not ok or user is None:
         db.add_all([LoginFailure(key=account), LoginFailure(key=address)])
         raise LoginFailed("Wrong email or password. Check both and try again.",
@@ -131,17 +135,34 @@ async def logout(db: AsyncSession, principal: UserPrincipal) -> None:
     await repo.delete_session(db, principal.session_id)
 
 
+class WrongCurrentPassword(ValidationFailed):
+    """The current password did not match. The request boundary commits the recorded failure.
+
+    It counts as a failed sign-in of the account: a stolen session cookie must not become an
+    unthrottled way to guess the password.
+    """
+
+
 async def change_password(db: AsyncSession, settings: Settings, principal: UserPrincipal, *,
                           current_password: str, new_password: str,
                           user_agent: str = "") -> LoginResult:
-    """Replace the password, revoke every session of the user, and open a fresh one."""
+    """Replace the password, revoke every session of the user, and open a fresh one.
+
+    Raises TooManyRequests (429) while the account is throttled, WrongCurrentPassword (422)
+    for a wrong current password (recorded like a failed sign-in), ValidationFailed (422) when
+    the new password breaks the policy.
+    """
+    account = _account_key(principal.email)
+    await _check_throttle(db, settings, [(account, settings.login_max_failures_per_account)])
     user = await repo.get_user(db, principal.user_id)
-    if user is None or not verify_password(user.password_hash, current_password):
-        raise ValidationFailed("current_password: this is not your current password.",
-                               details={"field": "current_password"})
+    if user is None or not await verify_password_off_loop(user.password_hash, current_password):
+        db.add(LoginFailure(key=account))
+        raise WrongCurrentPassword("current_password: this is not your current password.",
+                                   details={"field": "current_password"})
     check_password_policy(new_password, email=user.email, field="new_password")
-    user.password_hash = hash_password(new_password)
+    user.password_hash = await hash_password_off_loop(new_password)
     user.password_changed_at = utcnow()
+    await repo.clear_failures(db, account)
     await repo.delete_user_sessions(db, user.id)
     return await open_session(db, settings, user, user_agent=user_agent)
 

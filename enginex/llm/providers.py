@@ -22,9 +22,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-import anthropic
 import httpx2
-import openai
 
 from enginex.llm.base import (
     CompletionRequest,
@@ -239,6 +237,7 @@ class OpenAICompatibleProvider:
                  timeout: float = DEFAULT_TIMEOUT, *, temperature: float | None = None,
                  max_tokens: int | None = None, allow_private_network: bool = False,
                  max_retries: int = 1) -> None:
+        import openai  # imported lazily: the SDKs take seconds to import
         self.base_url = base_url
         self.default_model = default_model
         self.timeout = timeout
@@ -257,6 +256,7 @@ class OpenAICompatibleProvider:
                                      timeout=timeout))
 
     async def complete(self, request: CompletionRequest) -> LLMResponse:
+        import openai  # imported lazily: the SDKs take seconds to import
         names = _ToolNames(t.name for t in request.tools)
         model = request.model if request.model not in ("", "default") else self.default_model
         kwargs: dict[str, Any] = {
@@ -282,6 +282,7 @@ class OpenAICompatibleProvider:
         return self._parse(response, names, model)
 
     def _parse(self, response: Any, names: _ToolNames, model: str) -> LLMResponse:
+        import openai  # imported lazily: the SDKs take seconds to import
         try:
             choice = response.choices[0]
             message = choice.message
@@ -344,6 +345,7 @@ class AnthropicProvider:
                  default_model: str = "", timeout: float = DEFAULT_TIMEOUT, *,
                  temperature: float | None = None, max_tokens: int | None = None,
                  allow_private_network: bool = False, max_retries: int = 1) -> None:
+        import anthropic  # imported lazily: the SDKs take seconds to import
         self.base_url = base_url or ANTHROPIC_DEFAULT_BASE_URL
         self.default_model = default_model
         self.timeout = timeout
@@ -406,6 +408,7 @@ class AnthropicProvider:
             raise self._error(exc) from None
 
     def _error(self, exc: Exception) -> LLMError:
+        import anthropic  # imported lazily: the SDKs take seconds to import
         return _translate(exc, label=self._label, api_key=self._api_key, timeout=self.timeout,
                           status_error=anthropic.APIStatusError,
                           timeout_error=anthropic.APITimeoutError,

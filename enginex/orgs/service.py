@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from enginex.audit.service import record
 from enginex.auth import repository as auth_repo
 from enginex.auth.models import User
-from enginex.auth.passwords import check_password_policy, hash_password
+from enginex.auth.passwords import check_password_policy, hash_password_off_loop
 from enginex.db import set_tenant
 from enginex.kit.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from enginex.kit.ids import new_token, token_digest
@@ -65,7 +65,7 @@ async def ensure_user(db: AsyncSession, *, email: str, password: str | None,
         raise ValidationFailed("password: required for a new account.",
                                details={"field": "password"})
     check_password_policy(password, email=email)
-    user = User(email=email.strip(), password_hash=hash_password(password),
+    user = User(email=email.strip(), password_hash=await hash_password_off_loop(password),
                 is_platform_admin=platform_admin, password_changed_at=utcnow())
     db.add(user)
     await db.flush()

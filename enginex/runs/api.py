@@ -129,7 +129,7 @@ async def _event_stream(request: Request, database: Database, ctx: TenantContext
                 repo = RunRepository(session, ctx)
                 events = await repo.events_after(run_id, after, limit=500)
                 run = await repo.get(run_id)
-                await session.rollback()
+                session.expunge_all()
             for event in events:
                 after = event.seq
                 payload = EventOut.model_validate(event).model_dump_json()

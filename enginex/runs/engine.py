@@ -40,6 +40,7 @@ from enginex.llm.base import (
     ToolCall,
     ToolSpec,
 )
+from enginex.llm.service import close_provider
 from enginex.orgs.repository import get_org
 from enginex.reports.models import Artifact
 from enginex.reports.storage import ArtifactStorage
@@ -88,7 +89,7 @@ class _Loaded:
     path: list[str]
     node_id: str
     approval: Approval | None
-    provider: LLMProvider | None
+    provider: LLMProvider | LLMError | None
 
 
 @dataclass
@@ -135,10 +136,13 @@ async def _load(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
         approval = None
         if PENDING_APPROVAL in state:
             approval = await _Approvals(db, ctx).get(uuid.UUID(state[PENDING_APPROVAL]))
-        provider = None
+        provider: LLMProvider | LLMError | None = None
         if isinstance(manifest.graph.node(node_id), LLMNode):
-            provider = await deps.provider_for(db, ctx, manifest)
-        await db.rollback()
+            try:
+                provider = await deps.provider_for(db, ctx, manifest)
+            except LLMError as exc:  # surfaces as this step's failure, see _run_llm
+                provider = exc
+        db.expunge_all()  # keep loaded values usable after the session closes
         return _Loaded(ctx, run, manifest, dict(version.files), state, path, node_id, approval,
                        provider)
 
@@ -154,7 +158,10 @@ SET_OUTPUT = ToolSpec(
 
 
 async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Result) -> None:
-    assert loaded.provider is not None
+    provider = loaded.provider
+    if isinstance(provider, LLMError):
+        raise provider
+    assert provider is not None
     state = loaded.state
     system = node.system_prompt
     if node.system_prompt_file:
@@ -175,7 +182,7 @@ async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Re
                                     model=node.model, node_id=node.id)
         result.events.append(("llm_request", node.id, {"model": node.model,
                                                         "messages": len(messages)}))
-        response = await loaded.provider.complete(request)
+        response = await provider.complete(request)
         result.prompt_tokens += response.usage.prompt_tokens
         result.completion_tokens += response.usage.completion_tokens
         result.events.append(("llm_response", node.id, {
@@ -195,6 +202,10 @@ async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Re
             messages.append(Message("tool", content, tool_call_id=call.id, name=call.name))
         if all(k in outputs for k in node.output_keys):
             state.update({k: outputs[k] for k in node.output_keys})
+            report = tool_ctx.outputs.get("__report__")
+            if isinstance(report, dict):
+                _store_report(deps, loaded, node.id, str(report.get("title") or "Report"),
+                              str(report.get("markdown") or ""), result)
             return
     missing = [k for k in node.output_keys if k not in outputs]
     raise ToolError(f"the model did not set {', '.join(missing)} within "
@@ -268,19 +279,26 @@ def _run_approval(loaded: _Loaded, node: ApprovalNode, step: int, result: _Resul
 async def _run_report(deps: EngineDeps, loaded: _Loaded, node: ReportNode,
                       result: _Result) -> None:
     template = loaded.files.get(node.template_file, "") if node.template_file else node.template
-    markdown = render(template, loaded.state)
-    data = markdown.encode()
-    artifact = Artifact(id=uuid.uuid4(), tenant_id=loaded.ctx.org_id, run_id=loaded.run.id,
-                        node_id=node.id, title=render(node.title, loaded.state)[:200],
-                        filename=f"{node.id}.md", media_type="text/markdown",
-                        size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    deps.storage.write(loaded.ctx.org_id, artifact.id, data)
-    result.artifacts.append((artifact, data))
+    artifact = _store_report(deps, loaded, node.id, render(node.title, loaded.state),
+                             render(template, loaded.state), result)
     loaded.state[node.output_key or node.id] = {"artifact_id": str(artifact.id),
                                                 "title": artifact.title}
-    result.events.append(("report_created", node.id, {"artifact_id": str(artifact.id),
+
+
+def _store_report(deps: EngineDeps, loaded: _Loaded, node_id: str, title: str, markdown: str,
+                  result: _Result) -> Artifact:
+    """Write the bytes under the tenant's prefix now; the row is inserted with the step."""
+    data = markdown.encode()
+    artifact = Artifact(id=uuid.uuid4(), tenant_id=loaded.ctx.org_id, run_id=loaded.run.id,
+                        node_id=node_id, title=title[:200], filename=f"{node_id}.md",
+                        media_type="text/markdown", size_bytes=len(data),
+                        sha256=hashlib.sha256(data).hexdigest())
+    deps.storage.write(loaded.ctx.org_id, artifact.id, data)
+    result.artifacts.append((artifact, data))
+    result.events.append(("report_created", node_id, {"artifact_id": str(artifact.id),
                                                       "title": artifact.title,
                                                       "size_bytes": len(data)}))
+    return artifact
 
 
 class _NotReady(Exception):
@@ -338,11 +356,14 @@ async def execute_step(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID
     except (ToolError, LLMError) as exc:
         result.outcome, result.error = "failure", str(exc)[:2000]
         result.events.append(("error", node.id, {"message": result.error}))
-    except Exception as exc:  # noqa: BLE001 - a node must never kill the worker
+    except Exception as exc:
         log.exception("node %s of run %s failed", node.id, run_id)
         result.outcome = "failure"
         result.error = f"internal error in node '{node.id}' ({type(exc).__name__})"
         result.events.append(("error", node.id, {"message": result.error}))
+    finally:
+        if loaded.provider is not None and not isinstance(loaded.provider, LLMError):
+            await close_provider(loaded.provider)
     return await _commit(deps, loaded, worker, step, node.id, result, complete)
 
 
@@ -362,7 +383,7 @@ async def _commit(deps: EngineDeps, loaded: _Loaded, worker: str, step: int, nod
         try:
             following = None if is_terminal else next_node(manifest, node_id, result.outcome,
                                                            state)
-        except Exception as exc:  # noqa: BLE001 - a broken expression fails the run
+        except Exception as exc:
             result.outcome, result.error = "failure", f"edge condition failed: {exc}"
             following = None
         result.events.append(("node_finished", node_id, {"outcome": result.outcome}))

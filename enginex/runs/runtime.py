@@ -8,19 +8,20 @@ from enginex.agents.manifest import AgentManifest
 from enginex.config import Settings
 from enginex.db import Database
 from enginex.llm.base import LLMProvider
+from enginex.llm.service import LLMKeyBox, provider_for
 from enginex.reports.storage import ArtifactStorage
 from enginex.runs.engine import EngineDeps
 from enginex.runs.worker import Worker
 from enginex.tenancy.context import TenantContext
+from enginex.tools.registry import builtin_registry
 
 
 def build_engine(settings: Settings, db: Database, master_key: bytes) -> EngineDeps:
-    from enginex.llm.service import provider_for
-    from enginex.tools.registry import builtin_registry
+    key_box = LLMKeyBox(master_key)
 
     async def providers(session: AsyncSession, ctx: TenantContext,
                         manifest: AgentManifest) -> LLMProvider:
-        return await provider_for(session, ctx, manifest, master_key=master_key,
+        return await provider_for(session, ctx, manifest, key_box=key_box,
                                   allow_private_network=settings.allow_private_network)
 
     return EngineDeps(sessions=db.sessions, storage=ArtifactStorage(settings.resolved_storage_dir),

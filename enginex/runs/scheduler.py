@@ -58,7 +58,7 @@ async def _claim_sqlite(db: AsyncSession, *, worker: str, lease_seconds: int,
     claimable = ("status IN ('queued', 'running') AND "
                  "(lease_expires_at IS NULL OR lease_expires_at < :now)")
     tenants = (await db.execute(_sql(
-        f"SELECT c.tenant_id FROM (SELECT DISTINCT tenant_id FROM runs WHERE {claimable}) c "
+        f"SELECT c.tenant_id FROM (SELECT DISTINCT tenant_id FROM runs WHERE {claimable}) c "  # noqa: S608
         "LEFT JOIN run_queue_state q ON q.tenant_id = c.tenant_id "
         "WHERE (SELECT count(*) FROM runs a WHERE a.tenant_id = c.tenant_id "
         "       AND a.status = 'running' AND a.lease_expires_at >= :now) < :limit "
@@ -66,7 +66,7 @@ async def _claim_sqlite(db: AsyncSession, *, worker: str, lease_seconds: int,
         {"now": now, "limit": tenant_limit})).scalars().all()
     for tenant in tenants:
         run_id = (await db.execute(_sql(
-            f"SELECT id FROM runs WHERE tenant_id = :t AND {claimable} "
+            f"SELECT id FROM runs WHERE tenant_id = :t AND {claimable} "  # noqa: S608
             "ORDER BY queued_at, id LIMIT 1"), {"t": tenant, "now": now})).scalar()
         if run_id is None:
             continue

@@ -66,7 +66,7 @@ class Worker:
         while not self._stop.is_set():
             try:
                 claim = await self._claim()
-            except Exception:  # noqa: BLE001 - keep the worker alive through DB hiccups
+            except Exception:
                 log.exception("claim failed")
                 claim = None
             if claim is None:
@@ -90,7 +90,7 @@ class Worker:
             if await execute_step(self.deps, claim.tenant_id, claim.run_id, self.name):
                 self.steps_committed += 1
                 self.db.notifier.wake()  # the run may have more steps: claim again
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("step of run %s failed unexpectedly; its lease will expire",
                           claim.run_id)
         finally:
@@ -119,7 +119,7 @@ class Worker:
                     if await expire_approvals(session):
                         self.db.notifier.wake()
                     await session.commit()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("approval expiry sweep failed")
             await asyncio.sleep(max(self.poll_seconds * 5, 1.0))
 
@@ -137,6 +137,6 @@ class Worker:
                         self.db.notifier.wake()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.warning("LISTEN connection lost; retrying in 2 s")
                 await asyncio.sleep(2)

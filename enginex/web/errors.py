@@ -15,6 +15,9 @@ from enginex.kit.errors import NOT_FOUND_MESSAGE, AppError
 
 log = logging.getLogger("enginex.errors")
 
+INTERNAL_ERROR_MESSAGE = ("Something went wrong on our side; nothing was saved. Try again, and "
+                          "report it if it keeps happening.")
+
 
 class LoginRequired(Exception):
     """A dashboard page was opened without a session: redirect to sign-in and back."""
@@ -68,7 +71,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return _json(404, "not_found", NOT_FOUND_MESSAGE)
         if exc.status_code == 405:
             return _json(405, "method_not_allowed",
-                         f"{request.method} is not supported on this address; see /docs.",
+                         f"{request.method} is not supported on this address; the Allow header "
+                         "lists the methods that are, and /openapi.json describes the API.",
                          headers=dict(exc.headers or {}))
         return _json(exc.status_code, "http_error", str(exc.detail),
                      headers=dict(exc.headers or {}))
@@ -91,6 +95,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _json(500, "internal_error",
-                     "Something went wrong on our side; nothing was saved. Try again, and "
-                     "report it if it keeps happening.")
+        return _json(500, "internal_error", INTERNAL_ERROR_MESSAGE)

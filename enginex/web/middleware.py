@@ -9,6 +9,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from enginex.web.errors import INTERNAL_ERROR_MESSAGE
+
 log = logging.getLogger("enginex.request")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -93,19 +95,35 @@ class SecurityMiddleware:
             await self.app(scope, limited_receive, send_with_headers)
         except _BodyTooLarge:
             if not status_holder["sent"]:
-                await self._send_413(send_with_headers, status_holder)
+                await self._send_413(send, status_holder)
+        except Exception:
+            # Starlette answers unhandled errors in its outermost middleware, outside this one,
+            # so that 500 would lack the headers above. Answer it here (the same body as the
+            # app's handler); the outer middleware still logs the error and sends nothing more.
+            # The server drops the connection after an error escapes: tell the client so.
+            if not status_holder["sent"]:
+                await self._send_error(send, status_holder, 500, "internal_error",
+                                       INTERNAL_ERROR_MESSAGE, extra=[(b"connection", b"close")])
+            raise
         finally:
             self._log(scope, status_holder, started)
 
     async def _send_413(self, send: Send, holder: dict[str, Any]) -> None:
-        body = _error(413, "payload_too_large",
-                      f"The request body is larger than {self.max_body} bytes; send less data.")
+        await self._send_error(
+            send, holder, 413, "payload_too_large",
+            f"The request body is larger than {self.max_body} bytes; send less data.",
+            # The rest of the body is never read: the connection cannot be reused.
+            extra=[(b"connection", b"close")])
+
+    async def _send_error(self, send: Send, holder: dict[str, Any], status: int, code: str,
+                          message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        body = _error(status, code, message)
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode()), *self.headers,
-                   (b"cache-control", b"no-store"), (b"connection", b"close")]
-        holder["status"] = 413
+                   (b"cache-control", b"no-store"), *(extra or [])]
+        holder["status"] = status
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         holder["sent"] = True
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod

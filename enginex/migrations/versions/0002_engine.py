@@ -14,7 +14,6 @@ from alembic import op
 import enginex.db
 from enginex.migrations.rls import disable_tenant_rls, enable_tenant_rls, is_postgres
 
-
 revision = '0002'
 down_revision = '0001'
 branch_labels = None
@@ -191,6 +190,7 @@ CLAIM_FUNCTION = """
 CREATE FUNCTION enginex_claim_run(p_worker text, p_lease_seconds integer, p_tenant_limit integer)
 RETURNS TABLE(tenant_id uuid, run_id uuid)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
 DECLARE
     v_tenant uuid;
     v_run uuid;
