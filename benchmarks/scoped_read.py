@@ -18,9 +18,12 @@ For each backend (SQLite, and PostgreSQL when reachable) this script:
    * ``cookie``   -- ``GET /api/v1/orgs/{org}/members`` with a session cookie;
    * ``api key``  -- the same with ``Authorization: Bearer enx_...``;
 
-5. prints req/s, p50/p95 latency and server CPU per request (medians over rounds) and the
-   ratio scoped/unscoped (median of the per-round ratios; goal >= 0.8); then drops the
-   database.
+5. prints req/s and p50/p95 latency (medians over rounds), CPU time per request of the
+   server process and (PostgreSQL) of the database backends, and the ratio scoped/unscoped
+   (median of the per-round ratios; goal >= 0.8); then drops the database and the roles.
+
+The server runs without the embedded run worker (ENGINEX_EMBEDDED_WORKER=false): only the
+read path is measured. See benchmarks/README.md for how to read the figures.
 
 Run it with ``make bench`` or ``.venv/bin/python benchmarks/run.py [--help]``.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -102,10 +106,16 @@ class PgDatabase:
         params = conninfo_to_dict(PG_ADMIN_DSN)
         self.host = params.get("host") or "127.0.0.1"
         self.port = params.get("port") or "5432"
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-            for role in (self.owner, self.app):
-                admin.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB')
-            admin.execute(f'CREATE DATABASE "{self.name}" OWNER "{self.owner}"')
+        try:
+            with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+                for role in (self.owner, self.app):
+                    admin.execute(
+                        f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB')
+                admin.execute(f'CREATE DATABASE "{self.name}" OWNER "{self.owner}"')
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                self.drop()
+            raise BenchError(f"could not create the benchmark database: {exc}") from exc
 
     def url(self, role: str) -> str:
         return f"postgresql+psycopg://{role}@{self.host}:{self.port}/{self.name}"
@@ -122,7 +132,8 @@ def enginex_env(backend: str, data_dir: Path, pg: PgDatabase | None) -> dict[str
     from enginex.kit.crypto import generate_master_key
 
     env = {"ENGINEX_DATA_DIR": str(data_dir), "ENGINEX_MASTER_KEY": generate_master_key(),
-           "ENGINEX_BASE_URL": "http://127.0.0.1", "ENGINEX_LOG_LEVEL": "WARNING"}
+           "ENGINEX_BASE_URL": "http://127.0.0.1", "ENGINEX_LOG_LEVEL": "WARNING",
+           "ENGINEX_EMBEDDED_WORKER": "false"}
     if backend == "postgres":
         assert pg is not None
         env["ENGINEX_DATABASE_URL"] = pg.url(pg.app)
@@ -389,9 +400,10 @@ def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult:
     from enginex.migrate import upgrade
 
     data_dir = Path(tempfile.mkdtemp(prefix=f"enginex-bench-{backend}-"))
-    pg = PgDatabase() if backend == "postgres" else None
+    pg: PgDatabase | None = None
     server: ServerProcess | None = None
     try:
+        pg = PgDatabase() if backend == "postgres" else None
         env = enginex_env(backend, data_dir, pg)
         apply_env(env)
         settings = Settings()
@@ -417,7 +429,11 @@ def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult:
         if server is not None:
             server.stop()
         if pg is not None:
-            pg.drop()
+            try:
+                pg.drop()
+            except psycopg.Error as exc:
+                log(f"  WARNING: could not drop database {pg.name} or roles {pg.owner}, "
+                    f"{pg.app}: {exc}")
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -442,7 +458,7 @@ def load_line() -> str:
     note = ""
     if load > cores / 2:
         note = (" -- other processes compete for the cores: absolute figures are low and "
-                "per-round ratios spread; read the medians and the server-CPU ratio")
+                "per-round ratios spread; read the medians and the ratio by CPU per request")
     return f"load average (1 min): {load:.1f} on {cores} cores{note}"
 
 
@@ -457,7 +473,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=["all", "sqlite", "postgres"], default="all",
                         help="'all': SQLite, and PostgreSQL when reachable (default)")
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=1.5,
+    parser.add_argument("--seconds", type=float, default=1.25,
                         help="duration of one route in one round")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up per route")
     parser.add_argument("--concurrency", type=int, default=16)

@@ -53,7 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             await app.state.db.dispose()
 
-    app = FastAPI(title="EngineX", version="0.1.0", lifespan=lifespan,
+    # Swagger UI / ReDoc load scripts from a CDN, which the CSP (and closed networks) refuse:
+    # the schema is served at /openapi.json for any OpenAPI viewer.
+    app = FastAPI(title="EngineX", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   description="Multi-tenant platform for AI-agent workflows. Tenant routes live "
                               "under /api/v1/orgs/{org}/ and need a session cookie (plus "
                               "X-CSRF-Token on unsafe methods) or an org API key.")
@@ -69,5 +72,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"),
               name="static")
     app.add_middleware(SecurityMiddleware, max_body=settings.max_body_bytes,
+                       max_upload=settings.max_upload_bytes,
                        hsts=settings.base_url.startswith("https://"))
     return app

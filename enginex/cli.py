@@ -66,6 +66,7 @@ async def create_tenant(session: AsyncSession, *, slug: str, name: str, admin_em
 
 
 async def _seed_demo(settings: Settings) -> list[tuple[str, str, str]]:
+    from enginex.demo import deploy_demo_agent
     from enginex.orgs import service as org_service
 
     logins: list[tuple[str, str, str]] = []
@@ -79,6 +80,7 @@ async def _seed_demo(settings: Settings) -> list[tuple[str, str, str]]:
                 user, _ = await org_service.ensure_user(
                     session, email=f"{role}@{slug}.test", password=DEMO_PASSWORD)
                 await org_service.add_member(session, ctx, user, role)
+            await deploy_demo_agent(session, ctx)  # identical content: no new version
         await _in_transaction(settings, work)
         logins += [(f"{role}@{slug}.test", name, str(role)) for role in Role]
 
@@ -97,6 +99,10 @@ def _print_demo(logins: list[tuple[str, str, str]], settings: Settings) -> None:
           f"'{DEMO_PASSWORD}' as:")
     for email, org, role in logins:
         print(f"  {email:<26} {org:<12} {role}")
+    from enginex.demo import demo_instructions
+    slug = DEMO_TENANTS[0][0]
+    print("\n".join(["", *demo_instructions(settings.base_url, slug, f"admin@{slug}.test",
+                                             DEMO_PASSWORD)]))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
@@ -220,6 +226,9 @@ def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from enginex.agents.cli import add_agents_commands
+    from enginex.client_cli import add_client_commands
+
     parser = argparse.ArgumentParser(prog="enginex", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -259,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="master keys").add_subparsers(dest="action", required=True)
     keys.add_parser("generate", help="print a new random master key").set_defaults(
         func=cmd_keys_generate)
+    add_agents_commands(sub)
+    add_client_commands(sub)
     return parser
 
 

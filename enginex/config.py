@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     session_idle_minutes: int = 12 * 60
     session_absolute_hours: int = 7 * 24
     max_body_bytes: int = 1_048_576
+    max_upload_bytes: int = 6 * 1_048_576
     login_max_failures_per_account: int = 10
     login_max_failures_per_address: int = 50
     login_window_minutes: int = 15

@@ -51,6 +51,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement, ColumnClause
 from sqlalchemy.sql.selectable import (
     CTE,
+    AliasedReturnsRows,
     CompoundSelect,
     FromClause,
     Select,
@@ -175,22 +176,22 @@ def _tenant_tables_used(statement: Executable) -> tuple[bool, bool]:
     """Whether ``statement`` touches a tenant-owned table anywhere (FROM, joins, subqueries,
     EXISTS, DML target), and whether it does so where the ORM tenant filter cannot be attached.
 
-    The filter reaches mapped classes (and aliases of them), including in joins and WHERE
-    subqueries of a statement that selects some mapped class or attribute. It does not reach a
-    bare Table, a bare Column in a columns clause, CTEs, UNIONs, ``from_statement`` or a
-    derived table selected by a statement that selects no mapped class. (Bare columns in WHERE
-    clauses are how SQLAlchemy itself builds ``session.get`` and refresh queries, so they are
-    allowed.)
+    The filter reaches mapped classes (and aliases of them), in the FROM, joins and WHERE
+    subqueries of a statement. It does not reach a bare Table, a bare Column in a columns
+    clause, CTEs, UNIONs, ``from_statement``, or a derived table (subquery) read by a SELECT
+    that selects no mapped class or attribute. (Bare columns in WHERE clauses are how
+    SQLAlchemy itself builds ``session.get`` and refresh queries, so they are allowed.)
     """
     used = False
-    seen: set[int] = set()
-    # (element, is it in a columns clause, is it out of the filter's reach)
-    pending: list[tuple[Any, bool, bool]] = [(statement, False, False)]
+    seen: set[tuple[int, bool, bool, bool]] = set()
+    # element, in a columns clause?, out of the filter's reach?, inside an entity-less SELECT?
+    pending: list[tuple[Any, bool, bool, bool]] = [(statement, False, False, False)]
     while pending:
-        element, selected, unreachable = pending.pop()
-        if id(element) in seen:
+        element, selected, unreachable, entityless = pending.pop()
+        key = (id(element), selected, unreachable, entityless)
+        if key in seen:
             continue
-        seen.add(id(element))
+        seen.add(key)
         mapped = "parententity" in getattr(element, "_annotations", {})
         if isinstance(element, TableClause | ColumnClause):
             is_table = isinstance(element, TableClause)
@@ -199,8 +200,8 @@ def _tenant_tables_used(statement: Executable) -> tuple[bool, bool]:
                 if unreachable or (not mapped and (is_table or selected)):
                     return True, True
                 used = True
-            elif not is_table and table is not None:
-                pending.append((table, False, unreachable))  # a derived table's column
+            elif not is_table and table is not None:  # a column of a subquery: read it too
+                pending.append((table, False, unreachable, entityless))
             continue  # a table's children are its own columns; a column's, its table
         if mapped and isinstance(element, FromClause):  # aliased(Model[, subquery])
             if is_tenant_owned(element._annotations["parententity"].class_):
@@ -208,18 +209,20 @@ def _tenant_tables_used(statement: Executable) -> tuple[bool, bool]:
                     return True, True
                 used = True
             continue
-        unreachable = unreachable or isinstance(element, _UNFILTERED)
+        unreachable = (unreachable or isinstance(element, _UNFILTERED) or
+                       (entityless and isinstance(element, AliasedReturnsRows)))
         if isinstance(element, Select):
             # A Select's children include FROMs derived from its columns (bare tables even for
             # mapped columns); only its explicit FROMs count.
             entityless = not any("parententity" in c._annotations for c in element._raw_columns)
-            pending.extend((c, True, unreachable) for c in element._raw_columns)
-            pending.extend((c, False, unreachable or entityless)
-                           for c in element._from_obj)
-            pending.extend((c, False, unreachable) for c in super(Select, element).get_children(
-                omit_attrs=("_raw_columns", "_from_obj", "_correlate", "_correlate_except")))
+            children = [(c, True) for c in element._raw_columns]
+            children += [(c, False) for c in element._from_obj]
+            children += [(c, False) for c in super(Select, element).get_children(
+                omit_attrs=("_raw_columns", "_from_obj", "_correlate", "_correlate_except"))]
+            pending.extend((c, sel, unreachable, entityless) for c, sel in children)
         else:
-            pending.extend((c, selected, unreachable) for c in element.get_children())
+            pending.extend((c, selected, unreachable, entityless)
+                           for c in element.get_children())
     return used, False
 
 
@@ -247,8 +250,6 @@ def _written_tenant_ids(state: ORMExecuteState) -> list[object]:
 
 @event.listens_for(Session, "do_orm_execute")
 def _scope_tenant_queries(state: ORMExecuteState) -> None:
-    if not (state.is_select or state.is_update or state.is_delete or state.is_insert):
-        return
     used, bare = _tenant_tables_used(state.statement)
     if not used:
         return
@@ -259,8 +260,9 @@ def _scope_tenant_queries(state: ORMExecuteState) -> None:
         )
     if bare:
         raise TenantContextMissing(
-            "tenant-owned table used without its mapped class, so no tenant filter can be "
-            "added; select from the model instead"
+            "a tenant-owned table is used where the tenant filter cannot be added (a bare "
+            "Table or Column, a CTE, a UNION, from_statement, or a subquery read by a SELECT "
+            "of no mapped class); query the mapped model directly"
         )
     if state.is_insert or state.is_update:
         if getattr(state.statement, "select", None) is not None:

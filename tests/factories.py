@@ -211,3 +211,12 @@ def pending_approval(org: Org, run_id: str) -> dict[str, Any]:
     mine = [a for a in inbox if a["run_id"] == run_id]
     assert len(mine) == 1, inbox
     return mine[0]
+
+
+def accept_as(server: Server, email: str, token: str) -> httpx.Response:
+    """An existing account accepts an invitation: it must be signed in to do so."""
+    actor = sign_in(server, email)
+    try:
+        return actor.client.post("/api/v1/invitations/accept", json={"token": token})
+    finally:
+        actor.close()

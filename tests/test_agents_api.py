@@ -177,7 +177,7 @@ def _hardening_cases() -> dict[str, tuple[bytes, str, int]]:
                             "agent.json", 422),
         "not an archive": (b"hello, I am text", "package", 422),
         "corrupt zip": (b"PK\x03\x04" + b"\x00" * 100, "package", 422),
-        "too large": (b"PK\x03\x04" + b"\x01" * 1_100_000, "", 413),
+        "too large": (b"PK\x03\x04" + b"\x01" * (5 * 1024 * 1024 + 10), "", 413),
     }
 
 

@@ -29,6 +29,7 @@ from tests.factories import (
     Org,
     Server,
     accept,
+    accept_as,
     add_member,
     anonymous,
     api_key_client,
@@ -407,9 +408,8 @@ def test_api_key_is_useless_on_another_org_even_for_a_member_of_both(
         assert invite.status_code == 201, invite.text
         tokens.append(invite.json()["token"])
     assert accept(server, tokens[0]).json()["new_account"] is True
-    with anonymous(server) as client:
-        joined = client.post("/api/v1/invitations/accept", json={"token": tokens[1]})
-        assert joined.status_code == 200 and joined.json()["new_account"] is False
+    joined = accept_as(server, email, tokens[1])
+    assert joined.status_code == 200 and joined.json()["new_account"] is False
     both = sign_in(server, email)
     assert {o["slug"] for o in both.client.get("/api/v1/me").json()["organizations"]} == \
         {org_a.slug, org_b.slug}
@@ -456,3 +456,27 @@ def test_api_keys_cannot_use_platform_admin_routes(server: Server,
             "admin_email": "k@example.org"}), 403, "platform_admin_required")
         assert_error(client.patch(f"/api/v1/admin/tenants/{created.json()['id']}",
                                   json={"status": "suspended"}), 403, "platform_admin_required")
+
+
+def test_api_key_never_outlives_its_creators_access(server: Server, platform_admin: Actor
+                                                     ) -> None:
+    org = make_org(server, platform_admin, "keys", roles=("admin", "viewer"), with_keys=False)
+    second_admin = add_member(server, org, "admin")
+    created = second_admin.client.post(f"/api/v1/orgs/{org.slug}/api-keys",
+                                       json={"name": "ops", "role": "admin"})
+    assert created.status_code == 201, created.text
+    with api_key_client(server, created.json()["token"]) as key:
+        members_url = f"/api/v1/orgs/{org.slug}/members"
+        assert key.get(f"/api/v1/orgs/{org.slug}/api-keys").status_code == 200
+        # Demoted creator: the key is capped at the creator's new role.
+        demoted = org.admin.client.patch(f"{members_url}/{second_admin.user_id}",
+                                         json={"role": "viewer"})
+        assert demoted.status_code == 200, demoted.text
+        assert key.get(f"/api/v1/orgs/{org.slug}/api-keys").status_code == 403
+        assert key.get(members_url).status_code == 200
+        # Removed creator: the key stops working at once.
+        removed = org.admin.client.delete(f"{members_url}/{second_admin.user_id}")
+        assert removed.status_code == 204
+        gone = key.get(members_url)
+        assert gone.status_code == 401
+        assert gone.json()["error"]["code"] == "key_creator_gone"

@@ -16,8 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import (
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    union_all,
+    update,
+)
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 import enginex.models  # noqa: F401 - registers every model
 from enginex.auth.models import User
@@ -28,12 +39,15 @@ from enginex.orgs.models import Invitation, Membership, Organization
 from enginex.orgs.repository import InvitationRepository, MembershipRepository
 from enginex.tenancy.context import system_context
 
+B_ONLY_ROLE = "b-secret-role"  # the role of B's own member: a canary in every result
+
 
 @dataclass(frozen=True)
 class Tenants:
     a: uuid.UUID
     b: uuid.UUID
-    user: uuid.UUID
+    user: uuid.UUID  # a member of both
+    user_b: uuid.UUID  # a member of B only
     invitation_b: uuid.UUID
 
 
@@ -53,19 +67,23 @@ async def _seed(db: Database) -> Tenants:
     async with db.sessions() as session, session.begin():
         orgs = [Organization(slug=f"guard-{x}-{tag}", name=f"Guard {x}") for x in "ab"]
         user = User(email=f"guard-{tag}@example.org", password_hash=None)
-        session.add_all([*orgs, user])
+        user_b = User(email=f"guard-b-{tag}@example.org", password_hash=None)
+        session.add_all([*orgs, user, user_b])
     invitation_ids = []
     for org in orgs:
         async with db.sessions() as session, session.begin():
             await set_tenant(session, org.id)
             session.add(Membership(user_id=user.id, role="admin"))
+            if org is orgs[1]:
+                session.add(Membership(user_id=user_b.id, role=B_ONLY_ROLE))
             invitation = Invitation(email=f"x-{tag}@example.org", role="viewer",
                                     token_digest=secrets.token_bytes(32),
                                     expires_at=utcnow())
             session.add(invitation)
             await session.flush()
             invitation_ids.append(invitation.id)
-    return Tenants(a=orgs[0].id, b=orgs[1].id, user=user.id, invitation_b=invitation_ids[1])
+    return Tenants(a=orgs[0].id, b=orgs[1].id, user=user.id, user_b=user_b.id,
+                   invitation_b=invitation_ids[1])
 
 
 @pytest.fixture
@@ -179,7 +197,8 @@ def test_writing_a_row_of_another_tenant_raises(settings: Settings, tenants: Ten
         async with db.sessions() as session:
             await set_tenant(session, tenants.b)
             rows = (await session.execute(select(Membership))).scalars().all()
-            assert [(m.user_id, m.role) for m in rows] == [(tenants.user, "admin")]
+            assert sorted((m.user_id, m.role) for m in rows) == sorted(
+                [(tenants.user, "admin"), (tenants.user_b, B_ONLY_ROLE)])
         async with db.sessions() as session:
             await set_tenant(session, tenants.a)
             rows = (await session.execute(select(Membership))).scalars().all()
@@ -253,3 +272,74 @@ def test_scoped_repository_refuses_a_context_of_another_tenant(settings: Setting
             assert await invitations.get(tenants.invitation_b) is None
 
     run(settings, work)
+
+
+def query_shapes() -> dict[str, Any]:
+    """Ways to reach memberships: each must be filtered to the session's tenant or refused.
+
+    Only memberships carry B's canaries (B's id, its B-only member, its role); users are global.
+    """
+    member_ids = select(Membership.user_id)
+    members = member_ids.subquery()
+    return {
+        "entity": select(Membership),
+        "columns": select(Membership.user_id, Membership.role),
+        "aliased": select(aliased(Membership)),
+        "aliased subquery": select(aliased(Membership, select(Membership).subquery())),
+        "join": select(User.id, User.email).join(Membership, Membership.user_id == User.id),
+        "join subquery": select(User.email, members.c.user_id).join(
+            members, members.c.user_id == User.id),
+        "in subquery": select(User.id).where(User.id.in_(member_ids)),
+        "exists": select(User.id).where(exists().where(Membership.user_id == User.id)),
+        "scalar subquery": select(User.email, select(Membership.role).where(
+            Membership.user_id == User.id).limit(1).scalar_subquery()),
+        "group by": select(Membership.role, func.count()).group_by(Membership.role),
+        "aggregate": select(func.max(Membership.role)),
+        "derived table": select(member_ids.subquery().c.user_id),
+        "cte": select(member_ids.cte().c.user_id),
+        "cte in where": select(User.id).where(User.id.in_(select(member_ids.cte().c.user_id))),
+        "union": union_all(member_ids, select(User.id)),
+        "from_statement": select(Membership).from_statement(
+            text("SELECT * FROM memberships")),
+        "bare table": select(Membership.__table__),
+        "bare column": select(Membership.__table__.c.role),
+    }
+
+
+REFUSED_SHAPES = {"derived table", "cte", "cte in where", "union", "from_statement",
+                  "bare table", "bare column"}
+
+
+def _values(row: Any) -> list[object]:
+    out: list[object] = []
+    for value in row:
+        mapper = getattr(sa_inspect(value, raiseerr=False), "mapper", None)
+        out += [getattr(value, a.key) for a in mapper.column_attrs] if mapper else [value]
+    return out
+
+
+def test_every_query_shape_is_filtered_to_the_tenant_or_refused(
+        settings: Settings, tenants: Tenants) -> None:
+    canaries = {tenants.b, tenants.user_b, B_ONLY_ROLE}
+
+    async def work(db: Database) -> tuple[set[str], set[str]]:
+        refused, filtered = set(), set()
+        for name, statement in query_shapes().items():
+            async with db.sessions() as session:  # without a tenant, every shape raises
+                with pytest.raises(TenantContextMissing):
+                    await session.execute(statement)
+            async with db.sessions() as session:
+                await set_tenant(session, tenants.a)
+                try:
+                    rows = (await session.execute(statement)).all()
+                except TenantContextMissing:
+                    refused.add(name)
+                    continue
+                seen = {v for row in rows for v in _values(row)}
+                assert not seen & canaries, (name, seen & canaries)
+                filtered.add(name)
+        return refused, filtered
+
+    refused, filtered = run(settings, work)
+    assert refused == REFUSED_SHAPES
+    assert filtered == set(query_shapes()) - REFUSED_SHAPES

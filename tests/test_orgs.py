@@ -239,11 +239,15 @@ def test_accepting_for_an_existing_account_never_sets_its_password(
     hijack = accept_token(server, token, password="attacker chosen pass")
     assert hijack.status_code == 422, hijack.text
     assert hijack.json()["error"]["details"]["field"] == "password"
-    joined = accept_token(server, token)
+    # Whoever holds the link cannot add the account without the person signing in.
+    anonymous_accept = accept_token(server, token)
+    assert anonymous_accept.status_code == 401, anonymous_accept.text
+    assert anonymous_accept.json()["error"]["code"] == "sign_in_required"
+    joined = outsider.client.post("/api/v1/invitations/accept", json={"token": token})
     assert joined.status_code == 200, joined.text
     assert joined.json() == {"user_id": outsider.user_id, "org_slug": org.slug,
                              "new_account": False}
-    assert "set-cookie" not in joined.headers  # no session for whoever held the link
+    assert "set-cookie" not in joined.headers
     # The account's password is unchanged and it now belongs to both organizations.
     again = sign_in(server, outsider.email, PASSWORD)
     orgs = {o["slug"]: o["role"] for o in again.client.get("/api/v1/me").json()["organizations"]}

@@ -75,8 +75,18 @@ class ApiKeyRepository(ScopedRepository[ApiKey]):
         return list((await self.db.execute(stmt)).scalars())
 
 
-async def get_api_key_for_auth(db: AsyncSession, tenant_id: uuid.UUID,
-                               digest: bytes) -> ApiKey | None:
-    """Kernel-only: the session must already be bound to ``tenant_id`` (see authenticate)."""
-    stmt = select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.token_digest == digest)
-    return (await db.execute(stmt)).scalar_one_or_none()
+async def get_api_key_for_auth(db: AsyncSession, tenant_id: uuid.UUID, digest: bytes
+                               ) -> tuple[ApiKey, str | None, bool] | None:
+    """Kernel-only: the key with its creator's current role in the org (None when no longer a
+    member) and whether the creator is disabled. The session must be bound to ``tenant_id``."""
+    from enginex.orgs.models import Membership
+
+    stmt = (select(ApiKey, Membership.role, User.disabled)
+            .outerjoin(Membership, (Membership.tenant_id == ApiKey.tenant_id)
+                       & (Membership.user_id == ApiKey.created_by))
+            .outerjoin(User, User.id == ApiKey.created_by)
+            .where(ApiKey.tenant_id == tenant_id, ApiKey.token_digest == digest))
+    row = (await db.execute(stmt)).first()
+    if row is None:
+        return None
+    return row[0], row[1], bool(row[2])

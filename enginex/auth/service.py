@@ -110,6 +110,8 @@ async def login(db: AsyncSession, settings: Settings, *, email: str, password: s
     ok = await verify_password_off_loop(user.password_hash if user else None, password)
     if not ok or user is None:
         db.add_all([LoginFailure(key=account), LoginFailure(key=address)])
+        # Keep the table small: failures older than the window no longer count.
+        await repo.prune_failures(db, utcnow() - timedelta(minutes=settings.login_window_minutes))
         raise LoginFailed("Wrong email or password. Check both and try again.",
                           code="invalid_credentials")
     if user.disabled:
@@ -198,16 +200,24 @@ async def _authenticate_api_key(db: AsyncSession, token: str) -> ApiKeyPrincipal
     if tenant_id is None:
         raise Unauthenticated("This API key is malformed. Copy the whole key, starting 'enx_'.")
     await set_tenant(db, tenant_id)
-    key = await repo.get_api_key_for_auth(db, tenant_id, token_digest(token))
+    found = await repo.get_api_key_for_auth(db, tenant_id, token_digest(token))
     now = utcnow()
-    if key is None or key.revoked_at is not None:
+    if found is None or found[0].revoked_at is not None:
         raise Unauthenticated("This API key is not valid (wrong, revoked or deleted). "
                               "Create a new key in the organization's settings.")
+    key, creator_role, creator_disabled = found
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthenticated("This API key has expired. Create a new key.", code="key_expired")
+    # A key never outlives its creator's access: removed or disabled creator -> the key stops
+    # working; a demoted creator -> the key is capped at the creator's current role.
+    if creator_role is None or creator_disabled:
+        raise Unauthenticated("The person who created this API key no longer has access to "
+                              "this organization, so the key stopped working. Ask an admin "
+                              "for a new key.", code="key_creator_gone")
+    role = Role(key.role) if can_grant(Role(creator_role), Role(key.role)) else Role(creator_role)
     if key.last_used_at is None or now - key.last_used_at > TOUCH_INTERVAL:
         key.last_used_at = now
-    return ApiKeyPrincipal(key_id=key.id, tenant_id=key.tenant_id, role=Role(key.role),
+    return ApiKeyPrincipal(key_id=key.id, tenant_id=key.tenant_id, role=role,
                            created_by=key.created_by)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Request, Response, status
 
 from enginex.auth.api import set_session_cookie
-from enginex.auth.service import open_session
+from enginex.auth.service import authenticate, open_session
 from enginex.kit.errors import Forbidden
 from enginex.orgs import service
 from enginex.orgs.schemas import (
@@ -22,6 +22,7 @@ from enginex.orgs.schemas import (
 )
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.guards import DB, Public, Require, make_router
+from enginex.tenancy.principal import UserPrincipal
 from enginex.tenancy.scopes import Role, Scope
 
 router = make_router(prefix="/api/v1", tags=["organizations"])
@@ -91,9 +92,15 @@ async def revoke_invitation(invitation_id: uuid.UUID, db: DB,
              responses={404: {}})
 async def accept_invitation(body: InvitationAccept, request: Request, response: Response,
                             db: DB, _: Annotated[None, Public()]) -> InvitationAccepted:
-    """Accept an invitation. New accounts set their password here and are signed in."""
+    """Accept an invitation. New accounts set their password here and are signed in; an
+    existing account must be signed in (cookie + X-CSRF-Token) to accept."""
+    signed_in = None
+    if request.cookies.get(request.app.state.settings.session_cookie_name):
+        principal = await authenticate(request, db)
+        signed_in = principal.user_id if isinstance(principal, UserPrincipal) else None
     user, org, created = await service.accept_invitation(
-        db, token=body.token, password=body.password, display_name=body.display_name)
+        db, token=body.token, password=body.password, display_name=body.display_name,
+        signed_in_user_id=signed_in)
     if user.disabled:
         raise Forbidden("This account is disabled.", code="account_disabled")
     if created:

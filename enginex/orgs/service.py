@@ -19,7 +19,13 @@ from enginex.auth import repository as auth_repo
 from enginex.auth.models import User
 from enginex.auth.passwords import check_password_policy, hash_password_off_loop
 from enginex.db import set_tenant
-from enginex.kit.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from enginex.kit.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthenticated,
+    ValidationFailed,
+)
 from enginex.kit.ids import new_token, token_digest
 from enginex.kit.time import utcnow
 from enginex.orgs import repository as repo
@@ -215,11 +221,14 @@ INVALID_INVITATION = ("This invitation link is not valid: it may have expired, b
 
 
 async def accept_invitation(db: AsyncSession, *, token: str, password: str | None,
-                            display_name: str = "") -> tuple[User, Organization, bool]:
+                            display_name: str = "", signed_in_user_id: uuid.UUID | None = None,
+                            ) -> tuple[User, Organization, bool]:
     """Join the organization of ``token``. Returns (user, org, created_new_account).
 
-    A new account needs a password (policy checked); an existing account keeps its password
-    and must not send one. Any invalid, expired, revoked or used token gives the same 404.
+    A new account needs a password (policy checked). An invitation for an existing account
+    can only be accepted by that account, signed in (Unauthenticated otherwise): a leaked link
+    cannot add someone to an organization without them. Any invalid, expired, revoked or used
+    token gives the same 404.
     """
     org_id = parse_invitation_token(token)
     org = await repo.get_org(db, org_id) if org_id else None
@@ -241,6 +250,10 @@ async def accept_invitation(db: AsyncSession, *, token: str, password: str | Non
         raise ValidationFailed("password: you already have an account; sign in with your "
                                "existing password instead of setting a new one here.",
                                details={"field": "password"})
+    if existing is not None and existing.id != signed_in_user_id:
+        raise Unauthenticated("This invitation is for an existing account. Sign in to that "
+                              "account first, then accept the invitation again.",
+                              code="sign_in_required")
     user, created = await ensure_user(db, email=invitation.email, password=password)
     if created and display_name:
         user.display_name = display_name

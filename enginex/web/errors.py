@@ -23,7 +23,7 @@ class LoginRequired(Exception):
     """A dashboard page was opened without a session: redirect to sign-in and back."""
 
     def __init__(self, next_path: str) -> None:
-        self.next_path = next_path
+        self.next_path = next_path[:2000]
 
 
 def _json(status: int, code: str, message: str, details: dict[str, Any] | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -29,9 +30,14 @@ def _error(status: int, code: str, message: str) -> bytes:
 class SecurityMiddleware:
     """Adds security headers to every response and refuses bodies over ``max_body`` bytes."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, hsts: bool) -> None:
+    # Package uploads may be larger than other bodies (the package loader has its own limits).
+    UPLOAD_PATH = re.compile(r"^/api/v1/orgs/[^/]+/agents$")
+
+    def __init__(self, app: ASGIApp, *, max_body: int, hsts: bool,
+                 max_upload: int | None = None) -> None:
         self.app = app
         self.max_body = max_body
+        self.max_upload = max(max_upload or max_body, max_body)
         headers = [
             (b"content-security-policy", CSP.encode()),
             (b"x-content-type-options", b"nosniff"),
@@ -50,14 +56,16 @@ class SecurityMiddleware:
             return
         started = time.perf_counter()
         status_holder: dict[str, Any] = {"status": 500, "sent": False}
+        limit = (self.max_upload if scope.get("method") == "POST"
+                 and self.UPLOAD_PATH.match(scope.get("path", "")) else self.max_body)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    too_big = int(value) > self.max_body
+                    too_big = int(value) > limit
                 except ValueError:
                     too_big = True
                 if too_big:
-                    await self._send_413(send, status_holder)
+                    await self._send_413(send, status_holder, limit)
                     self._log(scope, status_holder, started)
                     return
 
@@ -71,9 +79,9 @@ class SecurityMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > limit:
                     if not status_holder["sent"]:
-                        await self._send_413(send, status_holder)
+                        await self._send_413(send, status_holder, limit)
                         status_holder["rejected"] = True
                     raise _BodyTooLarge
             return message
@@ -108,10 +116,10 @@ class SecurityMiddleware:
         finally:
             self._log(scope, status_holder, started)
 
-    async def _send_413(self, send: Send, holder: dict[str, Any]) -> None:
+    async def _send_413(self, send: Send, holder: dict[str, Any], limit: int) -> None:
         await self._send_error(
             send, holder, 413, "payload_too_large",
-            f"The request body is larger than {self.max_body} bytes; send less data.",
+            f"The request body is larger than {limit} bytes; send less data.",
             # The rest of the body is never read: the connection cannot be reused.
             extra=[(b"connection", b"close")])
 

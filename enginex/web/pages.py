@@ -36,10 +36,15 @@ class _WebUser(AccessRule):
         try:
             principal = await auth_service.authenticate(request, db)
         except Unauthenticated as exc:
-            raise LoginRequired(request.url.path) from exc
+            raise LoginRequired(_here(request)) from exc
         if not isinstance(principal, UserPrincipal):
-            raise LoginRequired(request.url.path)
+            raise LoginRequired(_here(request))
         return principal
+
+
+def _here(request: Request) -> str:
+    query = request.url.query
+    return f"{request.url.path}?{query}" if query else request.url.path
 
 
 def WebUser() -> object:
