@@ -297,8 +297,8 @@ def _run_on_one_connection(settings: Settings, work) -> object:
 
 
 def test_a_pooled_connection_carries_no_tenant_after_commit_or_rollback(
-        settings: Settings, org_a: Org) -> None:
-    tenant = uuid.UUID(org_a.id)
+        settings: Settings) -> None:
+    tenant = uuid.uuid4()
 
     async def work(db: Database) -> None:
         first_pid, nothing = await _connection_state(db)
@@ -322,9 +322,9 @@ def test_a_pooled_connection_carries_no_tenant_after_commit_or_rollback(
 
 @pytest.mark.parametrize("waiting_on", ["the application", "the database"])
 def test_a_cancelled_transaction_leaves_no_tenant_on_the_pool(
-        settings: Settings, org_a: Org, waiting_on: str) -> None:
+        settings: Settings, waiting_on: str) -> None:
     """A request cancelled mid-transaction (client gone, timeout) after set_tenant."""
-    tenant = uuid.UUID(org_a.id)
+    tenant = uuid.uuid4()
 
     async def work(db: Database) -> tuple[int, list[tuple[int, str | None]]]:
         first_pid, _ = await _connection_state(db)

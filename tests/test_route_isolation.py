@@ -100,9 +100,10 @@ def fill(path: str, values: dict[str, str]) -> str:
     return re.sub(r"\{([a-z_]+)(?::[a-z]+)?\}", sub, path)
 
 
-def send(client: httpx.Client, case: RouteCase, url: str) -> httpx.Response:
+def send(client: httpx.Client, case: RouteCase, url: str,
+         headers: dict[str, str] | None = None) -> httpx.Response:
     kwargs = {"json": {}} if case.has_body else {}
-    return client.request(case.method, url, **kwargs)
+    return client.request(case.method, url, headers=headers, **kwargs)
 
 
 def canaries(victim: Org) -> list[str]:
@@ -126,6 +127,8 @@ def test_every_route_refuses_the_wrong_actor(server: Server, org_a: Org, org_b: 
     attempts = 0
     tenant_routes = {c.path for c in cases if c.kind == "tenant"}
     attacker_key = api_key_client(server, org_a.api_keys["admin"])
+    attacker_keys = [api_key_client(server, token) for token in org_a.api_keys.values()]
+    attackers = [*(m.client for m in org_a.members.values()), *attacker_keys]
     with anonymous(server) as anon:
         for case in cases:
             where = f"{case.method} {case.path}"
@@ -148,15 +151,19 @@ def test_every_route_refuses_the_wrong_actor(server: Server, org_a: Org, org_b: 
                     assert_no_leak(response, leak_canaries, where)
             if case.kind != "tenant":
                 continue
-            # 2. member of the other org, and the other org's API key: 404, same as random
+            # 2. every member and every API key of the other org: 404, same body as a random
+            # id; GETs are also tried as an event-stream subscription (SSE must not open).
             random_url = fill(case.path, random_ids)
-            for attacker in (org_a.admin.client, attacker_key):
-                response = send(attacker, case, url)
-                baseline = send(attacker, case, random_url)
-                attempts += 2
-                assert response.status_code == 404, (where, response.text)
-                assert response.json() == EXPECTED_404 == baseline.json(), where
-                assert_no_leak(response, leak_canaries, where)
+            for attacker in attackers:
+                for headers in ({}, {"Accept": "text/event-stream"}) if case.method == "GET" \
+                        else ({},):
+                    response = send(attacker, case, url, headers)
+                    baseline = send(attacker, case, random_url, headers)
+                    attempts += 2
+                    assert response.status_code == 404, (where, response.text)
+                    assert response.headers["content-type"].startswith("application/json")
+                    assert response.json() == EXPECTED_404 == baseline.json(), where
+                    assert_no_leak(response, leak_canaries, where)
             # 3. own members and keys whose role lacks the scope: 403
             for role in Role:
                 if case.scope in {str(s) for s in ROLE_SCOPES[role]}:
@@ -169,8 +176,12 @@ def test_every_route_refuses_the_wrong_actor(server: Server, org_a: Org, org_b: 
                     assert response.json()["error"]["code"] == "forbidden"
                 key.close()
     attacker_key.close()
+    for client in attacker_keys:
+        client.close()
+    actors = 1 + len(attackers) + 2 * len(Role)
     print(f"\nisolation[{server.backend}]: {len(cases)} route-methods "
-          f"({len(tenant_routes)} tenant paths) = {attempts} attempts, 0 leaks")
+          f"({len(tenant_routes)} tenant paths) x up to {actors} actors = {attempts} attempts, "
+          "0 leaks")
 
 
 def test_write_routes_refuse_mass_assignment(server: Server, org_a: Org, platform_admin) -> None:

@@ -399,10 +399,13 @@ def test_worker_that_lost_its_lease_cannot_commit(engine_server: Server, tenant_
             slow.release(token)
             assert await step_a is False  # A's result ("hit 1") is discarded
             async with tenant_session(db, tenant_a) as (session, repo):
-                assert not await repo.extend_lease(run_id, "worker-a", utcnow())  # no heartbeat
-                await session.rollback()
+                assert not await repo.extend_lease(run_id, "worker-a", 60)  # heartbeat refused
+                assert await repo.extend_lease(run_id, "worker-b", 60)
+                await session.commit()
             run = await load_run(db, tenant_a, run_id)
             assert (run.step, run.lease_owner) == (1, "worker-b")
+            assert run.lease_expires_at is not None
+            assert run.lease_expires_at > utcnow() + timedelta(seconds=50)
 
             assert await execute_step(deps, first.tenant_id, run_id, "worker-b")
             assert await drain(db, deps) == 1  # "after"
@@ -545,6 +548,9 @@ def _assert_expired_and_rejected(org: Org, run_id: uuid.UUID) -> None:
     assert late.status_code == 409
     events = api(org, f"/sessions/{run_id}/events")
     assert_contiguous_events(events)
+    decided = [e["data"] for e in events if e["kind"] == "approval_decided"]
+    assert len(decided) == 1 and decided[0]["status"] == "expired"
+    assert decided[0]["decision"] == "reject" and decided[0]["decided_by"] is None
     reports = api(org, "/reports")
     titles = [r["title"] for r in reports if r["node_id"] in ("approved", "rejected")]
     assert "Rejected" in titles and "Approved" not in titles

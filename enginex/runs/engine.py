@@ -268,6 +268,12 @@ def _run_approval(loaded: _Loaded, node: ApprovalNode, step: int, result: _Resul
         return False
     if approval.status == "pending":
         raise _NotReady
+    if approval.status == "expired":
+        # A decision through the API logs its own approval_decided event; the expiry sweep
+        # (platform-wide, outside any tenant) does not, so the step records it here.
+        result.events.append(("approval_decided", node.id, {
+            "approval_id": str(approval.id), "decision": approval.decision,
+            "comment": approval.comment or "", "decided_by": None, "status": "expired"}))
     loaded.state.pop(PENDING_APPROVAL, None)
     loaded.state[node.output_key or node.id] = {
         "decision": approval.decision, "comment": approval.comment or "",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from enginex.kit.time import utcnow
 from enginex.runs.models import Checkpoint, Run, RunEvent
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.repository import ScopedRepository
@@ -98,7 +100,19 @@ class RunRepository(ScopedRepository[Run]):
                 .execution_options(synchronize_session=False))
         return (await self.db.execute(stmt)).scalar_one_or_none()
 
-    async def extend_lease(self, run_id: uuid.UUID, worker: str, until: datetime) -> bool:
+    async def extend_lease(self, run_id: uuid.UUID, worker: str, seconds: int) -> bool:
+        """Push the lease of ``worker`` on the run ``seconds`` into the future; False when the
+        worker no longer holds it.
+
+        On PostgreSQL the expiry is computed with the database clock, the clock the claim
+        function and the scheduler compare leases with: a worker host whose clock lags would
+        otherwise write leases that are already expired for everyone else.
+        """
+        until: Any
+        if self.db.get_bind().dialect.name == "postgresql":
+            until = func.now() + timedelta(seconds=seconds)
+        else:
+            until = utcnow() + timedelta(seconds=seconds)
         stmt = (update(Run).where(Run.tenant_id == self.ctx.org_id, Run.id == run_id,
                                   Run.lease_owner == worker, Run.status == "running")
                 .values(lease_expires_at=until).execution_options(synchronize_session=False))

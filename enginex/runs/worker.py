@@ -13,13 +13,11 @@ import logging
 import os
 import socket
 import uuid
-from datetime import timedelta
 
 import psycopg
 from sqlalchemy import make_url
 
 from enginex.db import Database, set_tenant
-from enginex.kit.time import utcnow
 from enginex.runs.engine import EngineDeps, execute_step
 from enginex.runs.repository import RunRepository
 from enginex.runs.scheduler import Claim, claim_next, expire_approvals
@@ -48,8 +46,7 @@ class Worker:
 
     async def run(self) -> None:
         """Run until ``stop()``; cancellation-safe (a cancelled step just loses its lease)."""
-        wake = self.db.notifier.waiter()
-        tasks = [asyncio.create_task(self._slot(wake), name=f"worker-slot-{i}")
+        tasks = [asyncio.create_task(self._slot(), name=f"worker-slot-{i}")
                  for i in range(self.slots)]
         tasks.append(asyncio.create_task(self._sweeper(), name="worker-sweeper"))
         if self.database_url and self.database_url.startswith("postgresql"):
@@ -60,21 +57,29 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.db.notifier.discard(wake)
 
-    async def _slot(self, wake: asyncio.Event) -> None:
-        while not self._stop.is_set():
-            try:
-                claim = await self._claim()
-            except Exception:
-                log.exception("claim failed")
-                claim = None
-            if claim is None:
+    async def _slot(self) -> None:
+        # One wake-up event per slot, cleared BEFORE claiming: a wake-up that arrives while
+        # the claim runs (a run queued just after the claim's snapshot) is not lost.
+        wake = self.db.notifier.waiter()
+        try:
+            while not self._stop.is_set():
                 wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=self.poll_seconds)
-                continue
-            await self._execute(claim)
+                try:
+                    claim = await self._claim()
+                except Exception:
+                    log.exception("claim failed")
+                    claim = None
+                if claim is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), timeout=self.poll_seconds)
+                    continue
+                try:
+                    await self._execute(claim)
+                except Exception:  # never let one bad step end this slot
+                    log.exception("step of run %s failed unexpectedly", claim.run_id)
+        finally:
+            self.db.notifier.discard(wake)
 
     async def _claim(self) -> Claim | None:
         async with self.db.sessions() as session:
@@ -95,22 +100,29 @@ class Worker:
                           claim.run_id)
         finally:
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await asyncio.gather(heartbeat, return_exceptions=True)
 
     async def _heartbeat(self, claim: Claim) -> None:
+        """Extend the lease every third of its length until the step ends or the lease is
+        lost. A failed heartbeat (database hiccup) is retried at the next beat: giving up
+        would let the lease lapse and another worker run the same step again."""
         interval = max(self.deps.lease_seconds / 3, 0.2)
         while True:
             await asyncio.sleep(interval)
-            async with self.db.sessions() as session:
-                await set_tenant(session, claim.tenant_id)
-                ctx = system_context(claim.tenant_id, "")
-                until = utcnow() + timedelta(seconds=self.deps.lease_seconds)
-                if not await RunRepository(session, ctx).extend_lease(claim.run_id, self.name,
-                                                                      until):
-                    await session.rollback()
-                    return
-                await session.commit()
+            try:
+                async with self.db.sessions() as session:
+                    await set_tenant(session, claim.tenant_id)
+                    ctx = system_context(claim.tenant_id, "")
+                    if not await RunRepository(session, ctx).extend_lease(
+                            claim.run_id, self.name, self.deps.lease_seconds):
+                        await session.rollback()
+                        return
+                    await session.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("heartbeat for run %s failed; retrying", claim.run_id,
+                            exc_info=True)
 
     async def _sweeper(self) -> None:
         while True:

@@ -195,6 +195,11 @@ DECLARE
     v_tenant uuid;
     v_run uuid;
 BEGIN
+    -- Claims are serialised (like SQLite's single writer): without this, two claimers could
+    -- both count a tenant's live leases below p_tenant_limit and together exceed it, and would
+    -- both pick the same "served longest ago" tenant. Held until the caller commits (the claim
+    -- is its own short transaction); each statement below then sees earlier claims.
+    PERFORM pg_advisory_xact_lock(CLAIM_LOCK_KEY);
     FOR v_tenant IN
         SELECT c.tenant_id
         FROM (SELECT DISTINCT r.tenant_id FROM public.runs r
@@ -230,6 +235,11 @@ BEGIN
 END
 $$
 """
+
+
+# Key of the transaction-level advisory lock that serialises claims ('enginex' as an integer).
+CLAIM_LOCK_KEY = 0x656E67696E6578
+CLAIM_FUNCTION = CLAIM_FUNCTION.replace("CLAIM_LOCK_KEY", str(CLAIM_LOCK_KEY))
 
 
 def _create_scheduler() -> None:
