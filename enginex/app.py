@@ -22,6 +22,7 @@ from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
 from enginex.llm.api import router as llm_router
 from enginex.orgs.api import router as orgs_router
+from enginex.orgs.web import router as orgs_web_router
 from enginex.reports.api import router as reports_router
 from enginex.runs.api import router as runs_router
 from enginex.runs.runtime import build_engine, build_worker
@@ -31,6 +32,8 @@ from enginex.web.pages import router as pages_router
 
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
            agents_router, approvals_router, reports_router, llm_router, pages_router)
+# Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
+WEB_ROUTERS = (orgs_web_router,)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -67,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = build_engine(settings, app.state.db, master)
     app.state.storage = app.state.engine.storage
     install_error_handlers(app)
-    for router in ROUTERS:
+    for router in (*ROUTERS, *WEB_ROUTERS):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"),
               name="static")

@@ -30,6 +30,7 @@ from tests.factories import (
 )
 
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+WEB_KINDS = {"web", "web_tenant", "web_platform_admin"}
 EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
 
 
@@ -125,55 +126,68 @@ def test_every_route_refuses_the_wrong_actor(server: Server, org_a: Org, org_b: 
     random_ids = {k: str(uuid.uuid4()) for k in ids} | {"org": f"no-such-{org_b.slug}"}
     leak_canaries = canaries(org_b)
     attempts = 0
-    tenant_routes = {c.path for c in cases if c.kind == "tenant"}
+    tenant_routes = {c.path for c in cases if c.kind in {"tenant", "web_tenant"}}
     attacker_key = api_key_client(server, org_a.api_keys["admin"])
     attacker_keys = [api_key_client(server, token) for token in org_a.api_keys.values()]
-    attackers = [*(m.client for m in org_a.members.values()), *attacker_keys]
+    member_attackers = [m.client for m in org_a.members.values()]
+    attackers = [*member_attackers, *attacker_keys]
     with anonymous(server) as anon:
         for case in cases:
             where = f"{case.method} {case.path}"
             if case.kind == "public":
                 continue
             url = fill(case.path, ids)
-            # 1. anonymous
+            page = case.kind in WEB_KINDS
+            # 1. anonymous: 401 on the API, sign-in redirect on pages
             response = send(anon, case, url)
             attempts += 1
-            if case.kind == "web":
+            if page:
                 assert response.status_code == 303 and "/login" in response.headers["location"]
             else:
                 assert response.status_code == 401, (where, response.text)
                 assert response.json()["error"]["code"] == "unauthenticated"
-            if case.kind == "platform_admin":
-                for actor in (org_a.admin.client, attacker_key):
+            if page:  # pages only honour the session cookie: an API key is anonymous there
+                for key in attacker_keys:
+                    response = send(key, case, url)
+                    attempts += 1
+                    assert response.status_code == 303, (where, response.text)
+            if case.kind in {"platform_admin", "web_platform_admin"}:
+                for actor in (org_a.admin.client, *([] if page else [attacker_key])):
                     response = send(actor, case, url)
                     attempts += 1
                     assert response.status_code == 403, (where, response.text)
                     assert_no_leak(response, leak_canaries, where)
-            if case.kind != "tenant":
+            if case.kind not in {"tenant", "web_tenant"}:
                 continue
             # 2. every member and every API key of the other org: 404, same body as a random
             # id; GETs are also tried as an event-stream subscription (SSE must not open).
             random_url = fill(case.path, random_ids)
-            for attacker in attackers:
+            for attacker in member_attackers if page else attackers:
                 for headers in ({}, {"Accept": "text/event-stream"}) if case.method == "GET" \
                         else ({},):
                     response = send(attacker, case, url, headers)
                     baseline = send(attacker, case, random_url, headers)
                     attempts += 2
                     assert response.status_code == 404, (where, response.text)
-                    assert response.headers["content-type"].startswith("application/json")
-                    assert response.json() == EXPECTED_404 == baseline.json(), where
+                    if page:
+                        assert response.headers["content-type"].startswith("text/html")
+                        assert response.text == baseline.text, where
+                        assert NOT_FOUND_MESSAGE in response.text
+                    else:
+                        assert response.headers["content-type"].startswith("application/json")
+                        assert response.json() == EXPECTED_404 == baseline.json(), where
                     assert_no_leak(response, leak_canaries, where)
             # 3. own members and keys whose role lacks the scope: 403
             for role in Role:
                 if case.scope in {str(s) for s in ROLE_SCOPES[role]}:
                     continue
                 key = api_key_client(server, org_b.api_keys[str(role)])
-                for actor in (org_b.members[str(role)].client, key):
+                for actor in (org_b.members[str(role)].client, *([] if page else [key])):
                     response = send(actor, case, url)
                     attempts += 1
                     assert response.status_code == 403, (where, role, response.text)
-                    assert response.json()["error"]["code"] == "forbidden"
+                    if not page:
+                        assert response.json()["error"]["code"] == "forbidden"
                 key.close()
     attacker_key.close()
     for client in attacker_keys:

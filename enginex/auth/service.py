@@ -236,15 +236,19 @@ def _check_csrf(request: Request, settings: Settings, expected: str) -> None:
                         code="csrf_failed")
 
 
-async def authenticate(request: Request, db: AsyncSession) -> Principal:
-    """The principal of this request, cached on ``request.state``; raises 401 without one."""
+async def authenticate(request: Request, db: AsyncSession, *,
+                       allow_api_key: bool = True) -> Principal:
+    """The principal of this request, cached on ``request.state``; raises 401 without one.
+
+    Dashboard pages pass ``allow_api_key=False``: they only ever use the session cookie.
+    """
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
     settings: Settings = request.app.state.settings
     keys: AuthKeys = request.app.state.auth_keys
     principal: Principal
-    bearer = _bearer(request)
+    bearer = _bearer(request) if allow_api_key else None
     if bearer is not None:
         principal = await _authenticate_api_key(db, bearer)
     else:

@@ -91,28 +91,35 @@ class _TenantScope(AccessRule):
                        org: Annotated[str, Path(description="Organization slug")]
                        ) -> TenantContext:
         principal = await authenticate(request, db)
-        organization = await get_org_by_slug(db, org)
-        if organization is None:
+        return await enter_tenant(request, db, principal, org, self.scope)
+
+
+async def enter_tenant(request: Request, db: AsyncSession, principal: Principal, org: str,
+                       scope: Scope) -> TenantContext:
+    """Resolve ``org`` for ``principal`` and check ``scope`` (see the module docstring for the
+    order of checks); binds ``db`` to the organization and sets the context variable."""
+    organization = await get_org_by_slug(db, org)
+    if organization is None:
+        raise NotFound()
+    if isinstance(principal, ApiKeyPrincipal):
+        if principal.tenant_id != organization.id:
             raise NotFound()
-        if isinstance(principal, ApiKeyPrincipal):
-            if principal.tenant_id != organization.id:
-                raise NotFound()
-            role = principal.role
-        else:
-            await set_tenant(db, organization.id)
-            membership = await get_membership_for_guard(db, organization.id, principal.user_id)
-            if membership is None:
-                raise NotFound()
-            role = Role(membership.role)
-        if organization.status != "active":
-            raise Forbidden("This organization is suspended. Contact the platform operator.",
-                            code="org_suspended")
-        ctx = TenantContext(org_id=organization.id, org_slug=organization.slug,
-                            principal=principal, role=role, scopes=ROLE_SCOPES[role])
-        ctx.require(self.scope)
-        current_tenant.set(ctx)
-        request.state.tenant = ctx
-        return ctx
+        role = principal.role
+    else:
+        await set_tenant(db, organization.id)
+        membership = await get_membership_for_guard(db, organization.id, principal.user_id)
+        if membership is None:
+            raise NotFound()
+        role = Role(membership.role)
+    if organization.status != "active":
+        raise Forbidden("This organization is suspended. Contact the platform operator.",
+                        code="org_suspended")
+    ctx = TenantContext(org_id=organization.id, org_slug=organization.slug,
+                        principal=principal, role=role, scopes=ROLE_SCOPES[role])
+    ctx.require(scope)
+    current_tenant.set(ctx)
+    request.state.tenant = ctx
+    return ctx
 
 
 def Require(scope: Scope) -> Any:
@@ -153,7 +160,7 @@ class GuardedRoute(APIRoute):
                 f"route {sorted(self.methods)} {path} must declare exactly one access rule "
                 f"(Require/Authenticated/PlatformAdmin/Public), found {sorted(kinds) or 'none'}"
             )
-        if "tenant" in kinds and "{org}" not in path:
+        if kinds & {"tenant", "web_tenant"} and "{org}" not in path:
             raise RuntimeError(f"tenant route {path} must live under /api/v1/orgs/{{org}}/")
 
 

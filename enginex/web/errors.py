@@ -32,6 +32,27 @@ def _json(status: int, code: str, message: str, details: dict[str, Any] | None =
                         status_code=status, headers=headers)
 
 
+API_PREFIXES = ("/api/", "/healthz", "/readyz", "/static/", "/openapi.json")
+
+
+def is_page(request: Request) -> bool:
+    """Dashboard pages get HTML error pages; the API (and everything else) gets JSON."""
+    return not request.url.path.startswith(API_PREFIXES)
+
+
+def _respond(request: Request, status: int, code: str, message: str,
+             details: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> Response:
+    if not is_page(request):
+        return _json(status, code, message, details, headers)
+    from enginex.web.templating import render
+
+    principal = getattr(request.state, "principal", None)
+    return render(request, "error.html", principal=principal, status_code=status,
+                  headers=headers, error={"status": status, "code": code, "message": message,
+                                          "details": details or {}})
+
+
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body",)] or ["body"]
     return ".".join(parts)
@@ -40,7 +61,8 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(request: Request, exc: AppError) -> Response:
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+        return _respond(request, exc.status_code, exc.code, exc.message, exc.details,
+                        exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -61,20 +83,20 @@ def install_error_handlers(app: FastAPI) -> None:
                        "JSON object")
             problems.append({"field": field, "message": msg})
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
-        return _json(422, "validation_failed",
+        return _respond(request, 422, "validation_failed",
                      f"The request is not valid: {summary}. Fix these fields and retry.",
                      {"errors": problems})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
-            return _json(404, "not_found", NOT_FOUND_MESSAGE)
+            return _respond(request, 404, "not_found", NOT_FOUND_MESSAGE)
         if exc.status_code == 405:
-            return _json(405, "method_not_allowed",
+            return _respond(request, 405, "method_not_allowed",
                          f"{request.method} is not supported on this address; the Allow header "
                          "lists the methods that are, and /openapi.json describes the API.",
                          headers=dict(exc.headers or {}))
-        return _json(exc.status_code, "http_error", str(exc.detail),
+        return _respond(request, exc.status_code, "http_error", str(exc.detail),
                      headers=dict(exc.headers or {}))
 
     @app.exception_handler(IntegrityError)
@@ -82,7 +104,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # Checks run before writes; reaching a constraint means a concurrent request won.
         log.warning("constraint conflict on %s %s: %s", request.method, request.url.path,
                     exc.orig.__class__.__name__ if exc.orig else "IntegrityError")
-        return _json(409, "conflict",
+        return _respond(request, 409, "conflict",
                      "This change conflicts with another one made at the same time; nothing "
                      "was saved. Reload and try again.")
 
@@ -95,4 +117,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _json(500, "internal_error", INTERNAL_ERROR_MESSAGE)
+        return _respond(request, 500, "internal_error", INTERNAL_ERROR_MESSAGE)
