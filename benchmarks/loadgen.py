@@ -80,7 +80,7 @@ async def measure(client: httpx.AsyncClient, route: dict[str, Any], concurrency:
     latencies: list[float] = []
     errors = 0
     first_error: str | None = None
-    stop_at = time.perf_counter() + seconds
+    stop_at = 0.0  # set below, once the CPU counters are read
 
     async def worker() -> None:
         nonlocal errors, first_error
@@ -99,6 +99,7 @@ async def measure(client: httpx.AsyncClient, route: dict[str, Any], concurrency:
     server_cpu0 = process_cpu_seconds(server_pid)
     own_cpu0 = time.process_time()
     began = time.perf_counter()
+    stop_at = began + seconds
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - began
     server_cpu1 = process_cpu_seconds(server_pid)

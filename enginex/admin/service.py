@@ -1,30 +1,43 @@
-"""Platform administration: create, list, suspend and reactivate tenants.
+"""Platform administration: create, list, suspend and reactivate tenants; worker health.
 
-Platform admins see metadata and counts only. Creating a tenant either adds an existing user
-as its first admin or issues an invitation for them.
+Platform admins see metadata and counts only (members, agents, sessions by status, queue
+depth, pending approvals -- through the narrow reads of tenancy/platform.py), never tenant
+content or secrets. Creating a tenant either adds an existing user as its first admin or
+issues an invitation for them.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from enginex.admin import repository as admin_repo
 from enginex.audit.service import record
 from enginex.auth import repository as auth_repo
 from enginex.kit.errors import NotFound
 from enginex.orgs import repository as org_repo
 from enginex.orgs import service as org_service
 from enginex.orgs.models import Organization
-from enginex.tenancy.platform import tenant_member_counts
+from enginex.tenancy import platform
+from enginex.tenancy.platform import TenantActivity, WorkerHealth, tenant_member_counts
 from enginex.tenancy.scopes import Role
+
+PAGE_SIZE = 50
 
 
 @dataclass(frozen=True)
 class TenantSummary:
     org: Organization
     member_count: int
+    activity: TenantActivity = field(default_factory=TenantActivity)
+
+
+@dataclass(frozen=True)
+class TenantPage:
+    items: list[TenantSummary]
+    next_after: str | None  # the slug to continue after, None on the last page
 
 
 @dataclass(frozen=True)
@@ -34,9 +47,34 @@ class NewTenant:
     invitation_token: str | None
 
 
+async def _summaries(db: AsyncSession, orgs: list[Organization]) -> list[TenantSummary]:
+    members = await tenant_member_counts(db)
+    activity = await platform.tenant_activity(db, [o.id for o in orgs])
+    return [TenantSummary(o, members.get(o.id, 0), activity.get(o.id, TenantActivity()))
+            for o in orgs]
+
+
 async def list_tenants(db: AsyncSession) -> list[TenantSummary]:
-    counts = await tenant_member_counts(db)
-    return [TenantSummary(o, counts.get(o.id, 0)) for o in await org_repo.list_orgs(db)]
+    """Every tenant with its counts, in slug order."""
+    return await _summaries(db, await org_repo.list_orgs(db))
+
+
+async def list_tenants_page(db: AsyncSession, *, after: str | None = None,
+                            limit: int = PAGE_SIZE) -> TenantPage:
+    """One page of tenants (slug order, after the slug ``after``) with their counts."""
+    orgs = await admin_repo.list_tenants_page(db, after=after, limit=limit + 1)
+    more = len(orgs) > limit
+    orgs = orgs[:limit]
+    return TenantPage(await _summaries(db, orgs), orgs[-1].slug if more else None)
+
+
+async def summarize_tenant(db: AsyncSession, org: Organization) -> TenantSummary:
+    return (await _summaries(db, [org]))[0]
+
+
+async def list_workers(db: AsyncSession) -> list[WorkerHealth]:
+    """Worker processes that reported recently, most recent first (no tenant data)."""
+    return await platform.list_workers(db)
 
 
 async def create_tenant(db: AsyncSession, *, slug: str, name: str, admin_email: str,
@@ -54,6 +92,7 @@ async def create_tenant(db: AsyncSession, *, slug: str, name: str, admin_email: 
 
 
 async def access_tenant(db: AsyncSession, org_id: uuid.UUID) -> Organization:
+    """The tenant with ``org_id``; NotFound if there is none."""
     org = await org_repo.get_org(db, org_id)
     if org is None:
         raise NotFound()
@@ -62,5 +101,11 @@ async def access_tenant(db: AsyncSession, org_id: uuid.UUID) -> Organization:
 
 async def set_tenant_status(db: AsyncSession, org_id: uuid.UUID, status: str, *,
                             actor_id: uuid.UUID) -> Organization:
+    """Suspend (``suspended``) or reactivate (``active``) a tenant; audited in its log.
+    NotFound for an unknown id."""
     org = await access_tenant(db, org_id)
     return await org_service.set_org_status(db, org, status, actor_id=actor_id)
+
+
+async def find_tenant_by_slug(db: AsyncSession, slug: str) -> Organization | None:
+    return await org_repo.get_org_by_slug(db, slug)

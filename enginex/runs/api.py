@@ -7,13 +7,13 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from enginex.db import Database, set_tenant
+from enginex.kit.schemas import DateTimeParam
 from enginex.runs import service
 from enginex.runs.models import FINISHED
 from enginex.runs.repository import RunFilter, RunRepository
@@ -49,8 +49,8 @@ async def start_session(body: SessionCreate, db: DB,
 async def list_sessions(db: DB, ctx: Annotated[TenantContext, Require(Scope.RUNS_READ)],
                         status_: Annotated[Status | None, Query(alias="status")] = None,
                         agent: Annotated[str | None, Query(max_length=64)] = None,
-                        created_after: datetime | None = None,
-                        created_before: datetime | None = None,
+                        created_after: DateTimeParam | None = None,
+                        created_before: DateTimeParam | None = None,
                         cursor: Annotated[str | None, Query(max_length=200)] = None,
                         limit: Annotated[int, Query(ge=1, le=200)] = 50) -> SessionPage:
     """Sessions, newest first, with filters and cursor pagination (``next_cursor``)."""

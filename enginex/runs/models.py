@@ -100,3 +100,27 @@ class QueueState(TenantOwned, Base):
     __tablename__ = "run_queue_state"
 
     last_claimed_at: Mapped[datetime | None]
+
+
+# How often a worker refreshes its row in ``workers``; it counts as alive while its last beat
+# is younger than three of these.
+WORKER_HEARTBEAT_SECONDS = 5.0
+
+
+class WorkerPresence(Base):
+    """A worker process's heartbeat: global platform data (no tenant, no tenant content).
+
+    Written only by the worker itself (``runs/worker.py``); read by the platform admin's worker
+    health panel. A worker that stops cleanly deletes its row; a crashed one stays, no longer
+    alive, until pruned a day later.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    started_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    slots: Mapped[int]
+    steps_committed: Mapped[int] = mapped_column(default=0)
+
+    __table_args__ = (Index("ix_workers_last_seen_at", "last_seen_at"),)

@@ -112,6 +112,7 @@ class RunRepository(ScopedRepository[Run]):
         if self.db.get_bind().dialect.name == "postgresql":
             until = func.now() + timedelta(seconds=seconds)
         else:
+            await self.db.connection()  # BEGIN IMMEDIATE first: it may wait for the lock
             until = utcnow() + timedelta(seconds=seconds)
         stmt = (update(Run).where(Run.tenant_id == self.ctx.org_id, Run.id == run_id,
                                   Run.lease_owner == worker, Run.status == "running")

@@ -2,8 +2,10 @@
 the engine.
 
 On PostgreSQL both go through SECURITY DEFINER functions (migration 0002): they see every
-tenant's runs but return only ids. On SQLite the same logic runs here inside one
-``BEGIN IMMEDIATE`` transaction, which serialises claimers.
+tenant's runs but return only ids; claims are serialised by a transaction-level advisory lock
+(held until the caller commits), so the per-tenant limit and the round robin hold across
+concurrent workers. On SQLite the same logic runs here inside one ``BEGIN IMMEDIATE``
+transaction, which serialises claimers the same way. Times are read once the lock is held.
 
 Fairness: among tenants with a claimable run and fewer than ``tenant_limit`` runs executing,
 the tenant that was served longest ago goes first (round robin); within a tenant, the oldest
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -52,9 +54,17 @@ async def claim_next(db: AsyncSession, *, worker: str, lease_seconds: int,
                                tenant_limit=tenant_limit)
 
 
+async def _now_in_transaction(db: AsyncSession) -> datetime:
+    """The time once this session's transaction holds SQLite's write lock (``BEGIN
+    IMMEDIATE`` may wait up to the busy timeout for it): a time read before the wait would
+    grant leases that are already partly, or wholly, expired."""
+    await db.connection()
+    return utcnow()
+
+
 async def _claim_sqlite(db: AsyncSession, *, worker: str, lease_seconds: int,
                         tenant_limit: int) -> Claim | None:
-    now = utcnow()
+    now = await _now_in_transaction(db)
     claimable = ("status IN ('queued', 'running') AND "
                  "(lease_expires_at IS NULL OR lease_expires_at < :now)")
     tenants = (await db.execute(_sql(
@@ -88,7 +98,7 @@ async def expire_approvals(db: AsyncSession) -> int:
     """Reject every pending approval past its expiry and make its run resumable."""
     if db.get_bind().dialect.name == "postgresql":
         return int((await db.execute(_sql("SELECT enginex_expire_approvals()"))).scalar_one())
-    now = utcnow()
+    now = await _now_in_transaction(db)
     expired = (await db.execute(_sql(
         "SELECT tenant_id, run_id FROM approvals WHERE status = 'pending' AND expires_at < :now"),
         {"now": now})).all()

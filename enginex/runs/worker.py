@@ -3,6 +3,9 @@
 The same Worker runs embedded in ``enginex serve`` (in-process, the embedded default) and as
 ``enginex worker`` processes (production). After every committed step the lease is released,
 so the scheduler's fair choice is made again for the next step.
+
+Every worker also keeps a row in the global ``workers`` table fresh (name, start, last beat,
+slots, steps committed) for the platform admin's health panel; a clean stop removes it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import logging
 import os
 import socket
 import uuid
+from datetime import datetime, timedelta
 
 import psycopg
-from sqlalchemy import make_url
+from sqlalchemy import delete, func, make_url, update
 
 from enginex.db import Database, set_tenant
+from enginex.kit.time import utcnow
 from enginex.runs.engine import EngineDeps, execute_step
+from enginex.runs.models import WORKER_HEARTBEAT_SECONDS, WorkerPresence
 from enginex.runs.repository import RunRepository
 from enginex.runs.scheduler import Claim, claim_next, expire_approvals
 from enginex.runs.service import RUN_CHANNEL
@@ -30,7 +36,8 @@ log = logging.getLogger("enginex.worker")
 class Worker:
     def __init__(self, db: Database, deps: EngineDeps, *, slots: int = 4,
                  tenant_limit: int = 4, poll_seconds: float = 1.0,
-                 database_url: str | None = None) -> None:
+                 database_url: str | None = None,
+                 heartbeat_seconds: float = WORKER_HEARTBEAT_SECONDS) -> None:
         self.db = db
         self.deps = deps
         self.slots = slots
@@ -39,6 +46,7 @@ class Worker:
         self.database_url = database_url
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.steps_committed = 0
+        self.heartbeat_seconds = heartbeat_seconds
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -49,6 +57,7 @@ class Worker:
         tasks = [asyncio.create_task(self._slot(), name=f"worker-slot-{i}")
                  for i in range(self.slots)]
         tasks.append(asyncio.create_task(self._sweeper(), name="worker-sweeper"))
+        tasks.append(asyncio.create_task(self._presence(), name="worker-presence"))
         if self.database_url and self.database_url.startswith("postgresql"):
             tasks.append(asyncio.create_task(self._listen(), name="worker-listen"))
         try:
@@ -57,6 +66,7 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._leave()
 
     async def _slot(self) -> None:
         # One wake-up event per slot, cleared BEFORE claiming: a wake-up that arrives while
@@ -134,6 +144,46 @@ class Worker:
             except Exception:
                 log.exception("approval expiry sweep failed")
             await asyncio.sleep(max(self.poll_seconds * 5, 1.0))
+
+    async def _presence(self) -> None:
+        """Register this worker in ``workers`` and refresh its row every heartbeat. A failed
+        beat (database hiccup) is logged and retried at the next one."""
+        started = utcnow()
+        while True:
+            try:
+                await self._beat(started)
+            except Exception:
+                log.warning("worker heartbeat failed; retrying", exc_info=True)
+            await asyncio.sleep(self.heartbeat_seconds)
+
+    async def _beat(self, started: datetime) -> None:
+        async with self.db.sessions() as session:
+            # On PostgreSQL the database clock, which the health panel compares with.
+            now = func.now() if session.get_bind().dialect.name == "postgresql" else utcnow()
+            refreshed = await session.execute(
+                update(WorkerPresence).where(WorkerPresence.name == self.name)
+                .values(last_seen_at=now, slots=self.slots,
+                        steps_committed=self.steps_committed))
+            if refreshed.rowcount == 0:  # first beat, or the row was pruned meanwhile
+                session.add(WorkerPresence(name=self.name, started_at=started,
+                                           last_seen_at=now, slots=self.slots,
+                                           steps_committed=self.steps_committed))
+            # Workers that crashed a day ago are gone for good.
+            await session.execute(delete(WorkerPresence).where(
+                WorkerPresence.last_seen_at < utcnow() - timedelta(days=1)))
+            await session.commit()
+
+    async def _leave(self) -> None:
+        """A clean stop removes this worker's row (best effort: a crashed worker's row just
+        stops being refreshed and shows as not alive)."""
+        try:
+            async with self.db.sessions() as session:
+                await session.execute(delete(WorkerPresence)
+                                      .where(WorkerPresence.name == self.name))
+                await session.commit()
+        except Exception:
+            log.warning("could not remove worker %s from the workers table", self.name,
+                        exc_info=True)
 
     async def _listen(self) -> None:
         """PostgreSQL LISTEN: runs queued by other processes wake this worker at once."""

@@ -8,10 +8,16 @@ ids, roles and counts only -- never tenant content.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.db import UTCDateTime
+from enginex.kit.time import utcnow
+from enginex.runs.models import WORKER_HEARTBEAT_SECONDS, WorkerPresence
 
 
 @dataclass(frozen=True)
@@ -54,3 +60,84 @@ async def tenant_member_counts(db: AsyncSession) -> dict[uuid.UUID, int]:
     else:
         sql = text("SELECT tenant_id, count(*) FROM memberships GROUP BY tenant_id")
     return {_uuid(r[0]): int(r[1]) for r in (await db.execute(sql)).all()}
+
+
+# --- platform admin: per-tenant counts and worker health -------------------------------------
+
+
+@dataclass(frozen=True)
+class TenantActivity:
+    """Counts of one tenant's engine objects; never their content."""
+
+    agents: int = 0
+    sessions: dict[str, int] = field(default_factory=dict)  # by status; absent = 0
+    queue_depth: int = 0  # queued, or running without a live lease (claimable)
+    pending_approvals: int = 0
+
+
+_SQLITE_SESSION_COUNTS = ("SELECT tenant_id, status, count(*) FROM runs "
+                          "WHERE tenant_id IN :tenants GROUP BY tenant_id, status")
+_SQLITE_WORKLOAD = """
+    SELECT o.id,
+        (SELECT count(*) FROM agents a WHERE a.tenant_id = o.id),
+        (SELECT count(*) FROM runs r WHERE r.tenant_id = o.id
+           AND (r.status = 'queued' OR (r.status = 'running' AND
+                (r.lease_expires_at IS NULL OR r.lease_expires_at < :now)))),
+        (SELECT count(*) FROM approvals p WHERE p.tenant_id = o.id AND p.status = 'pending')
+    FROM organizations o WHERE o.id IN :tenants"""
+
+
+async def tenant_activity(db: AsyncSession, tenant_ids: Sequence[uuid.UUID]
+                          ) -> dict[uuid.UUID, TenantActivity]:
+    """Agents, sessions by status, queue depth and pending approvals of each tenant in
+    ``tenant_ids`` (one page of the platform admin's list). Ids and counts only."""
+    if not tenant_ids:
+        return {}
+    ids = list(tenant_ids)
+    if _is_pg(db):
+        session_rows = (await db.execute(
+            text("SELECT tenant_id, status, sessions FROM enginex_tenant_session_counts(:t)"),
+            {"t": ids})).all()
+        workload_rows = (await db.execute(
+            text("SELECT tenant_id, agents, queue_depth, pending_approvals "
+                 "FROM enginex_tenant_workload(:t)"), {"t": ids})).all()
+    else:
+        hexes = [i.hex for i in ids]
+        session_rows = (await db.execute(
+            text(_SQLITE_SESSION_COUNTS).bindparams(bindparam("tenants", expanding=True)),
+            {"tenants": hexes})).all()
+        workload_rows = (await db.execute(
+            text(_SQLITE_WORKLOAD).bindparams(bindparam("tenants", expanding=True),
+                                              bindparam("now", type_=UTCDateTime())),
+            {"tenants": hexes, "now": utcnow()})).all()
+    sessions: dict[uuid.UUID, dict[str, int]] = {}
+    for tenant, status, count in session_rows:
+        sessions.setdefault(_uuid(tenant), {})[str(status)] = int(count)
+    return {_uuid(tenant): TenantActivity(agents=int(agents),
+                                          sessions=sessions.get(_uuid(tenant), {}),
+                                          queue_depth=int(queue), pending_approvals=int(pending))
+            for tenant, agents, queue, pending in workload_rows}
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    name: str
+    started_at: datetime
+    last_seen_at: datetime
+    alive: bool
+    slots: int
+    steps_committed: int
+
+
+async def list_workers(db: AsyncSession, *, limit: int = 100) -> list[WorkerHealth]:
+    """The workers that reported most recently (global table, no tenant data). A worker is
+    alive while its last heartbeat is younger than three heartbeat intervals, judged by the
+    clock that wrote it (the database's on PostgreSQL)."""
+    rows = (await db.execute(select(WorkerPresence)
+                             .order_by(WorkerPresence.last_seen_at.desc(), WorkerPresence.name)
+                             .limit(limit))).scalars().all()
+    now = (await db.execute(select(func.now()))).scalar_one() if _is_pg(db) else utcnow()
+    horizon = now - timedelta(seconds=3 * WORKER_HEARTBEAT_SECONDS)
+    return [WorkerHealth(name=w.name, started_at=w.started_at, last_seen_at=w.last_seen_at,
+                         alive=w.last_seen_at >= horizon, slots=w.slots,
+                         steps_committed=w.steps_committed) for w in rows]

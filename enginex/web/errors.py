@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from functools import lru_cache
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from enginex.kit.errors import NOT_FOUND_MESSAGE, AppError
 
@@ -51,6 +54,32 @@ def _respond(request: Request, status: int, code: str, message: str,
     return render(request, "error.html", principal=principal, status_code=status,
                   headers=headers, error={"status": status, "code": code, "message": message,
                                           "details": details or {}})
+
+
+@lru_cache(maxsize=512)
+def _path_regex(path: str) -> re.Pattern[str]:
+    return compile_path(path)[0]
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the address supports. Starlette's 405 names only the methods of the first
+    route whose path matched, but GET and POST of one address are often two routes."""
+    from enginex.tenancy.guards import registered_routes
+
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for registered in registered_routes(request.app):
+        if registered.methods and _path_regex(registered.path).match(path):
+            methods |= registered.methods
+    return ", ".join(sorted(methods))
+
+
+def _with_allow(request: Request, headers: dict[str, str] | None) -> dict[str, str]:
+    result = dict(headers or {})
+    allowed = _allowed_methods(request)
+    if allowed:
+        result["Allow"] = allowed
+    return result
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -95,7 +124,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return _respond(request, 405, "method_not_allowed",
                          f"{request.method} is not supported on this address; the Allow header "
                          "lists the methods that are, and /openapi.json describes the API.",
-                         headers=dict(exc.headers or {}))
+                         headers=_with_allow(request, exc.headers))
         return _respond(request, exc.status_code, "http_error", str(exc.detail),
                      headers=dict(exc.headers or {}))
 

@@ -194,36 +194,39 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     v_tenant uuid;
     v_run uuid;
+    v_now timestamptz;
 BEGIN
     -- Claims are serialised (like SQLite's single writer): without this, two claimers could
     -- both count a tenant's live leases below p_tenant_limit and together exceed it, and would
     -- both pick the same "served longest ago" tenant. Held until the caller commits (the claim
     -- is its own short transaction); each statement below then sees earlier claims.
     PERFORM pg_advisory_xact_lock(CLAIM_LOCK_KEY);
+    -- The time after the lock wait (now() is the start of the transaction, before it).
+    v_now := clock_timestamp();
     FOR v_tenant IN
         SELECT c.tenant_id
         FROM (SELECT DISTINCT r.tenant_id FROM public.runs r
               WHERE r.status IN ('queued', 'running')
-                AND (r.lease_expires_at IS NULL OR r.lease_expires_at < now())) c
+                AND (r.lease_expires_at IS NULL OR r.lease_expires_at < v_now)) c
         LEFT JOIN public.run_queue_state q ON q.tenant_id = c.tenant_id
         WHERE (SELECT count(*) FROM public.runs a
                WHERE a.tenant_id = c.tenant_id AND a.status = 'running'
-                 AND a.lease_expires_at >= now()) < p_tenant_limit
+                 AND a.lease_expires_at >= v_now) < p_tenant_limit
         ORDER BY q.last_claimed_at NULLS FIRST, c.tenant_id
     LOOP
         SELECT r.id INTO v_run FROM public.runs r
         WHERE r.tenant_id = v_tenant AND r.status IN ('queued', 'running')
-          AND (r.lease_expires_at IS NULL OR r.lease_expires_at < now())
+          AND (r.lease_expires_at IS NULL OR r.lease_expires_at < v_now)
         ORDER BY r.queued_at, r.id
         LIMIT 1 FOR UPDATE SKIP LOCKED;
         IF v_run IS NOT NULL THEN
             UPDATE public.runs r SET lease_owner = p_worker,
-                lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+                lease_expires_at = v_now + make_interval(secs => p_lease_seconds),
                 attempts = r.attempts + 1, status = 'running',
-                started_at = COALESCE(r.started_at, now())
+                started_at = COALESCE(r.started_at, v_now)
             WHERE r.tenant_id = v_tenant AND r.id = v_run;
             INSERT INTO public.run_queue_state AS s (tenant_id, last_claimed_at)
-            VALUES (v_tenant, clock_timestamp())
+            VALUES (v_tenant, v_now)
             ON CONFLICT (tenant_id) DO UPDATE SET last_claimed_at = EXCLUDED.last_claimed_at;
             tenant_id := v_tenant;
             run_id := v_run;

@@ -1,0 +1,415 @@
+"""A Hypothesis state machine interleaving random operations of two tenants over real HTTP.
+
+org_a and org_b act through their admin, builder and operator members (session cookie with
+the CSRF header) and their API keys: invite and revoke, accept invitations, create, use and
+revoke API keys, start, cancel and decide sessions, and try the other tenant's ids through
+their own organization's path. The test keeps a model of what each tenant created (plus what
+its org already held before the machine started), and after every step it checks:
+
+* each tenant's listings of members, invitations, API keys and sessions hold exactly the ids
+  that tenant owns, with the state the model expects (revoked, accepted), and none of the
+  other tenant's;
+* each tenant's approvals and reports all belong to its own sessions, and never to ids the
+  other tenant saw in its listings.
+
+A rule that touches the other tenant's objects must get the 404 that a missing id gets
+(GET, cancel, decide, revoke, change role, remove); the owner still sees the object unchanged.
+
+The server and both organizations live for the whole test, across Hypothesis' examples, so
+the model does too (a fresh machine per example starts from the current model). Shrinking is
+off: every step talks to the server, and the failure report lists the whole run of steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from enginex.kit.errors import NOT_FOUND_MESSAGE
+from tests.factories import (
+    PASSWORD,
+    TIMESHEET,
+    Org,
+    Server,
+    accept,
+    api_key_client,
+    deploy_agent,
+)
+
+TENANTS = ("a", "b")
+ROLES = ("admin", "builder", "operator", "viewer")
+FINISHED = {"succeeded", "failed", "cancelled"}
+EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
+# Names for new API keys: any text, whitespace-only names included (those must get 422).
+KEY_NAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1,
+                    max_size=40)
+
+
+def other(tenant: str) -> str:
+    return "b" if tenant == "a" else "a"
+
+
+@dataclass
+class TenantModel:
+    """What one tenant owns, as the test knows it."""
+
+    members: set[str] = field(default_factory=set)
+    # invitation id -> token (None: made before the machine), and their states
+    invitations: dict[str, str | None] = field(default_factory=dict)
+    revoked_invitations: set[str] = field(default_factory=set)
+    accepted_invitations: set[str] = field(default_factory=set)
+    # API key id -> token (None: a fixture key the machine must never revoke)
+    api_keys: dict[str, str | None] = field(default_factory=dict)
+    revoked_keys: set[str] = field(default_factory=set)
+    sessions: set[str] = field(default_factory=set)
+    # Seen in the tenant's own listings (created by its sessions, not by the test).
+    approvals: dict[str, str] = field(default_factory=dict)  # approval id -> status
+    reports: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Tenant:
+    org: Org
+    admin_key: httpx.Client
+    operator_key: httpx.Client
+    model: TenantModel
+
+    def path(self, suffix: str = "") -> str:
+        return f"/api/v1/orgs/{self.org.slug}{suffix}"
+
+    def admin(self, via: str) -> httpx.Client:
+        return self.org.admin.client if via == "member" else self.admin_key
+
+    def operator(self, via: str) -> httpx.Client:
+        return self.org.members["operator"].client if via == "member" else self.operator_key
+
+
+def _ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, (response.request.method, str(response.request.url),
+                                            response.status_code, response.text)
+    return response.json() if response.content else None
+
+
+def _assert_404(response: httpx.Response) -> None:
+    assert response.status_code == 404, (response.request.method, str(response.request.url),
+                                         response.status_code, response.text)
+    assert response.json() == EXPECTED_404, response.text
+
+
+def list_sessions(tenant: Tenant, client: httpx.Client) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 200}
+    while True:
+        page = _ok(client.get(tenant.path("/sessions"), params=params))
+        items.extend(page["items"])
+        if not page["next_cursor"]:
+            return items
+        params["cursor"] = page["next_cursor"]
+
+
+def _baseline(tenant: Tenant) -> None:
+    """What the organization already holds: its members, invitations and keys from the
+    factory, and whatever earlier tests or examples left in it."""
+    client, model = tenant.org.admin.client, tenant.model
+    model.members = {m["user_id"] for m in _ok(client.get(tenant.path("/members")))}
+    for invitation in _ok(client.get(tenant.path("/invitations"))):
+        model.invitations[invitation["id"]] = None
+        if invitation["revoked_at"]:
+            model.revoked_invitations.add(invitation["id"])
+        if invitation["accepted_at"]:
+            model.accepted_invitations.add(invitation["id"])
+    for key in _ok(client.get(tenant.path("/api-keys"))):
+        model.api_keys[key["id"]] = None
+        if key["revoked_at"]:
+            model.revoked_keys.add(key["id"])
+    model.sessions = {s["id"] for s in list_sessions(tenant, client)}
+
+
+def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedStateMachine]:
+    counter = itertools.count()
+
+    class TwoTenants(RuleBasedStateMachine):
+        # --- members and invitations -------------------------------------------------------
+
+        @rule(t=st.sampled_from(TENANTS), role=st.sampled_from(ROLES),
+              via=st.sampled_from(["member", "key"]))
+        def create_invitation(self, t: str, role: str, via: str) -> None:
+            tenant = tenants[t]
+            email = f"sm-{next(counter)}-{tenant.org.slug}@example.org"
+            body = _ok(tenant.admin(via).post(tenant.path("/invitations"),
+                                              json={"email": email, "role": role}), 201)
+            assert body["email"] == email and body["role"] == role
+            assert body["token"].startswith(f"inv_{tenant.org.id.replace('-', '')}_")
+            tenant.model.invitations[body["id"]] = body["token"]
+
+        @precondition(lambda self: any(tenants[t].model.invitations for t in TENANTS))
+        @rule(t=st.sampled_from(TENANTS), data=st.data())
+        def revoke_invitation(self, t: str, data: st.DataObject) -> None:
+            tenant = tenants[t]
+            if not tenant.model.invitations:
+                return
+            invitation = data.draw(st.sampled_from(sorted(tenant.model.invitations)))
+            response = tenant.org.admin.client.delete(tenant.path(f"/invitations/{invitation}"))
+            if invitation in tenant.model.accepted_invitations:
+                assert response.status_code == 409, response.text
+                return
+            _ok(response, 204)
+            tenant.model.revoked_invitations.add(invitation)
+
+        @precondition(lambda self: any(
+            token and i not in m.revoked_invitations and i not in m.accepted_invitations
+            for m in (tenants[t].model for t in TENANTS) for i, token in m.invitations.items()))
+        @rule(t=st.sampled_from(TENANTS), data=st.data())
+        def accept_invitation(self, t: str, data: st.DataObject) -> None:
+            model = tenants[t].model
+            open_ = sorted(i for i, token in model.invitations.items() if token
+                           and i not in model.revoked_invitations
+                           and i not in model.accepted_invitations)
+            if not open_:
+                return
+            invitation = data.draw(st.sampled_from(open_))
+            token = model.invitations[invitation]
+            assert token is not None
+            body = _ok(accept(server, token, PASSWORD))
+            assert body["org_slug"] == tenants[t].org.slug and body["new_account"] is True
+            model.accepted_invitations.add(invitation)
+            model.members.add(body["user_id"])
+
+        # --- API keys ----------------------------------------------------------------------
+
+        @rule(t=st.sampled_from(TENANTS), role=st.sampled_from(ROLES), name=KEY_NAMES,
+              via=st.sampled_from(["member", "key"]))
+        def create_api_key(self, t: str, role: str, name: str, via: str) -> None:
+            tenant = tenants[t]
+            response = tenant.admin(via).post(tenant.path("/api-keys"),
+                                              json={"name": name, "role": role})
+            if not name.strip():
+                assert response.status_code == 422, response.text
+                assert response.json()["error"]["code"] == "validation_failed"
+                return
+            body = _ok(response, 201)
+            assert body["role"] == role and body["name"] == name.strip()
+            assert body["token"].startswith(f"enx_{tenant.org.id.replace('-', '')}_")
+            tenant.model.api_keys[body["id"]] = body["token"]
+
+        @precondition(lambda self: any(token for t in TENANTS
+                                       for token in tenants[t].model.api_keys.values()))
+        @rule(t=st.sampled_from(TENANTS), data=st.data())
+        def revoke_api_key(self, t: str, data: st.DataObject) -> None:
+            tenant = tenants[t]
+            mine = sorted(k for k, token in tenant.model.api_keys.items() if token)
+            if not mine:
+                return
+            key = data.draw(st.sampled_from(mine))
+            _ok(tenant.org.admin.client.delete(tenant.path(f"/api-keys/{key}")), 204)
+            tenant.model.revoked_keys.add(key)
+
+        @precondition(lambda self: any(token for t in TENANTS
+                                       for token in tenants[t].model.api_keys.values()))
+        @rule(t=st.sampled_from(TENANTS), data=st.data())
+        def use_created_api_key(self, t: str, data: st.DataObject) -> None:
+            """A new key reads its own organization's sessions only, and stops working the
+            moment it is revoked; the other organization's path is 404 for it."""
+            tenant, rival = tenants[t], tenants[other(t)]
+            mine = sorted(k for k, token in tenant.model.api_keys.items() if token)
+            if not mine:
+                return
+            key = data.draw(st.sampled_from(mine))
+            token = tenant.model.api_keys[key]
+            assert token is not None
+            with api_key_client(server, token) as client:
+                own = client.get(tenant.path("/sessions"), params={"limit": 200})
+                foreign = client.get(rival.path("/sessions"))
+            if key in tenant.model.revoked_keys:
+                assert own.status_code == 401, own.text
+                assert foreign.status_code == 401, foreign.text
+                return
+            ids = {s["id"] for s in _ok(own)["items"]}
+            assert ids <= tenant.model.sessions
+            assert not ids & rival.model.sessions
+            _assert_404(foreign)
+
+        # --- sessions and approvals --------------------------------------------------------
+
+        @rule(t=st.sampled_from(TENANTS), via=st.sampled_from(["member", "key"]))
+        def start_session(self, t: str, via: str) -> None:
+            tenant = tenants[t]
+            body = _ok(tenant.operator(via).post(tenant.path("/sessions"), json={
+                "agent": "hourly-tracking", "inputs": {"timesheet": TIMESHEET}}), 201)
+            assert body["agent"] == "hourly-tracking" and body["status"] == "queued"
+            tenant.model.sessions.add(body["id"])
+
+        @precondition(lambda self: any(tenants[t].model.sessions for t in TENANTS))
+        @rule(t=st.sampled_from(TENANTS), data=st.data(),
+              via=st.sampled_from(["member", "key"]))
+        def cancel_session(self, t: str, data: st.DataObject, via: str) -> None:
+            tenant = tenants[t]
+            if not tenant.model.sessions:
+                return
+            run = data.draw(st.sampled_from(sorted(tenant.model.sessions)))
+            response = tenant.operator(via).post(tenant.path(f"/sessions/{run}/cancel"))
+            if response.status_code == 409:
+                assert response.json()["error"]["code"] == "session_finished"
+                status = _ok(tenant.org.admin.client.get(tenant.path(f"/sessions/{run}")))
+                assert status["status"] in FINISHED, status
+                return
+            assert _ok(response)["status"] == "cancelled"
+
+        @precondition(lambda self: any(s == "pending" for t in TENANTS
+                                       for s in tenants[t].model.approvals.values()))
+        @rule(t=st.sampled_from(TENANTS), data=st.data(),
+              decision=st.sampled_from(["approve", "reject"]))
+        def decide_approval(self, t: str, data: st.DataObject, decision: str) -> None:
+            tenant = tenants[t]
+            pending = sorted(a for a, s in tenant.model.approvals.items() if s == "pending")
+            if not pending:
+                return
+            approval = data.draw(st.sampled_from(pending))
+            response = tenant.org.members["operator"].client.post(
+                tenant.path(f"/approvals/{approval}/decision"),
+                json={"decision": decision, "comment": "state machine"})
+            if response.status_code == 409:  # cancelled with its session meanwhile
+                current = _ok(tenant.org.admin.client.get(tenant.path(f"/approvals/{approval}")))
+                assert current["status"] != "pending", current
+                tenant.model.approvals[approval] = current["status"]
+                return
+            body = _ok(response)
+            assert body["decision"] == decision
+            tenant.model.approvals[approval] = body["status"]
+
+        # --- the other tenant's ids through one's own organization's path ----------------
+
+        @precondition(lambda self: any(tenants[t].model.sessions for t in TENANTS))
+        @rule(t=st.sampled_from(TENANTS), data=st.data(),
+              suffix=st.sampled_from(["", "/events", "/checkpoints"]))
+        def read_foreign_session(self, t: str, data: st.DataObject, suffix: str) -> None:
+            tenant, victim = tenants[t], tenants[other(t)]
+            if not victim.model.sessions:
+                return
+            run = data.draw(st.sampled_from(sorted(victim.model.sessions)))
+            for client in (tenant.org.admin.client, tenant.admin_key):
+                _assert_404(client.get(tenant.path(f"/sessions/{run}{suffix}")))
+                _assert_404(client.post(tenant.path(f"/sessions/{run}/cancel")))
+                reports = _ok(client.get(tenant.path("/reports"), params={"session": run}))
+                assert reports == [], reports
+            _ok(victim.org.admin.client.get(victim.path(f"/sessions/{run}{suffix}")))
+
+        @precondition(lambda self: any(tenants[t].model.approvals or tenants[t].model.reports
+                                       for t in TENANTS))
+        @rule(t=st.sampled_from(TENANTS), data=st.data())
+        def read_foreign_approval_or_report(self, t: str, data: st.DataObject) -> None:
+            tenant, victim = tenants[t], tenants[other(t)]
+            targets = [f"/approvals/{a}" for a in sorted(victim.model.approvals)] + [
+                f"/reports/{r}{suffix}" for r in sorted(victim.model.reports)
+                for suffix in ("", "/download")]
+            if not targets:
+                return
+            target = data.draw(st.sampled_from(targets))
+            for client in (tenant.org.members["operator"].client, tenant.admin_key):
+                _assert_404(client.get(tenant.path(target)))
+                if target.startswith("/approvals/"):
+                    _assert_404(client.post(tenant.path(f"{target}/decision"),
+                                            json={"decision": "approve"}))
+            assert victim.org.admin.client.get(victim.path(target)).status_code == 200
+
+        @rule(t=st.sampled_from(TENANTS), data=st.data(),
+              kind=st.sampled_from(["invitation", "api_key", "member_role", "member_remove"]))
+        def write_foreign(self, t: str, data: st.DataObject, kind: str) -> None:
+            """Revoking, re-roling or removing the other tenant's objects: 404, no change
+            (the invariants check the owner's listings right after)."""
+            tenant, victim = tenants[t], tenants[other(t)].model
+            pools = {"invitation": victim.invitations, "api_key": victim.api_keys,
+                     "member_role": victim.members, "member_remove": victim.members}
+            target = data.draw(st.sampled_from(sorted(pools[kind])))
+            client = tenant.admin(data.draw(st.sampled_from(["member", "key"])))
+            if kind == "invitation":
+                _assert_404(client.delete(tenant.path(f"/invitations/{target}")))
+            elif kind == "api_key":
+                _assert_404(client.delete(tenant.path(f"/api-keys/{target}")))
+            elif kind == "member_role":
+                _assert_404(client.patch(tenant.path(f"/members/{target}"),
+                                         json={"role": "viewer"}))
+            else:
+                _assert_404(client.delete(tenant.path(f"/members/{target}")))
+
+        # --- invariants ----------------------------------------------------------------------
+
+        @invariant()
+        def listings_hold_exactly_own_objects(self) -> None:
+            for t in TENANTS:
+                tenant, rival = tenants[t], tenants[other(t)].model
+                model = tenant.model
+                client = tenant.admin(["member", "key"][next(counter) % 2])
+
+                members = {m["user_id"] for m in _ok(client.get(tenant.path("/members")))}
+                assert members == model.members, (t, members ^ model.members)
+
+                invitations = _ok(client.get(tenant.path("/invitations")))
+                assert {i["id"] for i in invitations} == set(model.invitations), t
+                assert not {i["id"] for i in invitations} & set(rival.invitations)
+                for invitation in invitations:
+                    i = invitation["id"]
+                    assert bool(invitation["revoked_at"]) == (i in model.revoked_invitations)
+                    assert bool(invitation["accepted_at"]) == (i in model.accepted_invitations)
+
+                keys = _ok(client.get(tenant.path("/api-keys")))
+                assert {k["id"] for k in keys} == set(model.api_keys), t
+                assert not {k["id"] for k in keys} & set(rival.api_keys)
+                for key in keys:
+                    assert bool(key["revoked_at"]) == (key["id"] in model.revoked_keys), key
+
+                sessions = {s["id"] for s in list_sessions(tenant, client)}
+                assert sessions == model.sessions, (t, sessions ^ model.sessions)
+                assert not sessions & rival.sessions
+
+                approvals = _ok(client.get(tenant.path("/approvals"), params={"limit": 500}))
+                for approval in approvals:
+                    assert approval["run_id"] in model.sessions, approval
+                    assert approval["id"] not in rival.approvals, approval
+                    model.approvals[approval["id"]] = approval["status"]
+
+                reports = _ok(client.get(tenant.path("/reports"), params={"limit": 500}))
+                for report in reports:
+                    assert report["run_id"] in model.sessions, report
+                    assert report["id"] not in rival.reports, report
+                    model.reports.add(report["id"])
+
+    return TwoTenants
+
+
+def test_two_tenants_interleaved_never_see_each_other(server: Server, org_a: Org,
+                                                      org_b: Org) -> None:
+    tenants: dict[str, Tenant] = {}
+    for name, org in (("a", org_a), ("b", org_b)):
+        deployed = deploy_agent(org)
+        assert deployed["agent_key"] == "hourly-tracking"
+        tenants[name] = Tenant(org=org, model=TenantModel(),
+                               admin_key=api_key_client(server, org.api_keys["admin"]),
+                               operator_key=api_key_client(server, org.api_keys["operator"]))
+        _baseline(tenants[name])
+    assert not set(tenants["a"].model.members) & set(tenants["b"].model.members)
+    try:
+        run_state_machine_as_test(make_machine(server, tenants), settings=settings(
+            max_examples=4, stateful_step_count=20, deadline=None, derandomize=True,
+            database=None, phases=(Phase.explicit, Phase.generate), print_blob=False,
+            suppress_health_check=list(HealthCheck)))
+    finally:
+        for tenant in tenants.values():
+            tenant.admin_key.close()
+            tenant.operator_key.close()
+    created = {t: (len(m.model.sessions), len(m.model.api_keys), len(m.model.invitations))
+               for t, m in tenants.items()}
+    print(f"\nstate machine: sessions, keys, invitations per tenant at the end: {created}")
+    assert all(sessions > 0 for sessions, _, _ in created.values()), created
