@@ -56,7 +56,11 @@ async def create_tenant(session: AsyncSession, *, slug: str, name: str, admin_em
 
     org = await org_repo.get_org_by_slug(session, slug)
     if org is None:
+        from enginex.audit.service import record
+
         org, ctx = await org_service.create_organization(session, slug=slug, name=name)
+        await record(session, ctx, "org.created", target_kind="organization", target_id=org.id,
+                     actor_kind="cli")
     else:
         await set_tenant(session, org.id)
         ctx = system_context(org.id, org.slug)
@@ -115,8 +119,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     load_master_key(settings)  # an unusable key is reported before anything changes
     if not settings.is_postgres:
         upgrade(settings)
-        if args.demo:
-            _print_demo(asyncio.run(_seed_demo(settings)), settings)
+    elif args.demo:
+        raise CliError("--demo seeds the embedded SQLite database only; on PostgreSQL run "
+                       "`enginex migrate` and `enginex demo` once, then `enginex serve`")
+    if args.demo:
+        _print_demo(asyncio.run(_seed_demo(settings)), settings)
     if args.no_worker:
         settings = settings.model_copy(update={"embedded_worker": False})
     app = create_app(settings)
@@ -283,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail("invalid settings: " + "; ".join(
             f"ENGINEX_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()))
     try:
-        settings.check_safe()
+        if args.func is not cmd_keys_generate:  # generating a key must work before one is set
+            settings.check_safe()
         args.func(args, settings)
     except (CliError, UnsafeConfigurationError, MasterKeyError) as exc:
         _fail(str(exc))

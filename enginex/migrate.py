@@ -33,6 +33,11 @@ def _sync(url: str) -> str:
 
 
 def upgrade(settings: Settings) -> None:
+    if settings.is_postgres and not settings.migration_database_url:
+        raise UnsafeDatabaseRole(
+            "On PostgreSQL, migrations run as the owner role: set "
+            "ENGINEX_MIGRATION_DATABASE_URL (see docs/MULTI_TENANT.md, 'Database roles'); "
+            "ENGINEX_DATABASE_URL is the application role, which cannot change the schema.")
     if not settings.is_postgres:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     command.upgrade(alembic_config(_sync(settings.resolved_migration_url)), "head")

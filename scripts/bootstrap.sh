@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v uv >/dev/null 2>&1; then
-  python3 -m pip install --quiet uv
+  # Debian's system Python refuses pip installs (PEP 668): fall back to a user install.
+  python3 -m pip install --quiet uv 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages uv
+  export PATH="$HOME/.local/bin:$PATH"
 fi
 uv sync --frozen --quiet "$@"

@@ -57,6 +57,11 @@ KEY_NAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), mi
                     max_size=40)
 
 
+DEBUG = []
+import collections
+RULES = collections.Counter()
+
+
 def other(tenant: str) -> str:
     return "b" if tenant == "a" else "a"
 
@@ -146,6 +151,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
         @rule(t=st.sampled_from(TENANTS), role=st.sampled_from(ROLES),
               via=st.sampled_from(["member", "key"]))
         def create_invitation(self, t: str, role: str, via: str) -> None:
+            RULES['create_invitation'] += 1
             tenant = tenants[t]
             email = f"sm-{next(counter)}-{tenant.org.slug}@example.org"
             body = _ok(tenant.admin(via).post(tenant.path("/invitations"),
@@ -157,6 +163,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
         @precondition(lambda self: any(tenants[t].model.invitations for t in TENANTS))
         @rule(t=st.sampled_from(TENANTS), data=st.data())
         def revoke_invitation(self, t: str, data: st.DataObject) -> None:
+            RULES['revoke_invitation'] += 1
             tenant = tenants[t]
             if not tenant.model.invitations:
                 return
@@ -173,6 +180,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
             for m in (tenants[t].model for t in TENANTS) for i, token in m.invitations.items()))
         @rule(t=st.sampled_from(TENANTS), data=st.data())
         def accept_invitation(self, t: str, data: st.DataObject) -> None:
+            RULES['accept_invitation'] += 1
             model = tenants[t].model
             open_ = sorted(i for i, token in model.invitations.items() if token
                            and i not in model.revoked_invitations
@@ -192,6 +200,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
         @rule(t=st.sampled_from(TENANTS), role=st.sampled_from(ROLES), name=KEY_NAMES,
               via=st.sampled_from(["member", "key"]))
         def create_api_key(self, t: str, role: str, name: str, via: str) -> None:
+            RULES['create_api_key'] += 1
             tenant = tenants[t]
             response = tenant.admin(via).post(tenant.path("/api-keys"),
                                               json={"name": name, "role": role})
@@ -208,6 +217,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
                                        for token in tenants[t].model.api_keys.values()))
         @rule(t=st.sampled_from(TENANTS), data=st.data())
         def revoke_api_key(self, t: str, data: st.DataObject) -> None:
+            RULES['revoke_api_key'] += 1
             tenant = tenants[t]
             mine = sorted(k for k, token in tenant.model.api_keys.items() if token)
             if not mine:
@@ -222,6 +232,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
         def use_created_api_key(self, t: str, data: st.DataObject) -> None:
             """A new key reads its own organization's sessions only, and stops working the
             moment it is revoked; the other organization's path is 404 for it."""
+            RULES['use_created_api_key'] += 1
             tenant, rival = tenants[t], tenants[other(t)]
             mine = sorted(k for k, token in tenant.model.api_keys.items() if token)
             if not mine:
@@ -245,6 +256,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
 
         @rule(t=st.sampled_from(TENANTS), via=st.sampled_from(["member", "key"]))
         def start_session(self, t: str, via: str) -> None:
+            RULES['start_session'] += 1
             tenant = tenants[t]
             body = _ok(tenant.operator(via).post(tenant.path("/sessions"), json={
                 "agent": "hourly-tracking", "inputs": {"timesheet": TIMESHEET}}), 201)
@@ -255,6 +267,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
         @rule(t=st.sampled_from(TENANTS), data=st.data(),
               via=st.sampled_from(["member", "key"]))
         def cancel_session(self, t: str, data: st.DataObject, via: str) -> None:
+            RULES['cancel_session'] += 1
             tenant = tenants[t]
             if not tenant.model.sessions:
                 return
@@ -272,6 +285,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
         @rule(t=st.sampled_from(TENANTS), data=st.data(),
               decision=st.sampled_from(["approve", "reject"]))
         def decide_approval(self, t: str, data: st.DataObject, decision: str) -> None:
+            RULES['decide_approval'] += 1
             tenant = tenants[t]
             pending = sorted(a for a, s in tenant.model.approvals.items() if s == "pending")
             if not pending:
@@ -295,6 +309,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
         @rule(t=st.sampled_from(TENANTS), data=st.data(),
               suffix=st.sampled_from(["", "/events", "/checkpoints"]))
         def read_foreign_session(self, t: str, data: st.DataObject, suffix: str) -> None:
+            RULES['read_foreign_session'] += 1
             tenant, victim = tenants[t], tenants[other(t)]
             if not victim.model.sessions:
                 return
@@ -310,6 +325,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
                                        for t in TENANTS))
         @rule(t=st.sampled_from(TENANTS), data=st.data())
         def read_foreign_approval_or_report(self, t: str, data: st.DataObject) -> None:
+            RULES['read_foreign_approval_or_report'] += 1
             tenant, victim = tenants[t], tenants[other(t)]
             targets = [f"/approvals/{a}" for a in sorted(victim.model.approvals)] + [
                 f"/reports/{r}{suffix}" for r in sorted(victim.model.reports)
@@ -329,6 +345,7 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
         def write_foreign(self, t: str, data: st.DataObject, kind: str) -> None:
             """Revoking, re-roling or removing the other tenant's objects: 404, no change
             (the invariants check the owner's listings right after)."""
+            RULES['write_foreign'] += 1
             tenant, victim = tenants[t], tenants[other(t)].model
             pools = {"invitation": victim.invitations, "api_key": victim.api_keys,
                      "member_role": victim.members, "member_remove": victim.members}
@@ -348,6 +365,8 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
 
         @invariant()
         def listings_hold_exactly_own_objects(self) -> None:
+            RULES['listings_hold_exactly_own_objects'] += 1
+            DEBUG.append(1)
             for t in TENANTS:
                 tenant, rival = tenants[t], tenants[other(t)].model
                 model = tenant.model
@@ -411,5 +430,6 @@ def test_two_tenants_interleaved_never_see_each_other(server: Server, org_a: Org
             tenant.operator_key.close()
     created = {t: (len(m.model.sessions), len(m.model.api_keys), len(m.model.invitations))
                for t, m in tenants.items()}
+    print("INVARIANT CALLS", len(DEBUG), RULES)
     print(f"\nstate machine: sessions, keys, invitations per tenant at the end: {created}")
     assert all(sessions > 0 for sessions, _, _ in created.values()), created
