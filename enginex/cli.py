@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # noise per command
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per client request
     try:
         settings = get_settings()
     except ValidationError as exc:

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
@@ -48,6 +48,7 @@ from tests.factories import (
     deploy_agent,
 )
 
+SEED = 20261127
 TENANTS = ("a", "b")
 ROLES = ("admin", "builder", "operator", "viewer")
 FINISHED = {"succeeded", "failed", "cancelled"}

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import delete, select, update
 
-from enginex.admin.schemas import SessionCounts, TenantOut
+from enginex.admin.schemas import TenantOut
 from enginex.approvals.models import Approval
 from enginex.db import Database, set_tenant
 from enginex.kit.time import utcnow
@@ -68,6 +68,12 @@ def busy(server: Server, platform_admin: Actor) -> dict[str, Any]:
                approval["question"], *(m.email for m in org.members.values()),
                *(m.user_id for m in org.members.values())]
     return {"org": org, "deployed": deployed, "run": run, "content": content}
+
+
+@pytest.fixture(scope="module")
+def host(server: Server, platform_admin: Actor) -> Org:
+    """A tenant with an admin only: it sends this module's invitations."""
+    return make_org(server, platform_admin, "host", roles=("admin",), with_keys=False)
 
 
 def form_client(actor: Actor, server: Server) -> tuple[httpx.Client, str]:
@@ -147,14 +153,16 @@ def test_tenant_counts_in_the_api_and_on_the_page_without_content(
             assert text not in response.text, f"{response.url} shows tenant content {text!r}"
 
 
-def test_tenant_activity_counts_each_status_and_the_queue(server: Server, org_a: Org,
-                                                          org_b: Org) -> None:
+def test_tenant_activity_counts_each_status_and_the_queue(server: Server, host: Org,
+                                                          busy: dict[str, Any]) -> None:
     """The platform reads (SECURITY DEFINER functions on PostgreSQL, plain queries on SQLite)
     against rows made for the purpose, in a transaction that is rolled back: the worker never
-    sees them. Queue depth = queued + running without a live lease."""
-    deployed = deploy_agent(org_a)
+    sees them. Queue depth = queued + running without a live lease. Another tenant's counts come
+back from the same call, whichever tenant the session is bound to."""
+    org_a: Org = busy["org"]
+    deployed = busy["deployed"]
     agent_id = org_a.admin.client.get(f"/api/v1/orgs/{org_a.slug}/agents").json()[0]["id"]
-    a, b, nobody = uuid.UUID(org_a.id), uuid.UUID(org_b.id), uuid.uuid4()
+    a, b, nobody = uuid.UUID(org_a.id), uuid.UUID(host.id), uuid.uuid4()
     now = utcnow()
     live, lapsed = now + timedelta(minutes=5), now - timedelta(minutes=5)
     runs = [("queued", None), ("queued", None), ("running", live), ("running", lapsed),
@@ -187,12 +195,12 @@ def test_tenant_activity_counts_each_status_and_the_queue(server: Server, org_a:
 
     counts = asyncio.run(work())
     assert set(counts) == {a, b}  # an id without a tenant is not made up
-    mine = counts[a]
+    mine = counts[a]  # the rows above, and the busy tenant's own session and approval
     assert mine.agents == 1
-    assert mine.sessions == {"queued": 2, "running": 3, "waiting_approval": 1,
+    assert mine.sessions == {"queued": 2, "running": 3, "waiting_approval": 2,
                              "succeeded": 1, "failed": 1}
     assert mine.queue_depth == 4
-    assert mine.pending_approvals == 1
+    assert mine.pending_approvals == 2
     assert counts[b].agents == 0 and counts[b].sessions == {}
     assert counts[b].queue_depth == 0 and counts[b].pending_approvals == 0
 
@@ -400,9 +408,9 @@ def test_the_accept_page_never_carries_the_token_in_its_address(server: Server) 
 
 
 def test_a_new_account_accepts_sets_a_password_and_lands_signed_in(server: Server,
-                                                                   org_a: Org) -> None:
+                                                                   host: Org) -> None:
     email = f"newbie-{secrets.token_hex(4)}@example.org"
-    token = invite(org_a, email, "operator")["token"]
+    token = invite(host, email, "operator")["token"]
     with anonymous(server) as browser:
         def post(**fields: str) -> httpx.Response:
             return browser.post(ACCEPT, data={"token": token, **fields})
@@ -417,7 +425,7 @@ def test_a_new_account_accepts_sets_a_password_and_lands_signed_in(server: Serve
 
         done = post(display_name="Nina New", password=PASSWORD, password_confirm=PASSWORD)
         assert done.status_code == 303, done.text
-        assert done.headers["location"] == f"/o/{org_a.slug}"
+        assert done.headers["location"] == f"/o/{host.slug}"
         assert server.settings.session_cookie_name in done.headers["set-cookie"]
         overview = browser.get(done.headers["location"])
         assert overview.status_code == 200 and "You are <strong>operator</strong>" in overview.text
@@ -427,11 +435,11 @@ def test_a_new_account_accepts_sets_a_password_and_lands_signed_in(server: Serve
                                                "password_confirm": PASSWORD})
         assert used.status_code == 404 and INVALID_INVITATION in used.text
         assert hidden_token(used.text) is None  # nothing left to keep
-    members = org_a.admin.client.get(f"/api/v1/orgs/{org_a.slug}/members").json()
+    members = host.admin.client.get(f"/api/v1/orgs/{host.slug}/members").json()
     assert {m["email"]: m["display_name"] for m in members}[email] == "Nina New"
 
 
-def test_refusals_are_explained(server: Server, platform_admin: Actor, org_a: Org) -> None:
+def test_refusals_are_explained(server: Server, platform_admin: Actor, host: Org) -> None:
     with anonymous(server) as browser:
         missing = browser.post(ACCEPT, data={"password": PASSWORD,
                                              "password_confirm": PASSWORD})
@@ -440,13 +448,13 @@ def test_refusals_are_explained(server: Server, platform_admin: Actor, org_a: Or
                                            "password": PASSWORD, "password_confirm": PASSWORD})
         assert bogus.status_code == 404 and INVALID_INVITATION in bogus.text
 
-        revoked = invite(org_a, f"rev-{secrets.token_hex(4)}@example.org")
-        assert org_a.admin.client.delete(
-            f"/api/v1/orgs/{org_a.slug}/invitations/{revoked['id']}").status_code == 204
-        expired = invite(org_a, f"exp-{secrets.token_hex(4)}@example.org")
+        revoked = invite(host, f"rev-{secrets.token_hex(4)}@example.org")
+        assert host.admin.client.delete(
+            f"/api/v1/orgs/{host.slug}/invitations/{revoked['id']}").status_code == 204
+        expired = invite(host, f"exp-{secrets.token_hex(4)}@example.org")
 
         async def expire(session: Any) -> None:
-            await set_tenant(session, uuid.UUID(org_a.id))
+            await set_tenant(session, uuid.UUID(host.id))
             await session.execute(update(Invitation).where(
                 Invitation.id == uuid.UUID(expired["id"])).values(
                 expires_at=utcnow() - timedelta(minutes=1)))
@@ -457,9 +465,10 @@ def test_refusals_are_explained(server: Server, platform_admin: Actor, org_a: Or
                                                   "password_confirm": PASSWORD})
             assert response.status_code == 404 and INVALID_INVITATION in response.text
 
+        fresh = invite(host, f"x-{secrets.token_hex(4)}@example.org")["token"]
         other_site = browser.post(ACCEPT, headers={"Origin": "https://evil.example"},
-                                  data={"token": invite(org_a, "x@example.org")["token"],
-                                        "password": PASSWORD, "password_confirm": PASSWORD})
+                                  data={"token": fresh, "password": PASSWORD,
+                                        "password_confirm": PASSWORD})
         assert other_site.status_code == 403 and "another site was refused" in other_site.text
 
     paused = make_org(server, platform_admin, "closed", roles=("admin",), with_keys=False)
@@ -473,9 +482,13 @@ def test_refusals_are_explained(server: Server, platform_admin: Actor, org_a: Or
     assert "This organization is suspended. Contact the platform operator." in closed.text
 
 
-def test_an_existing_account_signs_in_first(server: Server, org_a: Org, org_b: Org) -> None:
+def test_an_existing_account_signs_in_first(server: Server, host: Org,
+                                            busy: dict[str, Any]) -> None:
+    org_b = busy["org"]
     person = org_b.members["viewer"]
-    token = invite(org_a, person.email)["token"]
+    token = invite(host, person.email)["token"]
+    before = {o["slug"]: o["role"] for o in
+              person.client.get("/api/v1/me").json()["organizations"]}
     with anonymous(server) as browser:
         for fields in ({"password": PASSWORD, "password_confirm": PASSWORD}, {}):
             response = browser.post(ACCEPT, data={"token": token, "display_name": "x",
@@ -501,9 +514,9 @@ def test_an_existing_account_signs_in_first(server: Server, org_a: Org, org_b: O
         stale = client.post(ACCEPT, data={"token": token})  # signed in, no CSRF token
         assert stale.status_code == 403 and "Open the invitation link again" in stale.text
         done = client.post(ACCEPT, data={"token": token, "csrf_token": csrf})
-        assert done.status_code == 303 and done.headers["location"] == f"/o/{org_a.slug}"
+        assert done.status_code == 303 and done.headers["location"] == f"/o/{host.slug}"
         assert "set-cookie" not in done.headers  # the session they had is kept
         orgs = {o["slug"]: o["role"] for o in
                 fresh.client.get("/api/v1/me").json()["organizations"]}
-        assert orgs == {org_b.slug: "viewer", org_a.slug: "viewer"}
+        assert orgs == {**before, host.slug: "viewer"}
     fresh.close()
