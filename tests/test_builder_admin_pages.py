@@ -81,13 +81,13 @@ def test_builder_uploads_and_reads_versions_diff_and_deprecates(server: Server,
     first = upload_page(builder, org, zip_directory(HOURLY))
     assert first.status_code == 303, first.text
     agent_url = f"/o/{org.slug}/agents/hourly-tracking"
-    assert first.headers["location"] == f"{agent_url}?deployed=1.0.0"
+    assert first.headers["location"] == f"{agent_url}?deployed=1.0.0#versions"
     page = builder.client.get(first.headers["location"])
     assert page.status_code == 200
     assert "Version 1.0.0 deployed." in page.text
     assert builder.email in page.text  # deployed by
     again = upload_page(builder, org, zip_directory(HOURLY))
-    assert again.headers["location"] == f"{agent_url}?unchanged=1.0.0"
+    assert again.headers["location"] == f"{agent_url}?unchanged=1.0.0#versions"
     assert "already deployed with identical content" in builder.client.get(
         again.headers["location"]).text
     # A notice is only shown for a version that exists.
@@ -95,7 +95,7 @@ def test_builder_uploads_and_reads_versions_diff_and_deprecates(server: Server,
 
     second = upload_page(builder, org, bumped_hourly("1.1.0", required_tools=["set_output",
                                                                              "http_request"]))
-    assert second.headers["location"] == f"{agent_url}?deployed=1.1.0"
+    assert second.headers["location"] == f"{agent_url}?deployed=1.1.0#versions"
 
     catalog = viewer.client.get(f"/o/{org.slug}/agents")
     assert f'href="{agent_url}"' in catalog.text

@@ -22,17 +22,19 @@ off: every step talks to the server, and the failure report lists the whole run 
 
 from __future__ import annotations
 
+import functools
 import itertools
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, Phase, seed, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -48,7 +50,8 @@ from tests.factories import (
     deploy_agent,
 )
 
-SEED = 20261127
+MAX_EXAMPLES = 25
+STEPS = 12
 TENANTS = ("a", "b")
 ROLES = ("admin", "builder", "operator", "viewer")
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -58,9 +61,24 @@ KEY_NAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), mi
                     max_size=40)
 
 
-DEBUG = []
-import collections
-RULES = collections.Counter()
+# Which existing object a rule acts on: an index into the sorted ids. Every draw has fixed
+# bounds, whatever the server holds, so that Hypothesis can replay its choices.
+PICK = st.integers(min_value=0, max_value=2**16)
+
+
+def choose(items: Any, pick: int) -> str:
+    ordered = sorted(items)
+    return ordered[pick % len(ordered)]
+
+
+# Unicode White_Space: what pydantic's ``str_strip_whitespace`` trims. Python's ``str.strip``
+# also trims the separators U+001C..U+001F.
+WHITE_SPACE = "".join(c for c in map(chr, range(0x3001))
+                      if c.isspace() and c not in "\x1c\x1d\x1e\x1f")
+
+
+def _trim(text: str) -> str:
+    return text.strip(WHITE_SPACE)
 
 
 def other(tenant: str) -> str:
@@ -143,16 +161,38 @@ def _baseline(tenant: Tenant) -> None:
     model.sessions = {s["id"] for s in list_sessions(tenant, client)}
 
 
-def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedStateMachine]:
+def make_machine(server: Server, tenants: dict[str, Tenant],
+                 failures: list[str]) -> type[RuleBasedStateMachine]:
     counter = itertools.count()
+    steps: list[str] = []
+
+    def recorded(function: Callable[..., None]) -> Callable[..., None]:
+        """Log each step; keep the first failure with the steps that led to it (Hypothesis
+        replays a failing example to report it, but the server has moved on by then)."""
+
+        @functools.wraps(function)
+        def step(self: RuleBasedStateMachine, **arguments: Any) -> None:
+            steps.append(f"{function.__name__}({arguments})")
+            try:
+                function(self, **arguments)
+            except Exception:
+                if not failures:
+                    failures.append("\n".join(steps[-40:]) + "\n" + traceback.format_exc())
+                raise
+
+        return step
 
     class TwoTenants(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            steps.append("--- new machine")
+
         # --- members and invitations -------------------------------------------------------
 
         @rule(t=st.sampled_from(TENANTS), role=st.sampled_from(ROLES),
               via=st.sampled_from(["member", "key"]))
+        @recorded
         def create_invitation(self, t: str, role: str, via: str) -> None:
-            RULES['create_invitation'] += 1
             tenant = tenants[t]
             email = f"sm-{next(counter)}-{tenant.org.slug}@example.org"
             body = _ok(tenant.admin(via).post(tenant.path("/invitations"),
@@ -161,14 +201,13 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
             assert body["token"].startswith(f"inv_{tenant.org.id.replace('-', '')}_")
             tenant.model.invitations[body["id"]] = body["token"]
 
-        @precondition(lambda self: any(tenants[t].model.invitations for t in TENANTS))
-        @rule(t=st.sampled_from(TENANTS), data=st.data())
-        def revoke_invitation(self, t: str, data: st.DataObject) -> None:
-            RULES['revoke_invitation'] += 1
+        @rule(t=st.sampled_from(TENANTS), pick=PICK)
+        @recorded
+        def revoke_invitation(self, t: str, pick: int) -> None:
             tenant = tenants[t]
             if not tenant.model.invitations:
                 return
-            invitation = data.draw(st.sampled_from(sorted(tenant.model.invitations)))
+            invitation = choose(tenant.model.invitations, pick)
             response = tenant.org.admin.client.delete(tenant.path(f"/invitations/{invitation}"))
             if invitation in tenant.model.accepted_invitations:
                 assert response.status_code == 409, response.text
@@ -176,19 +215,16 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
             _ok(response, 204)
             tenant.model.revoked_invitations.add(invitation)
 
-        @precondition(lambda self: any(
-            token and i not in m.revoked_invitations and i not in m.accepted_invitations
-            for m in (tenants[t].model for t in TENANTS) for i, token in m.invitations.items()))
-        @rule(t=st.sampled_from(TENANTS), data=st.data())
-        def accept_invitation(self, t: str, data: st.DataObject) -> None:
-            RULES['accept_invitation'] += 1
+        @rule(t=st.sampled_from(TENANTS), pick=PICK)
+        @recorded
+        def accept_invitation(self, t: str, pick: int) -> None:
             model = tenants[t].model
             open_ = sorted(i for i, token in model.invitations.items() if token
                            and i not in model.revoked_invitations
                            and i not in model.accepted_invitations)
             if not open_:
                 return
-            invitation = data.draw(st.sampled_from(open_))
+            invitation = choose(open_, pick)
             token = model.invitations[invitation]
             assert token is not None
             body = _ok(accept(server, token, PASSWORD))
@@ -200,45 +236,41 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
 
         @rule(t=st.sampled_from(TENANTS), role=st.sampled_from(ROLES), name=KEY_NAMES,
               via=st.sampled_from(["member", "key"]))
+        @recorded
         def create_api_key(self, t: str, role: str, name: str, via: str) -> None:
-            RULES['create_api_key'] += 1
             tenant = tenants[t]
             response = tenant.admin(via).post(tenant.path("/api-keys"),
                                               json={"name": name, "role": role})
-            if not name.strip():
+            if not _trim(name):
                 assert response.status_code == 422, response.text
                 assert response.json()["error"]["code"] == "validation_failed"
                 return
             body = _ok(response, 201)
-            assert body["role"] == role and body["name"] == name.strip()
+            assert body["role"] == role and body["name"] == _trim(name)
             assert body["token"].startswith(f"enx_{tenant.org.id.replace('-', '')}_")
             tenant.model.api_keys[body["id"]] = body["token"]
 
-        @precondition(lambda self: any(token for t in TENANTS
-                                       for token in tenants[t].model.api_keys.values()))
-        @rule(t=st.sampled_from(TENANTS), data=st.data())
-        def revoke_api_key(self, t: str, data: st.DataObject) -> None:
-            RULES['revoke_api_key'] += 1
+        @rule(t=st.sampled_from(TENANTS), pick=PICK)
+        @recorded
+        def revoke_api_key(self, t: str, pick: int) -> None:
             tenant = tenants[t]
             mine = sorted(k for k, token in tenant.model.api_keys.items() if token)
             if not mine:
                 return
-            key = data.draw(st.sampled_from(mine))
+            key = choose(mine, pick)
             _ok(tenant.org.admin.client.delete(tenant.path(f"/api-keys/{key}")), 204)
             tenant.model.revoked_keys.add(key)
 
-        @precondition(lambda self: any(token for t in TENANTS
-                                       for token in tenants[t].model.api_keys.values()))
-        @rule(t=st.sampled_from(TENANTS), data=st.data())
-        def use_created_api_key(self, t: str, data: st.DataObject) -> None:
+        @rule(t=st.sampled_from(TENANTS), pick=PICK)
+        @recorded
+        def use_created_api_key(self, t: str, pick: int) -> None:
             """A new key reads its own organization's sessions only, and stops working the
             moment it is revoked; the other organization's path is 404 for it."""
-            RULES['use_created_api_key'] += 1
             tenant, rival = tenants[t], tenants[other(t)]
             mine = sorted(k for k, token in tenant.model.api_keys.items() if token)
             if not mine:
                 return
-            key = data.draw(st.sampled_from(mine))
+            key = choose(mine, pick)
             token = tenant.model.api_keys[key]
             assert token is not None
             with api_key_client(server, token) as client:
@@ -256,23 +288,22 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
         # --- sessions and approvals --------------------------------------------------------
 
         @rule(t=st.sampled_from(TENANTS), via=st.sampled_from(["member", "key"]))
+        @recorded
         def start_session(self, t: str, via: str) -> None:
-            RULES['start_session'] += 1
             tenant = tenants[t]
             body = _ok(tenant.operator(via).post(tenant.path("/sessions"), json={
                 "agent": "hourly-tracking", "inputs": {"timesheet": TIMESHEET}}), 201)
             assert body["agent"] == "hourly-tracking" and body["status"] == "queued"
             tenant.model.sessions.add(body["id"])
 
-        @precondition(lambda self: any(tenants[t].model.sessions for t in TENANTS))
-        @rule(t=st.sampled_from(TENANTS), data=st.data(),
+        @rule(t=st.sampled_from(TENANTS), pick=PICK,
               via=st.sampled_from(["member", "key"]))
-        def cancel_session(self, t: str, data: st.DataObject, via: str) -> None:
-            RULES['cancel_session'] += 1
+        @recorded
+        def cancel_session(self, t: str, pick: int, via: str) -> None:
             tenant = tenants[t]
             if not tenant.model.sessions:
                 return
-            run = data.draw(st.sampled_from(sorted(tenant.model.sessions)))
+            run = choose(tenant.model.sessions, pick)
             response = tenant.operator(via).post(tenant.path(f"/sessions/{run}/cancel"))
             if response.status_code == 409:
                 assert response.json()["error"]["code"] == "session_finished"
@@ -281,17 +312,15 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
                 return
             assert _ok(response)["status"] == "cancelled"
 
-        @precondition(lambda self: any(s == "pending" for t in TENANTS
-                                       for s in tenants[t].model.approvals.values()))
-        @rule(t=st.sampled_from(TENANTS), data=st.data(),
+        @rule(t=st.sampled_from(TENANTS), pick=PICK,
               decision=st.sampled_from(["approve", "reject"]))
-        def decide_approval(self, t: str, data: st.DataObject, decision: str) -> None:
-            RULES['decide_approval'] += 1
+        @recorded
+        def decide_approval(self, t: str, pick: int, decision: str) -> None:
             tenant = tenants[t]
             pending = sorted(a for a, s in tenant.model.approvals.items() if s == "pending")
             if not pending:
                 return
-            approval = data.draw(st.sampled_from(pending))
+            approval = choose(pending, pick)
             response = tenant.org.members["operator"].client.post(
                 tenant.path(f"/approvals/{approval}/decision"),
                 json={"decision": decision, "comment": "state machine"})
@@ -306,15 +335,14 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
 
         # --- the other tenant's ids through one's own organization's path ----------------
 
-        @precondition(lambda self: any(tenants[t].model.sessions for t in TENANTS))
-        @rule(t=st.sampled_from(TENANTS), data=st.data(),
+        @rule(t=st.sampled_from(TENANTS), pick=PICK,
               suffix=st.sampled_from(["", "/events", "/checkpoints"]))
-        def read_foreign_session(self, t: str, data: st.DataObject, suffix: str) -> None:
-            RULES['read_foreign_session'] += 1
+        @recorded
+        def read_foreign_session(self, t: str, pick: int, suffix: str) -> None:
             tenant, victim = tenants[t], tenants[other(t)]
             if not victim.model.sessions:
                 return
-            run = data.draw(st.sampled_from(sorted(victim.model.sessions)))
+            run = choose(victim.model.sessions, pick)
             for client in (tenant.org.admin.client, tenant.admin_key):
                 _assert_404(client.get(tenant.path(f"/sessions/{run}{suffix}")))
                 _assert_404(client.post(tenant.path(f"/sessions/{run}/cancel")))
@@ -322,18 +350,16 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
                 assert reports == [], reports
             _ok(victim.org.admin.client.get(victim.path(f"/sessions/{run}{suffix}")))
 
-        @precondition(lambda self: any(tenants[t].model.approvals or tenants[t].model.reports
-                                       for t in TENANTS))
-        @rule(t=st.sampled_from(TENANTS), data=st.data())
-        def read_foreign_approval_or_report(self, t: str, data: st.DataObject) -> None:
-            RULES['read_foreign_approval_or_report'] += 1
+        @rule(t=st.sampled_from(TENANTS), pick=PICK)
+        @recorded
+        def read_foreign_approval_or_report(self, t: str, pick: int) -> None:
             tenant, victim = tenants[t], tenants[other(t)]
             targets = [f"/approvals/{a}" for a in sorted(victim.model.approvals)] + [
                 f"/reports/{r}{suffix}" for r in sorted(victim.model.reports)
                 for suffix in ("", "/download")]
             if not targets:
                 return
-            target = data.draw(st.sampled_from(targets))
+            target = choose(targets, pick)
             for client in (tenant.org.members["operator"].client, tenant.admin_key):
                 _assert_404(client.get(tenant.path(target)))
                 if target.startswith("/approvals/"):
@@ -341,17 +367,18 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
                                             json={"decision": "approve"}))
             assert victim.org.admin.client.get(victim.path(target)).status_code == 200
 
-        @rule(t=st.sampled_from(TENANTS), data=st.data(),
-              kind=st.sampled_from(["invitation", "api_key", "member_role", "member_remove"]))
-        def write_foreign(self, t: str, data: st.DataObject, kind: str) -> None:
+        @rule(t=st.sampled_from(TENANTS), pick=PICK,
+              kind=st.sampled_from(["invitation", "api_key", "member_role", "member_remove"]),
+              via=st.sampled_from(["member", "key"]))
+        @recorded
+        def write_foreign(self, t: str, pick: int, kind: str, via: str) -> None:
             """Revoking, re-roling or removing the other tenant's objects: 404, no change
             (the invariants check the owner's listings right after)."""
-            RULES['write_foreign'] += 1
             tenant, victim = tenants[t], tenants[other(t)].model
             pools = {"invitation": victim.invitations, "api_key": victim.api_keys,
                      "member_role": victim.members, "member_remove": victim.members}
-            target = data.draw(st.sampled_from(sorted(pools[kind])))
-            client = tenant.admin(data.draw(st.sampled_from(["member", "key"])))
+            target = choose(pools[kind], pick)
+            client = tenant.admin(via)
             if kind == "invitation":
                 _assert_404(client.delete(tenant.path(f"/invitations/{target}")))
             elif kind == "api_key":
@@ -365,9 +392,8 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
         # --- invariants ----------------------------------------------------------------------
 
         @invariant()
+        @recorded
         def listings_hold_exactly_own_objects(self) -> None:
-            RULES['listings_hold_exactly_own_objects'] += 1
-            DEBUG.append(1)
             for t in TENANTS:
                 tenant, rival = tenants[t], tenants[other(t)].model
                 model = tenant.model
@@ -406,6 +432,28 @@ def make_machine(server: Server, tenants: dict[str, Tenant]) -> type[RuleBasedSt
                     assert report["id"] not in rival.reports, report
                     model.reports.add(report["id"])
 
+        @invariant()
+        @recorded
+        def foreign_ids_are_not_found(self) -> None:
+            """One of the other tenant's sessions, approvals and reports (a different one at
+            each step) through one's own organization's path: 404, the body of a missing id."""
+            step = next(counter)
+            for t in TENANTS:
+                tenant, victim = tenants[t], tenants[other(t)].model
+                client = tenant.admin(["member", "key"][step % 2])
+                targets = []
+                if victim.sessions:
+                    run = choose(victim.sessions, step)
+                    targets += [f"/sessions/{run}", f"/sessions/{run}/events",
+                                f"/sessions/{run}/checkpoints"]
+                if victim.approvals:
+                    targets.append(f"/approvals/{choose(victim.approvals, step)}")
+                if victim.reports:
+                    report = choose(victim.reports, step)
+                    targets += [f"/reports/{report}", f"/reports/{report}/download"]
+                for target in targets:
+                    _assert_404(client.get(tenant.path(target)))
+
     return TwoTenants
 
 
@@ -420,17 +468,22 @@ def test_two_tenants_interleaved_never_see_each_other(server: Server, org_a: Org
                                operator_key=api_key_client(server, org.api_keys["operator"]))
         _baseline(tenants[name])
     assert not set(tenants["a"].model.members) & set(tenants["b"].model.members)
+    failures: list[str] = []
     try:
-        run_state_machine_as_test(make_machine(server, tenants), settings=settings(
-            max_examples=4, stateful_step_count=20, deadline=None, derandomize=True,
+        run_state_machine_as_test(make_machine(server, tenants, failures), settings=settings(
+            max_examples=MAX_EXAMPLES, stateful_step_count=STEPS, deadline=None,
+            derandomize=True,
             database=None, phases=(Phase.explicit, Phase.generate), print_blob=False,
             suppress_health_check=list(HealthCheck)))
+    except BaseException as exc:
+        if failures:
+            raise AssertionError(f"first failing step, after:\n{failures[0]}") from exc
+        raise
     finally:
         for tenant in tenants.values():
             tenant.admin_key.close()
             tenant.operator_key.close()
     created = {t: (len(m.model.sessions), len(m.model.api_keys), len(m.model.invitations))
                for t, m in tenants.items()}
-    print("INVARIANT CALLS", len(DEBUG), RULES)
     print(f"\nstate machine: sessions, keys, invitations per tenant at the end: {created}")
     assert all(sessions > 0 for sessions, _, _ in created.values()), created

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import uuid
 from html import unescape
 from pathlib import Path
@@ -158,11 +157,11 @@ def test_sessions_list_filters_paginates_and_refreshes(server: Server, org_a: Or
     assert "Start a session" in operator.text
 
 
-def test_sessions_pages_of_another_org_are_not_found(server: Server, org_a: Org,
-                                                     org_b: Org) -> None:
-    deploy_agent(org_a, "quick_report")
-    run = start_session(org_a, {"note": "secret-note"}, agent="quick-report")
-    wait_for_status(org_a, run["id"], {"succeeded"})
+def test_pages_of_another_org_are_not_found(server: Server, org_a: Org, org_b: Org) -> None:
+    deploy_agent(org_a)
+    run = start_session(org_a, {"timesheet": "date,person,project,hours\nsecret-note,1,2,3"})
+    wait_for_status(org_a, run["id"], {"waiting_approval"})
+    approval = pending_approval(org_a, run["id"])
     stranger = org_b.members["operator"].client
     for path in (f"/o/{org_a.slug}/sessions/{run['id']}",
                  f"/o/{org_b.slug}/sessions/{run['id']}",
@@ -175,9 +174,25 @@ def test_sessions_pages_of_another_org_are_not_found(server: Server, org_a: Org,
     # Not even a well-formed id: the same page again.
     garbage = page(stranger, f"/o/{org_b.slug}/sessions/not-an-id")
     assert garbage.status_code == 404 and NOT_FOUND_MESSAGE in garbage.text
-    cancel = post_form(stranger, f"/o/{org_b.slug}/sessions/{run['id']}/cancel", {})
-    assert cancel.status_code == 404
-    assert wait_for_status(org_a, run["id"], {"succeeded"})["status"] == "succeeded"
+    for action in ("cancel", "fork"):
+        refused = post_form(stranger, f"/o/{org_b.slug}/sessions/{run['id']}/{action}",
+                            {"step": "1"})
+        assert refused.status_code == 404 and NOT_FOUND_MESSAGE in refused.text
+    decide = post_form(stranger, f"/o/{org_b.slug}/approvals/{approval['id']}/decision",
+                       {"decision": "approve"})
+    random = post_form(stranger, f"/o/{org_b.slug}/approvals/{uuid.uuid4()}/decision",
+                       {"decision": "approve"})
+    assert decide.status_code == random.status_code == 404
+    assert decide.text == random.text
+    assert pending_approval(org_a, run["id"])["status"] == "pending"
+    assert wait_for_status(org_a, run["id"], {"waiting_approval"})["status"] == \
+        "waiting_approval"
+    # org_b's badge counts org_b's approvals only; org_b's lists show none of org_a's.
+    assert page(stranger, f"/o/{org_b.slug}/approvals/badge").text.strip() == ""
+    for listing in ("sessions", "approvals", "reports"):
+        shown = page(stranger, f"/o/{org_b.slug}/{listing}")
+        assert shown.status_code == 200
+        assert run["id"] not in shown.text and approval["id"] not in shown.text
 
 
 # --- the start form ----------------------------------------------------------------------------
@@ -397,24 +412,6 @@ def test_inbox_lists_pending_first_and_enforces_the_approver_role(
     assert f'hx-get="{inbox_path}/badge"' in page(viewer, f"/o/{org_a.slug}").text
 
 
-def test_decisions_and_badges_of_another_org_are_not_found(server: Server, org_a: Org,
-                                                            org_b: Org) -> None:
-    deploy_agent(org_a)
-    run = start_session(org_a)
-    wait_for_status(org_a, run["id"], {"waiting_approval"})
-    approval = pending_approval(org_a, run["id"])
-    stranger = org_b.members["operator"].client
-    decide = post_form(stranger, f"/o/{org_b.slug}/approvals/{approval['id']}/decision",
-                       {"decision": "approve"})
-    random = post_form(stranger, f"/o/{org_b.slug}/approvals/{uuid.uuid4()}/decision",
-                       {"decision": "approve"})
-    assert decide.status_code == random.status_code == 404
-    assert decide.text == random.text
-    assert pending_approval(org_a, run["id"])["status"] == "pending"
-    # org_b's badge counts org_b's approvals only.
-    assert page(stranger, f"/o/{org_b.slug}/approvals/badge").text.strip() == ""
-
-
 # --- reports -----------------------------------------------------------------------------------
 
 
@@ -452,6 +449,18 @@ def test_reports_list_and_view_render_markdown_safely(server: Server, org_a: Org
     got = viewer.get(download)
     assert got.status_code == 200 and hostile in got.text
 
+    # Signed out: every operator page sends the visitor to sign-in and back.
+    with httpx.Client(base_url=server.base_url, timeout=30) as anonymous_client:
+        for path in ("sessions", "sessions/new", "approvals", "reports", "approvals/badge",
+                     f"reports/{report['id']}", f"sessions/{run['id']}"):
+            response = page(anonymous_client, f"/o/{org_a.slug}/{path}")
+            assert response.status_code == 303
+            assert response.headers["location"] == f"/login?next=/o/{org_a.slug}/{path}"
+    builder = org_a.members["builder"].client
+    assert page(builder, f"/o/{org_a.slug}/sessions/new").status_code == 403
+    assert post_form(builder, f"/o/{org_a.slug}/sessions/{run['id']}/cancel",
+                     {}).status_code == 403
+
 
 def test_markdown_tables_use_classes_not_inline_styles() -> None:
     from enginex.reports.web import render_markdown
@@ -460,17 +469,3 @@ def test_markdown_tables_use_classes_not_inline_styles() -> None:
     assert "style=" not in html
     assert '<th class="align-right">b</th>' in html and '<td class="align-center">3</td>' in html
     assert "<img" not in html
-
-
-def test_pages_need_a_session_and_the_scope(server: Server, org_a: Org) -> None:
-    anonymous_client = httpx.Client(base_url=server.base_url, timeout=30)
-    with anonymous_client:
-        for path in ("sessions", "sessions/new", "approvals", "reports", "approvals/badge"):
-            response = page(anonymous_client, f"/o/{org_a.slug}/{path}")
-            assert response.status_code == 303
-            assert response.headers["location"].startswith("/login?next=/o/")
-    builder = org_a.members["builder"].client
-    assert page(builder, f"/o/{org_a.slug}/sessions/new").status_code == 403
-    token = secrets.token_hex(4)
-    assert post_form(builder, f"/o/{org_a.slug}/approvals/{uuid.uuid4()}/decision",
-                     {"decision": token}).status_code == 403

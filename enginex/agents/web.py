@@ -107,7 +107,7 @@ async def upload(request: Request, db: DB,
                               filename=filename, upload_error=exc.message)
     outcome = "deployed" if created else "unchanged"
     target = _agent_url(web.ctx.org_slug, package.manifest.agent.id)
-    return RedirectResponse(f"{target}?{outcome}={quote(version.version, safe='')}",
+    return RedirectResponse(f"{target}?{outcome}={quote(version.version, safe='')}#versions",
                             status_code=303)
 
 

@@ -1,9 +1,11 @@
 """Per-organization LLM settings, the encryption of their API key, and ``provider_for``.
 
-The API key is stored encrypted with AES-256-GCM under a key derived from the master key
-(``derive_key(master, "llm-settings")``), a fresh 96-bit nonce per encryption, and the tenant id
-as associated data: a ciphertext copied into another organization's row does not decrypt.
-This is an interim until org credentials (the credential vault) hold provider keys.
+The API key is a vault secret: sealed with AES-256-GCM under the organization's data key
+(``enginex.credentials``, docs/CREDENTIALS.md), bound to (tenant, "llm_settings.api_key"), so
+a ciphertext copied into another organization's row does not decrypt, master-key rotation
+re-wraps the data key that protects it and tenant-key rotation re-encrypts it. Keys saved by
+the interim format (``0x01``: a key derived from the master key, AD = tenant id) stay readable
+until they are saved again or a rotation re-encrypts them.
 
 Callers pass the master key, or an ``LLMKeyBox`` built once per process from it::
 
@@ -18,17 +20,18 @@ Callers pass the master key, or an ``LLMKeyBox`` built once per process from it:
 
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 
 from enginex.agents.manifest import AgentManifest
 from enginex.audit.service import record
+from enginex.credentials.crypto import Binding, VaultError, is_sealed
+from enginex.credentials.vault import Keyring, previous_master_key
 from enginex.kit.crypto import derive_key
 from enginex.kit.errors import ValidationFailed
 from enginex.kit.time import utcnow
@@ -46,37 +49,75 @@ from enginex.tenancy.repository import ScopedRepository
 from enginex.tools.egress import EgressRefused, check_url_async
 
 PROVIDERS: tuple[str, ...] = ("scripted", "openai_compatible", "anthropic")
-_FORMAT_V1 = b"\x01"
+API_KEY_PURPOSE = "llm_settings.api_key"
+_LEGACY_FORMAT = b"\x01"
 _NONCE_BYTES = 12
 
 
 class KeyDecryptionError(Exception):
-    """A stored key does not decrypt (other tenant's ciphertext, tampering, new master key)."""
+    """A stored key does not decrypt (other tenant's ciphertext, tampering, unknown master key,
+    destroyed data key)."""
 
 
 class LLMKeyBox:
-    """AES-256-GCM encryption of provider API keys, bound to the tenant.
+    """The organization's provider API key, sealed in the vault under its data key.
 
-    Format: ``0x01 || nonce(12) || ciphertext+tag``; associated data is ``tenant_id.bytes``.
+    ``seal``/``open`` run in the caller's transaction (the session bound to the tenant).
+    ``decrypt`` is synchronous: it reads interim-format keys, and vault keys whose data key
+    this process has cached (the keyring is shared per master key); otherwise it raises
+    KeyDecryptionError -- use ``open``.
     """
 
-    def __init__(self, master_key: bytes) -> None:
-        self._aead = AESGCM(derive_key(master_key, "llm-settings"))
+    def __init__(self, master_key: bytes, *, previous: bytes | None = None,
+                 keyring: Keyring | None = None) -> None:
+        if previous is None:
+            previous = previous_master_key()
+        self.keyring = keyring or Keyring.for_master(master_key, previous)
+        self._legacy = [AESGCM(derive_key(key, "llm-settings"))
+                        for key in (master_key, previous) if key is not None]
 
-    def encrypt(self, tenant_id: uuid.UUID, api_key: str) -> bytes:
-        nonce = os.urandom(_NONCE_BYTES)
-        return _FORMAT_V1 + nonce + self._aead.encrypt(nonce, api_key.encode(), tenant_id.bytes)
+    @staticmethod
+    def binding(tenant_id: uuid.UUID) -> Binding:
+        return Binding(API_KEY_PURPOSE, tenant_id, tenant_id)
+
+    async def seal(self, db: AsyncSession, tenant_id: uuid.UUID, api_key: str) -> bytes:
+        blob, _version = await self.keyring.seal(db, self.binding(tenant_id), api_key.encode())
+        return blob
+
+    async def open(self, db: AsyncSession | None, tenant_id: uuid.UUID, blob: bytes) -> str:
+        """Raises KeyDecryptionError when ``blob`` is not ``tenant_id``'s key."""
+        if not is_sealed(blob) or db is None:
+            return self.decrypt(tenant_id, blob)
+        try:
+            return (await self.keyring.open(db, self.binding(tenant_id), blob)).decode()
+        except VaultError as exc:
+            raise KeyDecryptionError(str(exc)) from None
 
     def decrypt(self, tenant_id: uuid.UUID, blob: bytes) -> str:
-        """Raises KeyDecryptionError when ``blob`` was not encrypted for ``tenant_id``."""
-        if len(blob) < 1 + _NONCE_BYTES + 16 or blob[:1] != _FORMAT_V1:
+        """Raises KeyDecryptionError when ``blob`` was not encrypted for ``tenant_id`` (or its
+        data key is not cached in this process)."""
+        if is_sealed(blob):
+            try:
+                plain = self.keyring.open_cached(self.binding(tenant_id), blob)
+            except VaultError as exc:
+                raise KeyDecryptionError(str(exc)) from None
+            if plain is None:
+                raise KeyDecryptionError("the organization's data key is not loaded in this "
+                                         "process; use LLMKeyBox.open")
+            return plain.decode()
+        return self.decrypt_interim(tenant_id, blob)
+
+    def decrypt_interim(self, tenant_id: uuid.UUID, blob: bytes) -> str:
+        """The interim format ``0x01 || nonce(12) || ciphertext+tag``, AD = tenant id."""
+        if len(blob) < 1 + _NONCE_BYTES + 16 or blob[:1] != _LEGACY_FORMAT:
             raise KeyDecryptionError("unknown ciphertext format")
         nonce, sealed = blob[1:1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES:]
-        try:
-            return self._aead.decrypt(nonce, sealed, tenant_id.bytes).decode()
-        except InvalidTag:
-            raise KeyDecryptionError("the stored API key does not decrypt for this "
-                                     "organization") from None
+        for aead in self._legacy:
+            try:
+                return aead.decrypt(nonce, sealed, tenant_id.bytes).decode()
+            except InvalidTag:
+                continue
+        raise KeyDecryptionError("the stored API key does not decrypt for this organization")
 
 
 class LLMSettingsRepository(ScopedRepository[LLMSettings]):
@@ -145,7 +186,7 @@ async def update_llm_settings(db: AsyncSession, ctx: TenantContext, *, provider:
     if api_key == "":
         row.api_key_ciphertext, key_change = None, "cleared"
     elif api_key is not None:
-        row.api_key_ciphertext, key_change = key_box.encrypt(ctx.org_id, api_key), "set"
+        row.api_key_ciphertext, key_change = await key_box.seal(db, ctx.org_id, api_key), "set"
     await db.flush()
     details: dict[str, Any] = {"provider": provider, "base_url": base_url,
                                "default_model": default_model, "temperature": temperature,
@@ -160,18 +201,22 @@ async def update_llm_settings(db: AsyncSession, ctx: TenantContext, *, provider:
 async def provider_from_settings(ctx: TenantContext, row: LLMSettings | None, *,
                                  scripted_replies: dict[str, list[Any]] | None,
                                  allow_private_network: bool, key_box: LLMKeyBox,
-                                 request_timeout: float = DEFAULT_TIMEOUT) -> LLMProvider:
+                                 request_timeout: float = DEFAULT_TIMEOUT,
+                                 db: AsyncSession | None = None) -> LLMProvider:
     """The provider a settings row describes (scripted when ``row`` is None).
 
-    Raises LLMError when the stored key does not decrypt or the base URL is refused by the
-    egress guard (checked again here: DNS may have changed since the settings were saved).
+    The key is opened in ``db`` (default: the session ``row`` was loaded in, which is bound to
+    the organization). Raises LLMError when the stored key does not decrypt or the base URL is
+    refused by the egress guard (checked again here: DNS may have changed since the settings
+    were saved).
     """
     if row is None or row.provider == "scripted":
         return ScriptedProvider(scripted_replies)
     api_key: str | None = None
     if row.api_key_ciphertext is not None:
         try:
-            api_key = key_box.decrypt(ctx.org_id, row.api_key_ciphertext)
+            api_key = await key_box.open(db or async_object_session(row), ctx.org_id,
+                                         row.api_key_ciphertext)
         except KeyDecryptionError:
             raise LLMError("The organization's LLM API key cannot be decrypted (was the "
                            "master key changed?). Set the key again in LLM settings.") from None
@@ -212,7 +257,7 @@ async def provider_for(db: AsyncSession, ctx: TenantContext, manifest: AgentMani
     row = await get_llm_settings(db, ctx)
     return await provider_from_settings(ctx, row, scripted_replies=manifest.scripted_replies,
                                         allow_private_network=allow_private_network,
-                                        key_box=key_box)
+                                        key_box=key_box, db=db)
 
 
 async def close_provider(provider: LLMProvider) -> None:

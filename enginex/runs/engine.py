@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from enginex.agents.manifest import AgentManifest, ApprovalNode, LLMNode, ReportNode, ToolNode
 from enginex.agents.models import AgentVersion
 from enginex.approvals.models import Approval
+from enginex.credentials.runtime import CredentialRuntime, StepSecrets
 from enginex.db import set_tenant
 from enginex.kit.expressions import evaluate
 from enginex.kit.templates import render, render_value
@@ -77,6 +78,8 @@ class EngineDeps:
     provider_for: ProviderFactory
     allow_private_network: bool = False
     lease_seconds: int = 30
+    # Resolves the run's own credentials in tool calls (None: credentials unavailable).
+    credentials: CredentialRuntime | None = None
 
 
 @dataclass
@@ -101,6 +104,14 @@ class _Result:
     artifacts: list[tuple[Artifact, bytes]] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Credentials this step resolved: redacted from everything it stores (see _commit).
+    secrets: StepSecrets | None = None
+
+
+def _credential_hooks(result: _Result) -> dict[str, Any]:
+    if result.secrets is None:
+        return {}
+    return {"secrets": result.secrets.values, "resolve_credential": result.secrets.resolve}
 
 
 def _clip(value: Any, limit: int = MAX_EVENT_TEXT) -> Any:
@@ -175,7 +186,8 @@ async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Re
                                Message("user", json.dumps(inputs, default=str, indent=2))]
     tool_specs = [SET_OUTPUT, *[s for s in deps.tools.specs(node.tools) if s.name != "set_output"]]
     tool_ctx = ToolContext(tenant_id=loaded.ctx.org_id, run_id=loaded.run.id, node_id=node.id,
-                           state=state, allow_private_network=deps.allow_private_network)
+                           state=state, allow_private_network=deps.allow_private_network,
+                           **_credential_hooks(result))
     outputs: dict[str, Any] = {}
     for _ in range(node.max_iterations):
         request = CompletionRequest(messages=tuple(messages), tools=tuple(tool_specs),
@@ -228,6 +240,8 @@ async def _llm_tool_call(deps: EngineDeps, node: LLMNode, call: ToolCall, tool_c
     else:
         tool = deps.tools.get(call.name)
         assert tool is not None
+        if result.secrets is not None:
+            await result.secrets.prepare(call.arguments)
         try:
             content = json.dumps(await tool.call(tool_ctx, dict(call.arguments)), default=str)
         except ToolError as exc:
@@ -240,11 +254,16 @@ async def _run_tool(deps: EngineDeps, loaded: _Loaded, node: ToolNode, result: _
     tool = deps.tools.get(node.tool)
     if tool is None:
         raise ToolError(f"tool '{node.tool}' is not available")
-    arguments = render_value(node.arguments, loaded.state)
+    if result.secrets is not None:  # {{credentials.NAME.FIELD}} too (package text only)
+        arguments = await result.secrets.render_arguments(node.arguments, loaded.state)
+        await result.secrets.prepare(arguments)
+    else:
+        arguments = render_value(node.arguments, loaded.state)
     result.events.append(("tool_call", node.id, {"tool": node.tool,
                                                  "arguments": _clip(arguments)}))
     tool_ctx = ToolContext(tenant_id=loaded.ctx.org_id, run_id=loaded.run.id, node_id=node.id,
-                           state=loaded.state, allow_private_network=deps.allow_private_network)
+                           state=loaded.state, allow_private_network=deps.allow_private_network,
+                           **_credential_hooks(result))
     value = await tool.call(tool_ctx, arguments)
     result.events.append(("tool_result", node.id, {"tool": node.tool, "result": _clip(value)}))
     loaded.state[node.output_key or node.id] = value
@@ -346,13 +365,26 @@ async def execute_step(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID
     run, manifest = loaded.run, loaded.manifest
     step = run.step + 1
     node = manifest.graph.node(loaded.node_id)
-    result = _Result()
+    result = _Result(secrets=deps.credentials.for_step(loaded.ctx, run.id, node.id)
+                     if deps.credentials is not None else None)
+    try:
+        return await _execute(deps, loaded, worker, step, node, result)
+    finally:
+        if result.secrets is not None:
+            result.secrets.close()
+
+
+async def _execute(deps: EngineDeps, loaded: _Loaded, worker: str, step: int,
+                   node: LLMNode | ToolNode | ApprovalNode | ReportNode, result: _Result) -> bool:
+    run_id, manifest = loaded.run.id, loaded.manifest
     result.events.append(("node_started", node.id, {"node_type": node.node_type, "step": step}))
     complete = True
     try:
         if step > manifest.graph.max_steps:
             raise ToolError(f"the run exceeded max_steps ({manifest.graph.max_steps})")
         if isinstance(node, LLMNode):
+            if result.secrets is not None:
+                await result.secrets.note_llm_key_use()
             await _run_llm(deps, loaded, node, result)
         elif isinstance(node, ToolNode):
             await _run_tool(deps, loaded, node, result)
@@ -364,7 +396,8 @@ async def execute_step(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID
         await _release(deps, loaded, worker)
         return False
     except (ToolError, LLMError) as exc:
-        result.outcome, result.error = "failure", str(exc)[:2000]
+        message = result.secrets.redact(str(exc)) if result.secrets is not None else str(exc)
+        result.outcome, result.error = "failure", message[:2000]
         result.events.append(("error", node.id, {"message": result.error}))
     except Exception as exc:
         log.exception("node %s of run %s failed", node.id, run_id)
@@ -407,6 +440,11 @@ async def _commit(deps: EngineDeps, loaded: _Loaded, worker: str, step: int, nod
                                                      "error": error}))
     values["next_node"] = following
     status_after = values.get("status", "running")
+    if result.secrets is not None:  # no resolved credential value is ever stored
+        result.events = result.secrets.redact(result.events)
+        if "error" in values:
+            values["error"] = result.secrets.redact(values["error"])
+        state = result.secrets.redact(state)
     async with deps.sessions() as db:
         await set_tenant(db, loaded.ctx.org_id)
         repo = RunRepository(db, loaded.ctx)

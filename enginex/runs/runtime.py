@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.agents.manifest import AgentManifest
 from enginex.config import Settings
+from enginex.credentials.runtime import CredentialRuntime
 from enginex.db import Database
 from enginex.llm.base import LLMProvider
 from enginex.llm.service import LLMKeyBox, provider_for
@@ -27,7 +28,10 @@ def build_engine(settings: Settings, db: Database, master_key: bytes) -> EngineD
     return EngineDeps(sessions=db.sessions, storage=ArtifactStorage(settings.resolved_storage_dir),
                       tools=builtin_registry(), provider_for=providers,
                       allow_private_network=settings.allow_private_network,
-                      lease_seconds=settings.lease_seconds)
+                      lease_seconds=settings.lease_seconds,
+                      credentials=CredentialRuntime.for_master(
+                          db.sessions, master_key,
+                          allow_private_network=settings.allow_private_network))
 
 
 def build_worker(settings: Settings, db: Database, deps: EngineDeps) -> Worker:

@@ -7,10 +7,11 @@ tenant's runs but return only ids; claims are serialised by a transaction-level 
 concurrent workers. On SQLite the same logic runs here inside one ``BEGIN IMMEDIATE``
 transaction, which serialises claimers the same way. Times are read once the lock is held.
 
-Fairness: among tenants with a claimable run and fewer than ``tenant_limit`` runs executing,
-the tenant that was served longest ago goes first (round robin); within a tenant, the oldest
-queued run. A claimable run is ``queued``, or ``running`` with no live lease (between steps,
-or its worker died).
+Fairness: among active (not suspended) tenants with a claimable run and fewer than
+``tenant_limit`` runs executing, the tenant that was served longest ago goes first (round
+robin); within a tenant, the oldest claimable run. A claimable run is ``queued``, or
+``running`` with no live lease (between steps, or its worker died). A suspended tenant's runs
+wait, untouched, until it is reactivated.
 """
 
 from __future__ import annotations
@@ -62,22 +63,37 @@ async def _now_in_transaction(db: AsyncSession) -> datetime:
     return utcnow()
 
 
+# The same queries as enginex_claim_run (migration 0002): tenants are tested with index probes
+# on runs (tenant_id, status, queued_at), so a claim costs O(tenants), not O(queued runs).
+_RESUMABLE = ("status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < :now)")
+_SQLITE_TENANTS = f"""
+    SELECT o.id FROM organizations o
+    LEFT JOIN run_queue_state q ON q.tenant_id = o.id
+    WHERE o.status = 'active'
+      AND (EXISTS (SELECT 1 FROM runs r WHERE r.tenant_id = o.id AND r.status = 'queued')
+           OR EXISTS (SELECT 1 FROM runs r WHERE r.tenant_id = o.id AND r.{_RESUMABLE}))
+      AND (SELECT count(*) FROM runs a WHERE a.tenant_id = o.id AND a.status = 'running'
+           AND a.lease_expires_at >= :now) < :limit
+    ORDER BY q.last_claimed_at IS NOT NULL, q.last_claimed_at, o.id
+"""  # noqa: S608 - constant SQL
+_SQLITE_OLDEST = f"""
+    SELECT id, queued_at FROM (
+        SELECT * FROM (SELECT id, queued_at FROM runs WHERE tenant_id = :t AND {_RESUMABLE}
+                       ORDER BY queued_at, id LIMIT 1)
+        UNION ALL
+        SELECT * FROM (SELECT id, queued_at FROM runs WHERE tenant_id = :t AND status = 'queued'
+                       ORDER BY queued_at, id LIMIT 1))
+    ORDER BY queued_at, id LIMIT 1
+"""  # noqa: S608 - constant SQL
+
+
 async def _claim_sqlite(db: AsyncSession, *, worker: str, lease_seconds: int,
                         tenant_limit: int) -> Claim | None:
     now = await _now_in_transaction(db)
-    claimable = ("status IN ('queued', 'running') AND "
-                 "(lease_expires_at IS NULL OR lease_expires_at < :now)")
-    tenants = (await db.execute(_sql(
-        f"SELECT c.tenant_id FROM (SELECT DISTINCT tenant_id FROM runs WHERE {claimable}) c "  # noqa: S608
-        "LEFT JOIN run_queue_state q ON q.tenant_id = c.tenant_id "
-        "WHERE (SELECT count(*) FROM runs a WHERE a.tenant_id = c.tenant_id "
-        "       AND a.status = 'running' AND a.lease_expires_at >= :now) < :limit "
-        "ORDER BY q.last_claimed_at IS NOT NULL, q.last_claimed_at, c.tenant_id"),
-        {"now": now, "limit": tenant_limit})).scalars().all()
+    tenants = (await db.execute(_sql(_SQLITE_TENANTS),
+                                {"now": now, "limit": tenant_limit})).scalars().all()
     for tenant in tenants:
-        run_id = (await db.execute(_sql(
-            f"SELECT id FROM runs WHERE tenant_id = :t AND {claimable} "  # noqa: S608
-            "ORDER BY queued_at, id LIMIT 1"), {"t": tenant, "now": now})).scalar()
+        run_id = (await db.execute(_sql(_SQLITE_OLDEST), {"t": tenant, "now": now})).scalar()
         if run_id is None:
             continue
         await db.execute(_sql(

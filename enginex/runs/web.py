@@ -357,7 +357,8 @@ async def new_session_submit(request: Request, db: DB,
     except ValidationFailed as exc:
         for problem in exc.details.get("errors", []):
             name = str(problem.get("field", "")).removeprefix("inputs.")
-            errors.setdefault(name, str(problem.get("message", "is not valid")))
+            text = str(problem.get("message", "is not valid"))
+            errors.setdefault(name, "required: fill it in" if text == "required" else text)
     except AppError as exc:
         return _render_form(request, web, summary, version, live,
                             build_fields(specs, raw, errors), error=exc.message,

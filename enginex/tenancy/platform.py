@@ -1,8 +1,10 @@
 """The few platform-wide reads, each a narrowly defined query.
 
 On PostgreSQL the tenant-owned tables are behind row-level security, so these go through
-SECURITY DEFINER functions created by the migrations (see docs/MULTI_TENANT.md). They return
-ids, roles and counts only -- never tenant content.
+SECURITY DEFINER functions created by the migrations (see docs/MULTI_TENANT.md): a user's
+memberships, member counts (0001), and the platform admin's per-tenant counts of agents,
+sessions by status, queue depth and pending approvals (0004). They return ids, roles and
+counts only -- never tenant content. Worker health reads the global ``workers`` table.
 """
 
 from __future__ import annotations

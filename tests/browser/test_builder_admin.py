@@ -104,7 +104,7 @@ def test_builder_uploads_a_version_and_sees_a_broken_packages_errors(
     with page.expect_navigation():
         page.get_by_role("button", name="Upload and deploy").click()
     agent_page = f"/o/{team.slug}/agents/hourly-tracking"
-    assert page.url == browsing.url(f"{agent_page}?deployed=1.1.0")
+    assert page.url == browsing.url(f"{agent_page}?deployed=1.1.0#versions")
     expect(page.get_by_role("status")).to_have_text("Version 1.1.0 deployed.")
     versions = page.locator("#versions tbody tr")
     expect(versions).to_have_count(2)

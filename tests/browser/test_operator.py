@@ -40,7 +40,12 @@ def beta(server: Server, platform_admin: Actor) -> Org:
 def _assert_no_horizontal_scroll(browsing: Browsing) -> None:
     scroll_width, client_width = browsing.page.evaluate(
         "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-    assert scroll_width <= client_width, f"page is {scroll_width}px wide on {client_width}px"
+    if scroll_width > client_width:
+        wide = browsing.page.evaluate("""(width) => [...document.querySelectorAll('body *')]
+            .filter(el => el.getBoundingClientRect().right > width)
+            .map(el => el.tagName.toLowerCase() + '.' + el.className + ' ' +
+                       Math.round(el.getBoundingClientRect().right))""", client_width)
+        raise AssertionError(f"page is {scroll_width}px wide on {client_width}px: {wide[:8]}")
 
 
 def test_operator_starts_watches_approves_and_reads_the_report(
@@ -61,7 +66,7 @@ def test_operator_starts_watches_approves_and_reads_the_report(
     expect(timesheet).to_have_attribute("aria-required", "true")
     # Submitting it empty comes back with the field's error, from the server.
     page.get_by_role("button", name="Start session").click()
-    expect(page.locator("#input-timesheet-error")).to_have_text("must not be empty")
+    expect(page.locator("#input-timesheet-error")).to_have_text("required: fill it in")
     expect(page.get_by_label("timesheet")).to_have_attribute("aria-invalid", "true")
     page.get_by_label("timesheet").fill(TIMESHEET)
     page.get_by_role("button", name="Start session").click()
@@ -103,7 +108,7 @@ def test_operator_starts_watches_approves_and_reads_the_report(
     page.get_by_role("button", name="Approve").click()
     expect(page).to_have_url(browsing.url(session_path))
     expect(page.locator("#session-status")).to_have_text("succeeded", timeout=LIVE_TIMEOUT_MS)
-    expect(timeline.locator(".event-kind", has_text="finished")).to_have_count(
+    expect(timeline.locator(".event-kind", has_text=re.compile(r"^finished$"))).to_have_count(
         1, timeout=LIVE_TIMEOUT_MS)
     expect(timeline).to_contain_text("approve — “Hours look right.”")
     expect(page.locator("#timeline-status")).to_have_text("Complete")
@@ -130,9 +135,12 @@ def test_operator_starts_watches_approves_and_reads_the_report(
         page.get_by_role("link", name="Download").click()
     download = downloading.value
     assert download.suggested_filename == "write_report.md"
-    content = open(download.path(), encoding="utf-8").read()  # noqa: SIM115
+    content = download.path().read_text(encoding="utf-8")
     assert "| Alice | Borealis | 6.5 |" in content and "Hours look right." in content
-    browsing.problems.assert_clean()
+    # Chromium logs the refused form's 422 document as a failed resource; nothing else fails.
+    browsing.problems.assert_clean(allowed_console=lambda text: text == (
+        "Failed to load resource: the server responded with a status of 422 (Unprocessable "
+        f"Entity) ({browsing.url(f'/o/{acme.slug}/sessions/new')})"))
 
 
 def _a_session(org: Org) -> str:

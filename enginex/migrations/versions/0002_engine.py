@@ -194,6 +194,10 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     v_tenant uuid;
     v_run uuid;
+    v_queued uuid;
+    v_queued_at timestamptz;
+    v_resumable uuid;
+    v_resumable_at timestamptz;
     v_now timestamptz;
 BEGIN
     -- Claims are serialised (like SQLite's single writer): without this, two claimers could
@@ -203,22 +207,38 @@ BEGIN
     PERFORM pg_advisory_xact_lock(CLAIM_LOCK_KEY);
     -- The time after the lock wait (now() is the start of the transaction, before it).
     v_now := clock_timestamp();
+    -- Active tenants with a claimable run and a free slot, served longest ago first. Every
+    -- test is an index probe on runs (tenant_id, status, queued_at): the cost of a claim grows
+    -- with the number of tenants, not with the length of any tenant's queue.
     FOR v_tenant IN
-        SELECT c.tenant_id
-        FROM (SELECT DISTINCT r.tenant_id FROM public.runs r
-              WHERE r.status IN ('queued', 'running')
-                AND (r.lease_expires_at IS NULL OR r.lease_expires_at < v_now)) c
-        LEFT JOIN public.run_queue_state q ON q.tenant_id = c.tenant_id
-        WHERE (SELECT count(*) FROM public.runs a
-               WHERE a.tenant_id = c.tenant_id AND a.status = 'running'
+        SELECT o.id
+        FROM public.organizations o
+        LEFT JOIN public.run_queue_state q ON q.tenant_id = o.id
+        WHERE o.status = 'active'
+          AND (EXISTS (SELECT 1 FROM public.runs r
+                       WHERE r.tenant_id = o.id AND r.status = 'queued')
+               OR EXISTS (SELECT 1 FROM public.runs r
+                          WHERE r.tenant_id = o.id AND r.status = 'running'
+                            AND (r.lease_expires_at IS NULL OR r.lease_expires_at < v_now)))
+          AND (SELECT count(*) FROM public.runs a
+               WHERE a.tenant_id = o.id AND a.status = 'running'
                  AND a.lease_expires_at >= v_now) < p_tenant_limit
-        ORDER BY q.last_claimed_at NULLS FIRST, c.tenant_id
+        ORDER BY q.last_claimed_at NULLS FIRST, o.id
     LOOP
-        SELECT r.id INTO v_run FROM public.runs r
-        WHERE r.tenant_id = v_tenant AND r.status IN ('queued', 'running')
+        -- The tenant's oldest claimable run: the older of its oldest resumable run (running,
+        -- between steps or left by a dead worker) and its oldest queued one.
+        SELECT r.id, r.queued_at INTO v_resumable, v_resumable_at FROM public.runs r
+        WHERE r.tenant_id = v_tenant AND r.status = 'running'
           AND (r.lease_expires_at IS NULL OR r.lease_expires_at < v_now)
         ORDER BY r.queued_at, r.id
         LIMIT 1 FOR UPDATE SKIP LOCKED;
+        SELECT r.id, r.queued_at INTO v_queued, v_queued_at FROM public.runs r
+        WHERE r.tenant_id = v_tenant AND r.status = 'queued'
+        ORDER BY r.queued_at, r.id
+        LIMIT 1 FOR UPDATE SKIP LOCKED;
+        v_run := CASE WHEN v_queued IS NULL OR (v_resumable IS NOT NULL
+                                                AND v_resumable_at <= v_queued_at)
+                      THEN v_resumable ELSE v_queued END;
         IF v_run IS NOT NULL THEN
             UPDATE public.runs r SET lease_owner = p_worker,
                 lease_expires_at = v_now + make_interval(secs => p_lease_seconds),

@@ -18,7 +18,7 @@ import enginex.db
 from enginex.migrations.rls import is_postgres
 
 revision = '0004'
-down_revision = '0002'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 

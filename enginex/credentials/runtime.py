@@ -1,0 +1,458 @@
+"""Credentials at run time: resolution for one step, redaction, OAuth2 refresh.
+
+The engine asks ``CredentialRuntime.for_step(ctx, run_id, node_id)`` for a ``StepSecrets``
+per step and uses it three ways:
+
+* ``render_arguments``: a tool node's arguments with ``{{credentials.NAME.FIELD}}`` filled in.
+  Only placeholders written in the agent package are resolved -- never text that reached the
+  arguments from the run's state (inputs, model output), which could otherwise name any
+  credential and send it anywhere.
+* ``prepare`` + ``resolve``: the ``credential`` argument of a tool call (``http_request``);
+  ``prepare`` loads it (async) before the call, the tool's synchronous
+  ``ToolContext.resolve_credential`` returns the header value.
+* ``redact``: every value resolved in the step (and what tools add to ``ToolContext.secrets``)
+  is replaced by ``[redacted]`` in the events, error and state the step commits; log records
+  created while the step holds secrets are redacted too (see ``install_log_redaction``).
+
+Resolution happens at the moment of use, for the run's own organization only (the session is
+bound to ``ctx.org_id``; the credential is looked up by name in that tenant), in its own short
+transaction that writes the audit entry ``credential.used`` (run, node) before the value is
+used. Plaintext lives only in the ``StepSecrets`` of that step, in memory.
+
+OAuth2: a credential with a token endpoint and a refresh token is refreshed when its access
+token expires within ``refresh_margin``. Refreshes of one credential are serialized: a lock
+per credential in this process, and across processes the credential's row lock (PostgreSQL
+``SELECT ... FOR UPDATE``) or the single writer (SQLite), held while the token endpoint
+answers; whoever gets the lock second finds the fresh token and does not refresh again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import logging
+import re
+import secrets
+import traceback
+import uuid
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+from urllib.parse import quote, quote_plus
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from enginex.audit.service import record
+from enginex.credentials.models import Credential
+from enginex.credentials.oauth2 import TOKEN_TIMEOUT_SECONDS, TokenRefreshFailed, refresh_tokens
+from enginex.credentials.repository import CredentialRepository
+from enginex.credentials.service import KINDS, CredentialUnusable, open_values, reseal
+from enginex.credentials.vault import Keyring
+from enginex.db import set_tenant
+from enginex.kit.templates import render_value
+from enginex.kit.time import utcnow
+from enginex.tenancy.context import TenantContext
+from enginex.tools.base import ToolError
+
+log = logging.getLogger("enginex.credentials")
+
+REDACTED = "[redacted]"
+MIN_REDACTED_CHARS = 4  # shorter values cannot be redacted without mangling ordinary text
+REFRESH_MARGIN = timedelta(seconds=60)
+_PLACEHOLDER = re.compile(r"\{\{\s*credentials\.([a-z0-9][a-z0-9_-]*)\.([a-z][a-z0-9_]*)\s*\}\}")
+_CLIPPED = re.compile(r"\.\.\. \[\d+ more characters\]$")
+T = TypeVar("T")
+
+
+# --- redaction -----------------------------------------------------------------------------------
+
+
+def variants(value: str) -> set[str]:
+    """The forms a secret may take in stored text: as is, URL-encoded, JSON-escaped."""
+    forms = {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
+    return {f for f in forms if len(f) >= MIN_REDACTED_CHARS}
+
+
+def redact_text(text: str, secret_values: list[str]) -> str:
+    """``text`` with every secret replaced; ``secret_values`` longest first. A text cut short
+    by the engine (``... [N more characters]``) also loses a secret's beginning at the cut."""
+    for secret in secret_values:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    clipped = _CLIPPED.search(text)
+    if clipped:
+        head, tail = text[:clipped.start()], text[clipped.start():]
+        for secret in secret_values:
+            cut = next((n for n in range(len(secret) - 1, 0, -1) if head.endswith(secret[:n])),
+                       0)
+            if cut:
+                head = head[:-cut] + REDACTED
+        text = head + tail
+    return text
+
+
+def redact(value: T, secret_values: list[str]) -> T:
+    """A copy of a JSON-like value (dicts, lists, strings) with every secret replaced."""
+    if not secret_values:
+        return value
+    if isinstance(value, str):
+        return redact_text(value, secret_values)  # type: ignore[return-value]
+    if isinstance(value, Mapping):
+        return {redact(k, secret_values): redact(v, secret_values)  # type: ignore[return-value]
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [redact(v, secret_values) for v in value]
+        return (tuple(items) if isinstance(value, tuple) else items)  # type: ignore[return-value]
+    return value
+
+
+# Secrets of the steps running in this process, for the log record factory.
+_ACTIVE: dict[int, tuple[str, ...]] = {}
+_installed = False
+
+
+def _active_secrets() -> list[str]:
+    return sorted(set(itertools.chain.from_iterable(list(_ACTIVE.values()))), key=len,
+                  reverse=True)
+
+
+def _scrub_record(record: logging.LogRecord) -> None:
+    secret_values = _active_secrets()
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed log call: leave it to the handler
+        return
+    if any(s in message for s in secret_values):
+        record.msg, record.args = redact_text(message, secret_values), None
+    if record.exc_info and record.exc_info[1] is not None:
+        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        if any(s in text for s in secret_values):
+            record.exc_text = redact_text(text, secret_values)
+
+
+def install_log_redaction() -> None:
+    """Make every log record created while a step holds secrets redact them (message,
+    arguments, traceback), whichever logger it goes to (httpx, uvicorn, the engine)."""
+    global _installed
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if _ACTIVE:
+            _scrub_record(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _installed = True
+
+
+# --- resolution ----------------------------------------------------------------------------------
+
+
+class CredentialNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Resolved:
+    name: str
+    kind: str
+    values: dict[str, str]
+
+
+def header_value(resolved: Resolved, header: str) -> str:
+    """The value of ``header`` for a credential (``http_request``'s ``credential``): a bearer
+    token, ``Basic`` credentials, or the key itself in a custom header."""
+    values, kind = resolved.values, resolved.kind
+    authorization = header.lower() == "authorization"
+    if kind == "basic_auth":
+        pair = f"{values['username']}:{values['password']}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+    if kind in ("api_key", "bearer_token", "oauth2"):
+        token = values[{"api_key": "key", "bearer_token": "token",
+                        "oauth2": "access_token"}[kind]]
+        return f"Bearer {token}" if authorization else token
+    field = header.lower().replace("-", "_")
+    for candidate in (field, "value"):
+        if candidate in values:
+            return values[candidate]
+    raise ToolError(f"the custom credential '{resolved.name}' has no field '{field}' or "
+                    f"'value' to send in the {header} header")
+
+
+class CredentialRuntime:
+    """Process-wide: resolves credentials for run steps (see the module docstring)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], keyring: Keyring, *,
+                 llm_key_box: Any = None, allow_private_network: bool = False,
+                 refresh_margin: timedelta = REFRESH_MARGIN,
+                 token_timeout: float = TOKEN_TIMEOUT_SECONDS) -> None:
+        self.sessions = sessions
+        self.keyring = keyring
+        self.llm_key_box = llm_key_box
+        self.allow_private_network = allow_private_network
+        self.refresh_margin = refresh_margin
+        self.token_timeout = token_timeout
+        self._refresh_locks: weakref.WeakValueDictionary[tuple[uuid.UUID, uuid.UUID],
+                                                          asyncio.Lock] = \
+            weakref.WeakValueDictionary()
+        install_log_redaction()
+
+    @classmethod
+    def for_master(cls, sessions: async_sessionmaker[AsyncSession], master_key: bytes, *,
+                   allow_private_network: bool = False) -> CredentialRuntime:
+        from enginex.llm.service import LLMKeyBox
+
+        box = LLMKeyBox(master_key)
+        return cls(sessions, box.keyring, llm_key_box=box,
+                   allow_private_network=allow_private_network)
+
+    def for_step(self, ctx: TenantContext, run_id: uuid.UUID, node_id: str) -> StepSecrets:
+        return StepSecrets(self, ctx, run_id, node_id)
+
+    def refresh_due(self, credential: Credential) -> bool:
+        return (credential.kind == "oauth2" and bool(credential.config.get("token_url"))
+                and "refresh_token" in credential.fields and credential.expires_at is not None
+                and credential.expires_at - utcnow() <= self.refresh_margin)
+
+    async def use(self, ctx: TenantContext, run_id: uuid.UUID, node_id: str,
+                  name: str) -> Resolved:
+        """Decrypt credential ``name`` of ``ctx``'s organization for a step, refreshing an
+        OAuth2 token first when due. Audited (``credential.used``: run, node) and committed
+        before the value is returned. Raises CredentialNotFound or CredentialUnusable."""
+        refreshed = False
+        while True:
+            async with self.sessions() as db:
+                await set_tenant(db, ctx.org_id)
+                credential = await CredentialRepository(db, ctx).get_by_name(name)
+                if credential is None:
+                    raise CredentialNotFound(name)
+                if not refreshed and self.refresh_due(credential):
+                    credential_id = credential.id
+                    await db.rollback()
+                    await self.refresh(ctx, credential_id, run_id, node_id)
+                    refreshed = True
+                    continue
+                details = {"name": name, "run_id": str(run_id), "node_id": node_id}
+                try:
+                    values = await open_values(db, credential, self.keyring)
+                except CredentialUnusable as exc:
+                    await record(db, ctx, "credential.use_failed", target_kind="credential",
+                                 target_id=credential.id,
+                                 details={**details, "reason": "cannot be decrypted"})
+                    await db.commit()
+                    raise exc from None
+                credential.last_used_at = utcnow()
+                await record(db, ctx, "credential.used", target_kind="credential",
+                             target_id=credential.id, details=details)
+                resolved = Resolved(name, credential.kind, values)
+                await db.commit()
+                return resolved
+
+    async def refresh(self, ctx: TenantContext, credential_id: uuid.UUID, run_id: uuid.UUID,
+                      node_id: str) -> None:
+        """Refresh an OAuth2 credential's access token if it is (still) due, serialized (see
+        the module docstring). Audited as ``credential.refreshed`` or
+        ``credential.refresh_failed``; raises CredentialUnusable on failure."""
+        key = (ctx.org_id, credential_id)
+        lock = self._refresh_locks.get(key)
+        if lock is None:
+            lock = self._refresh_locks[key] = asyncio.Lock()
+        async with lock, self.sessions() as db:
+            await set_tenant(db, ctx.org_id)
+            credential = await CredentialRepository(db, ctx).get_for_update(credential_id)
+            if credential is None or not self.refresh_due(credential):
+                await db.commit()  # refreshed meanwhile by another run
+                return
+            values = await open_values(db, credential, self.keyring)
+            config = credential.config
+            details: dict[str, Any] = {"name": credential.name, "run_id": str(run_id),
+                                       "node_id": node_id}
+            try:
+                tokens = await refresh_tokens(
+                    str(config["token_url"]), refresh_token=values["refresh_token"],
+                    client_id=config.get("client_id"), client_secret=values.get("client_secret"),
+                    scope=config.get("scope"), allow_private_network=self.allow_private_network,
+                    request_timeout=self.token_timeout)
+                for token in (tokens.access_token, tokens.refresh_token or ""):
+                    if any(c in token for c in "\r\n\x00"):
+                        raise TokenRefreshFailed("the token endpoint returned an unusable token")
+            except TokenRefreshFailed as exc:
+                message = redact_text(str(exc), sorted(variants(values["refresh_token"]),
+                                                       key=len, reverse=True))
+                await record(db, ctx, "credential.refresh_failed", target_kind="credential",
+                             target_id=credential.id, details={**details, "error": message})
+                await db.commit()
+                raise CredentialUnusable(f"The OAuth2 credential '{credential.name}' could not "
+                                         f"be refreshed: {message}.") from None
+            values["access_token"] = tokens.access_token
+            if tokens.refresh_token:
+                values["refresh_token"] = tokens.refresh_token
+            now = utcnow()
+            credential.value_version += 1
+            await reseal(db, credential, values, self.keyring)
+            credential.fields = sorted(values)
+            credential.expires_at = (now + timedelta(seconds=tokens.expires_in)
+                                     if tokens.expires_in else None)
+            credential.refreshed_at = credential.updated_at = now
+            await record(db, ctx, "credential.refreshed", target_kind="credential",
+                         target_id=credential.id,
+                         details={**details, "expires_at": credential.expires_at.isoformat()
+                                  if credential.expires_at else None})
+            await db.commit()
+
+
+class StepSecrets:
+    """The credentials one step of one run resolved, and their redaction."""
+
+    def __init__(self, runtime: CredentialRuntime, ctx: TenantContext, run_id: uuid.UUID,
+                 node_id: str) -> None:
+        self.runtime = runtime
+        self.ctx = ctx
+        self.run_id = run_id
+        self.node_id = node_id
+        # Shared with ToolContext.secrets: tools add what they derive from a value.
+        self.values: list[str] = []
+        self._resolved: dict[str, Resolved] = {}
+        self._failures: dict[str, str] = {}
+        self._forms: set[str] = set()
+
+    def _add_secret(self, value: str) -> None:
+        if value not in self.values:
+            self.values.append(value)
+
+    def secret_forms(self) -> list[str]:
+        """Every form of every value to redact, longest first."""
+        forms = set(itertools.chain.from_iterable(variants(v) for v in self.values))
+        if forms != self._forms:
+            self._forms = forms
+            _ACTIVE[id(self)] = tuple(forms)
+        return sorted(forms, key=len, reverse=True)
+
+    async def _get(self, name: str) -> Resolved:
+        if name in self._resolved:
+            return self._resolved[name]
+        if name not in self._failures:
+            try:
+                resolved = await self.runtime.use(self.ctx, self.run_id, self.node_id, name)
+            except CredentialNotFound:
+                self._failures[name] = f"no credential named '{name}' in this organization"
+            except CredentialUnusable as exc:
+                self._failures[name] = str(exc)
+            else:
+                self._resolved[name] = resolved
+                for value in resolved.values.values():
+                    self._add_secret(value)
+                self.secret_forms()
+                return resolved
+        raise ToolError(self._failures[name])
+
+    async def render_arguments(self, arguments: dict[str, Any],
+                               state: Mapping[str, Any]) -> dict[str, Any]:
+        """``render_value(arguments, state)`` with the package's own
+        ``{{credentials.NAME.FIELD}}`` placeholders filled in. Raises ToolError (safe to
+        store) for an unknown credential or field."""
+        found: dict[tuple[str, str], str] = {}
+        marker = f"@@enginex-credential-{secrets.token_hex(12)}-"
+
+        def mark(value: Any) -> Any:
+            if isinstance(value, str):
+                def sub(match: re.Match[str]) -> str:
+                    ref = (match.group(1), match.group(2))
+                    found.setdefault(ref, f"{marker}{len(found)}@@")
+                    return found[ref]
+                return _PLACEHOLDER.sub(sub, value)
+            if isinstance(value, Mapping):
+                return {k: mark(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [mark(v) for v in value]
+            return value
+
+        marked = mark(arguments)
+        if not found:
+            return render_value(arguments, state)
+        fills: dict[str, str] = {}
+        for (name, field), token in found.items():
+            resolved = await self._get(name)
+            usable = KINDS[resolved.kind].usable
+            if field not in resolved.values or (usable is not None and field not in usable):
+                names = usable if usable is not None else sorted(resolved.values)
+                raise ToolError(f"the credential '{name}' has no field '{field}' a tool may use "
+                                f"(use one of: {', '.join(names)})")
+            fills[token] = resolved.values[field]
+        rendered = render_value(marked, state)
+
+        def fill(value: Any) -> Any:
+            if isinstance(value, str):
+                for token, secret in fills.items():
+                    value = value.replace(token, secret)
+                return value
+            if isinstance(value, Mapping):
+                return {k: fill(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [fill(v) for v in value]
+            return value
+
+        return fill(rendered)  # type: ignore[no-any-return]
+
+    async def prepare(self, arguments: Mapping[str, Any]) -> None:
+        """Load the credential named by a tool call's ``credential`` argument, if any, so that
+        ``resolve`` can answer synchronously. Failures surface from ``resolve``."""
+        name = arguments.get("credential") if isinstance(arguments, Mapping) else None
+        if isinstance(name, str) and name:
+            try:
+                await self._get(name)
+            except ToolError:
+                pass
+
+    def resolve(self, name: str, header: str) -> str:
+        """``ToolContext.resolve_credential``: the value of ``header`` for a credential
+        ``prepare`` loaded. LookupError if it was not, ToolError if it is unusable."""
+        if name in self._failures:
+            raise ToolError(self._failures[name])
+        resolved = self._resolved.get(name)
+        if resolved is None:
+            raise LookupError(name)
+        value = header_value(resolved, header)
+        self._add_secret(value)
+        self.secret_forms()
+        return value
+
+    async def note_llm_key_use(self) -> None:
+        """An LLM step uses the organization's provider key: audit it (``llm_settings.
+        key_used``: run, node) and redact the key from what the step stores."""
+        box = self.runtime.llm_key_box
+        if box is None:
+            return
+        from enginex.llm.service import KeyDecryptionError, get_llm_settings
+
+        async with self.runtime.sessions() as db:
+            await set_tenant(db, self.ctx.org_id)
+            row = await get_llm_settings(db, self.ctx)
+            if row is None or row.provider == "scripted" or row.api_key_ciphertext is None:
+                return
+            try:
+                self._add_secret(await box.open(db, self.ctx.org_id, row.api_key_ciphertext))
+            except KeyDecryptionError:
+                return  # the provider reports it as the step's error
+            self.secret_forms()
+            await record(db, self.ctx, "llm_settings.key_used", target_kind="llm_settings",
+                         target_id=self.ctx.org_id,
+                         details={"run_id": str(self.run_id), "node_id": self.node_id})
+            await db.commit()
+
+    def redact(self, value: T) -> T:
+        return redact(value, self.secret_forms())
+
+    def close(self) -> None:
+        """Forget the step's plaintext (and stop redacting it from logs)."""
+        _ACTIVE.pop(id(self), None)
+        self._resolved.clear()
+        self.values.clear()
+        self._forms = set()
