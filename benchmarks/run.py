@@ -1,4 +1,4 @@
-"""Entry point of ``make bench``: runs every benchmark and prints its figures.
+"""Entry point of ``make bench``: runs ``scoped_read.py`` (arguments are passed on).
 
 Benchmarks are not tests: they exit non-zero only when they could not run, never because a
 figure missed its goal (the printed verdict says that).

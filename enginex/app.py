@@ -20,6 +20,7 @@ from enginex.approvals.web import router as approvals_web_router
 from enginex.auth.api import router as auth_router
 from enginex.auth.service import AuthKeys
 from enginex.config import Settings, get_settings
+from enginex.credentials.api import router as credentials_router
 from enginex.db import Database
 from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
@@ -38,7 +39,8 @@ from enginex.web.middleware import SecurityMiddleware
 from enginex.web.pages import router as pages_router
 
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
-           agents_router, approvals_router, reports_router, llm_router, pages_router)
+           agents_router, approvals_router, reports_router, llm_router, credentials_router,
+           pages_router)
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router)

@@ -113,6 +113,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     from enginex.app import create_app
+    from enginex.credentials.cli import check_master_key
     from enginex.kit.crypto import load_master_key
     from enginex.migrate import upgrade
 
@@ -122,6 +123,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     elif args.demo:
         raise CliError("--demo seeds the embedded SQLite database only; on PostgreSQL run "
                        "`enginex migrate` and `enginex demo` once, then `enginex serve`")
+    check_master_key(settings)  # a wrong or lost master key: a clear error, not corruption
     if args.demo:
         _print_demo(asyncio.run(_seed_demo(settings)), settings)
     if args.no_worker:
@@ -136,12 +138,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     """A standalone worker process (production): claims runs until SIGINT/SIGTERM."""
     import signal
 
+    from enginex.credentials.cli import check_master_key
     from enginex.db import Database
     from enginex.kit.crypto import load_master_key
     from enginex.runs.runtime import build_engine, build_worker
 
     if args.slots:
         settings = settings.model_copy(update={"worker_slots": args.slots})
+    check_master_key(settings)
 
     async def main() -> None:
         db = Database(settings)
@@ -235,6 +239,7 @@ def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from enginex.agents.cli import add_agents_commands
     from enginex.client_cli import add_client_commands
+    from enginex.credentials.cli import add_keys_commands, add_tenant_commands
 
     parser = argparse.ArgumentParser(prog="enginex", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--admin-password-stdin", action="store_true")
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=cmd_tenant_create)
+    add_tenant_commands(tenant)
 
     admin = sub.add_parser("admin", help="platform admins").add_subparsers(dest="action",
                                                                             required=True)
@@ -275,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="master keys").add_subparsers(dest="action", required=True)
     keys.add_parser("generate", help="print a new random master key").set_defaults(
         func=cmd_keys_generate)
+    add_keys_commands(keys)
     add_agents_commands(sub)
     add_client_commands(sub)
     return parser

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     allow_dev_key: bool = False
     session_idle_minutes: int = 12 * 60
     session_absolute_hours: int = 7 * 24
+    db_pool_size: int = 20
     max_body_bytes: int = 1_048_576
     max_upload_bytes: int = 6 * 1_048_576
     login_max_failures_per_account: int = 10

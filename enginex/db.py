@@ -150,8 +150,13 @@ async def set_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> None:
     current = session_tenant(session)
     if current is not None and current != tenant_id:
         raise TenantContextMissing("this database session is already bound to another tenant")
+    if current == tenant_id and session.in_transaction():
+        return  # already applied to this transaction
     session.info[TENANT_KEY] = tenant_id
-    await session.run_sync(_apply_guc, tenant_id)
+    if session.in_transaction():
+        await session.run_sync(_apply_guc, tenant_id)
+    else:
+        await session.connection()  # begins the transaction: _reapply_tenant sets the GUC
 
 
 @event.listens_for(Session, "after_begin")
@@ -321,7 +326,10 @@ def create_engine_for(url: str, *, pool_size: int = 10) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping round trip per checkout: connections are recycled after 30 minutes, and a
+    # connection that died with the server is invalidated on its first error.
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                               pool_recycle=1800)
 
 
 class Notifier:
@@ -363,10 +371,11 @@ def _drop_on_commit(session: Session) -> None:
 class Database:
     """The process's engine and session factory."""
 
-    def __init__(self, settings: Settings, *, pool_size: int = 10) -> None:
+    def __init__(self, settings: Settings, *, pool_size: int | None = None) -> None:
         if not settings.is_postgres:
             settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.engine = create_engine_for(settings.resolved_database_url, pool_size=pool_size)
+        self.engine = create_engine_for(settings.resolved_database_url,
+                                        pool_size=pool_size or settings.db_pool_size)
         self.notifier = Notifier()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False,
                                            info={"notifier": self.notifier})

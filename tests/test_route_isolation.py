@@ -86,11 +86,22 @@ def victim_ids(victim: Org) -> dict[str, str]:
     waiting = start_session(victim, {"timesheet": f"canary-{victim.slug},2"})
     wait_for_status(victim, waiting["id"], {"waiting_approval"})
     approval = pending_approval(victim, waiting["id"])
+    # A credential whose value holds the canary: no response to anyone, the victim's own
+    # admin included, may ever carry it.
+    secret_value = f"sk-canary-{victim.slug}-{uuid.uuid4().hex}"
+    credentials = f"/api/v1/orgs/{victim.slug}/credentials"
+    credential = admin.post(credentials, json={"name": "canary", "type": "api_key",
+                                               "values": {"key": secret_value}})
+    assert credential.status_code == 201, credential.text
+    own_views = [credential, admin.get(credentials),
+                 admin.get(f"{credentials}/{credential.json()['id']}")]
+    assert all(v.status_code in (200, 201) and secret_value not in v.text for v in own_views)
     return {"org": victim.slug, "user_id": victim.members["viewer"].user_id,
             "key_id": keys[0]["id"], "invitation_id": invite.json()["id"],
             "tenant_id": victim.id, "agent_key": deployed["agent_key"],
             "version": deployed["version"], "run_id": waiting["id"],
-            "approval_id": approval["id"], "report_id": report["id"]}
+            "approval_id": approval["id"], "report_id": report["id"],
+            "credential_id": credential.json()["id"]}
 
 def fill(path: str, values: dict[str, str]) -> str:
     def sub(match: re.Match[str]) -> str:

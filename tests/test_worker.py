@@ -509,6 +509,34 @@ def test_per_tenant_concurrency_limit(engine_server: Server, tenant_a: Org,
     asyncio.run(scenario())
 
 
+def test_a_suspended_tenants_runs_wait_until_it_is_reactivated(
+        engine_server: Server, admin: Actor, tenant_b: Org) -> None:
+    deploy_agent(tenant_b, "quick_report")
+    run_id = uuid.UUID(start_session(tenant_b, {}, agent="quick-report")["id"])
+
+    def set_status(status: str) -> None:
+        response = admin.client.patch(f"/api/v1/admin/tenants/{tenant_b.id}",
+                                      json={"status": status})
+        assert response.status_code == 200, response.text
+
+    async def claim_once() -> Claim | None:
+        async with engine_for(engine_server) as (db, _):
+            return await claim(db, "w")
+
+    set_status("suspended")
+    try:
+        assert asyncio.run(claim_once()) is None
+    finally:
+        set_status("active")
+    assert asyncio.run(claim_once()) == Claim(uuid.UUID(tenant_b.id), run_id)
+
+    async def cleanup() -> None:
+        async with engine_for(engine_server) as (db, _):
+            await cancel_all(db, tenant_b)
+
+    asyncio.run(cleanup())
+
+
 def test_concurrent_claims_never_share_a_run_nor_exceed_the_limit(
         engine_server: Server, tenant_a: Org, tenant_b: Org) -> None:
     deploy_agent(tenant_a, "quick_report")

@@ -76,11 +76,15 @@ async def upload(request: Request, db: DB,
     form = await request.form()
     upload = form.get(UPLOAD_FIELD)
     if not isinstance(upload, UploadFile) or not upload.filename:
+        await form.close()
         return await _catalog(request, db, web, status_code=422,
                               upload_error="Choose a package file (.zip or .tar.gz) first.")
     filename = upload.filename[:200]
     limit = DEFAULT_LIMITS.max_compressed_bytes
-    data = await upload.read(limit + 1)
+    try:
+        data = await upload.read(limit + 1)
+    finally:
+        await form.close()  # the spooled upload's temporary file
     if len(data) > limit:
         return await _catalog(request, db, web, status_code=413, filename=filename,
                               upload_error=f"{filename} is larger than {limit // 1024 // 1024}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
@@ -75,13 +76,24 @@ class ApiKeyRepository(ScopedRepository[ApiKey]):
         return list((await self.db.execute(stmt)).scalars())
 
 
-async def get_api_key_for_auth(db: AsyncSession, tenant_id: uuid.UUID, digest: bytes
-                               ) -> tuple[ApiKey, str | None, bool] | None:
-    """Kernel-only: the key with its creator's current role in the org (None when no longer a
-    member) and whether the creator is disabled. The session must be bound to ``tenant_id``."""
-    from enginex.orgs.models import Membership
+@dataclass(frozen=True)
+class KeyForAuth:
+    key: ApiKey
+    creator_role: str | None  # None when the creator is no longer a member
+    creator_disabled: bool
+    org_slug: str
+    org_status: str
 
-    stmt = (select(ApiKey, Membership.role, User.disabled)
+
+async def get_api_key_for_auth(db: AsyncSession, tenant_id: uuid.UUID, digest: bytes
+                               ) -> KeyForAuth | None:
+    """Kernel-only, one statement: the key, its creator's current role and state, and its
+    organization. The session must already be bound to ``tenant_id``."""
+    from enginex.orgs.models import Membership, Organization
+
+    stmt = (select(ApiKey, Membership.role, User.disabled, Organization.slug,
+                   Organization.status)
+            .join(Organization, Organization.id == ApiKey.tenant_id)
             .outerjoin(Membership, (Membership.tenant_id == ApiKey.tenant_id)
                        & (Membership.user_id == ApiKey.created_by))
             .outerjoin(User, User.id == ApiKey.created_by)
@@ -89,4 +101,4 @@ async def get_api_key_for_auth(db: AsyncSession, tenant_id: uuid.UUID, digest: b
     row = (await db.execute(stmt)).first()
     if row is None:
         return None
-    return row[0], row[1], bool(row[2])
+    return KeyForAuth(row[0], row[1], bool(row[2]), row[3], row[4])

@@ -34,6 +34,7 @@ from enginex.kit.crypto import hmac_hex
 from enginex.kit.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
 from enginex.kit.ids import new_token, token_digest
 from enginex.kit.time import utcnow
+from enginex.tenancy import platform
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import (
     ApiKeyPrincipal,
@@ -195,30 +196,45 @@ def parse_api_key(token: str) -> uuid.UUID | None:
         return None
 
 
-async def _authenticate_api_key(db: AsyncSession, token: str) -> ApiKeyPrincipal:
+@dataclass(frozen=True)
+class OrgAccess:
+    """The organization a tenant route names, as the principal may reach it."""
+
+    org_id: uuid.UUID
+    slug: str
+    status: str
+    role: Role | None  # None: not a member (for API keys: the key belongs to another org)
+
+
+async def _authenticate_api_key(db: AsyncSession, token: str,
+                                slug: str | None = None) -> tuple[ApiKeyPrincipal, OrgAccess]:
     tenant_id = parse_api_key(token)
     if tenant_id is None:
         raise Unauthenticated("This API key is malformed. Copy the whole key, starting 'enx_'.")
     await set_tenant(db, tenant_id)
     found = await repo.get_api_key_for_auth(db, tenant_id, token_digest(token))
     now = utcnow()
-    if found is None or found[0].revoked_at is not None:
+    if found is None or found.key.revoked_at is not None:
         raise Unauthenticated("This API key is not valid (wrong, revoked or deleted). "
                               "Create a new key in the organization's settings.")
-    key, creator_role, creator_disabled = found
+    key = found.key
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthenticated("This API key has expired. Create a new key.", code="key_expired")
     # A key never outlives its creator's access: removed or disabled creator -> the key stops
     # working; a demoted creator -> the key is capped at the creator's current role.
-    if creator_role is None or creator_disabled:
+    if found.creator_role is None or found.creator_disabled:
         raise Unauthenticated("The person who created this API key no longer has access to "
                               "this organization, so the key stopped working. Ask an admin "
                               "for a new key.", code="key_creator_gone")
-    role = Role(key.role) if can_grant(Role(creator_role), Role(key.role)) else Role(creator_role)
+    creator = Role(found.creator_role)
+    role = Role(key.role) if can_grant(creator, Role(key.role)) else creator
     if key.last_used_at is None or now - key.last_used_at > TOUCH_INTERVAL:
         key.last_used_at = now
-    return ApiKeyPrincipal(key_id=key.id, tenant_id=key.tenant_id, role=role,
-                           created_by=key.created_by)
+    principal = ApiKeyPrincipal(key_id=key.id, tenant_id=key.tenant_id, role=role,
+                                created_by=key.created_by)
+    same_org = slug is None or slug.lower() == found.org_slug
+    return principal, OrgAccess(key.tenant_id, found.org_slug, found.org_status,
+                                role if same_org else None)
 
 
 def _check_csrf(request: Request, settings: Settings, expected: str) -> None:
@@ -236,6 +252,36 @@ def _check_csrf(request: Request, settings: Settings, expected: str) -> None:
                         code="csrf_failed")
 
 
+async def _session_principal(request: Request, db: AsyncSession, *, session_id: uuid.UUID,
+                             expires_at: datetime, last_seen_at: datetime, user_id: uuid.UUID,
+                             email: str, is_platform_admin: bool,
+                             disabled: bool) -> UserPrincipal:
+    """Checks a browser session (expiry, idle time, disabled user, CSRF) and touches it."""
+    settings: Settings = request.app.state.settings
+    keys: AuthKeys = request.app.state.auth_keys
+    now = utcnow()
+    idle = timedelta(minutes=settings.session_idle_minutes)
+    if expires_at <= now or last_seen_at + idle <= now or disabled:
+        await repo.delete_session(db, session_id)
+        raise Unauthenticated("Your session has ended. Sign in again.", code="session_expired")
+    csrf = keys.csrf_token(session_id)
+    _check_csrf(request, settings, csrf)
+    if now - last_seen_at > TOUCH_INTERVAL:
+        await repo.touch_session(db, session_id, now)
+    return UserPrincipal(user_id=user_id, email=email, is_platform_admin=is_platform_admin,
+                         session_id=session_id, csrf_token=csrf)
+
+
+def _session_cookie(request: Request) -> str:
+    cookie = request.cookies.get(request.app.state.settings.session_cookie_name)
+    if not cookie:
+        raise Unauthenticated()
+    return cookie
+
+
+SESSION_ENDED = "Your session has ended. Sign in again."
+
+
 async def authenticate(request: Request, db: AsyncSession, *,
                        allow_api_key: bool = True) -> Principal:
     """The principal of this request, cached on ``request.state``; raises 401 without one.
@@ -245,36 +291,46 @@ async def authenticate(request: Request, db: AsyncSession, *,
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
-    settings: Settings = request.app.state.settings
-    keys: AuthKeys = request.app.state.auth_keys
     principal: Principal
     bearer = _bearer(request) if allow_api_key else None
     if bearer is not None:
-        principal = await _authenticate_api_key(db, bearer)
+        principal, _ = await _authenticate_api_key(db, bearer)
     else:
-        cookie = request.cookies.get(settings.session_cookie_name)
-        if not cookie:
-            raise Unauthenticated()
-        found = await repo.get_session_with_user(db, token_digest(cookie))
-        now = utcnow()
+        found = await repo.get_session_with_user(db, token_digest(_session_cookie(request)))
         if found is None:
-            raise Unauthenticated("Your session has ended. Sign in again.",
-                                  code="session_expired")
+            raise Unauthenticated(SESSION_ENDED, code="session_expired")
         session, user = found
-        idle = timedelta(minutes=settings.session_idle_minutes)
-        if session.expires_at <= now or session.last_seen_at + idle <= now or user.disabled:
-            await repo.delete_session(db, session.id)
-            raise Unauthenticated("Your session has ended. Sign in again.",
-                                  code="session_expired")
-        csrf = keys.csrf_token(session.id)
-        _check_csrf(request, settings, csrf)
-        if now - session.last_seen_at > TOUCH_INTERVAL:
-            await repo.touch_session(db, session.id, now)
-        principal = UserPrincipal(user_id=user.id, email=user.email,
-                                  is_platform_admin=user.is_platform_admin,
-                                  session_id=session.id, csrf_token=csrf)
+        principal = await _session_principal(
+            request, db, session_id=session.id, expires_at=session.expires_at,
+            last_seen_at=session.last_seen_at, user_id=user.id, email=user.email,
+            is_platform_admin=user.is_platform_admin, disabled=user.disabled)
     request.state.principal = principal
     return principal
+
+
+async def authenticate_for_org(request: Request, db: AsyncSession, slug: str, *,
+                               allow_api_key: bool = True
+                               ) -> tuple[Principal, OrgAccess | None]:
+    """``authenticate`` fused with the lookup of organization ``slug`` and the principal's
+    role in it: one statement for a cookie (plus binding the tenant), one for a key. The
+    tenant guard uses it; OrgAccess is None when no organization has that slug."""
+    bearer = _bearer(request) if allow_api_key else None
+    if bearer is not None:
+        principal, access = await _authenticate_api_key(db, bearer, slug)
+        request.state.principal = principal
+        return principal, access
+    row = await platform.session_for_org(db, token_digest(_session_cookie(request)), slug)
+    if row is None:
+        raise Unauthenticated(SESSION_ENDED, code="session_expired")
+    user_principal = await _session_principal(
+        request, db, session_id=row.session_id, expires_at=row.expires_at,
+        last_seen_at=row.last_seen_at, user_id=row.user_id, email=row.email,
+        is_platform_admin=row.is_platform_admin, disabled=row.disabled)
+    request.state.principal = user_principal
+    if row.org_id is None or row.org_slug is None or row.org_status is None:
+        return user_principal, None
+    return user_principal, OrgAccess(row.org_id, row.org_slug, row.org_status,
+                                     Role(row.role) if row.role else None)
 
 
 # --- API keys --------------------------------------------------------------------------------

@@ -202,12 +202,14 @@ async def create_credential(db: AsyncSession, ctx: TenantContext, *, name: str, 
     if await repo.get_by_name(name) is not None:
         raise taken
     now = utcnow()
-    credential = repo.add(Credential(
-        id=new_id(), name=name, kind=kind, description=description, provider=provider,
-        fields=fields, config=config, hint=_hint(kind, values), value_version=1,
-        expires_at=expires_at, created_by_kind=actor.kind if actor else "system",
-        created_by=actor.actor_id if actor else None, created_at=now, updated_at=now))
-    await _seal(db, keyring, credential, values)
+    credential = Credential(
+        tenant_id=ctx.org_id, id=new_id(), name=name, kind=kind, description=description,
+        provider=provider, fields=fields, config=config, hint=_hint(kind, values),
+        value_version=1, expires_at=expires_at,
+        created_by_kind=actor.kind if actor else "system",
+        created_by=actor.actor_id if actor else None, created_at=now, updated_at=now)
+    await _seal(db, keyring, credential, values)  # before add: no flush without a ciphertext
+    repo.add(credential)
     try:
         await db.flush()
     except IntegrityError as exc:

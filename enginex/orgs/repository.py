@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,11 +54,15 @@ class MembershipRepository(ScopedRepository[Membership]):
     async def get_member(self, user_id: uuid.UUID) -> Membership | None:
         return await get_membership_for_guard(self.db, self.ctx.org_id, user_id)
 
-    async def list_with_users(self) -> list[tuple[Membership, User]]:
-        stmt = (select(Membership, User).join(User, User.id == Membership.user_id)
+    async def list_member_rows(self) -> list[tuple[uuid.UUID, str, str, str, datetime]]:
+        """(user_id, email, display_name, role, joined_at), by email. Only the columns a
+        listing shows: password hashes are never loaded for it."""
+        stmt = (select(User.id, User.email, User.display_name, Membership.role,
+                       Membership.created_at)
+                .join(User, User.id == Membership.user_id)
                 .where(Membership.tenant_id == self.ctx.org_id)
                 .order_by(func.lower(User.email)))
-        return [(m, u) for m, u in (await self.db.execute(stmt)).all()]
+        return [tuple(row) for row in (await self.db.execute(stmt)).all()]  # type: ignore[misc]
 
     async def count_role(self, role: str) -> int:
         stmt = select(func.count()).select_from(Membership).where(

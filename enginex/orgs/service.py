@@ -117,8 +117,8 @@ class Member:
 
 
 async def list_members(db: AsyncSession, ctx: TenantContext) -> list[Member]:
-    rows = await repo.MembershipRepository(db, ctx).list_with_users()
-    return [Member(u.id, u.email, u.display_name, m.role, m.created_at) for m, u in rows]
+    rows = await repo.MembershipRepository(db, ctx).list_member_rows()
+    return [Member(*row) for row in rows]
 
 
 async def _access_member(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID) -> Membership:

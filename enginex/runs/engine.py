@@ -294,10 +294,6 @@ def _run_approval(loaded: _Loaded, node: ApprovalNode, step: int, result: _Resul
             "approval_id": str(approval.id), "decision": approval.decision,
             "comment": approval.comment or "", "decided_by": None, "status": "expired"}))
     loaded.state.pop(PENDING_APPROVAL, None)
-    if approval.status == "expired":  # decided by the expiry sweep, which writes no event
-        result.events.append(("approval_decided", node.id, {
-            "approval_id": str(approval.id), "decision": approval.decision,
-            "status": "expired", "comment": approval.comment or ""}))
     loaded.state[node.output_key or node.id] = {
         "decision": approval.decision, "comment": approval.comment or "",
         "status": approval.status,

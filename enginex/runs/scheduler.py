@@ -79,10 +79,10 @@ _SQLITE_TENANTS = f"""
 _SQLITE_OLDEST = f"""
     SELECT id, queued_at FROM (
         SELECT * FROM (SELECT id, queued_at FROM runs WHERE tenant_id = :t AND {_RESUMABLE}
-                       ORDER BY queued_at, id LIMIT 1)
+                       ORDER BY queued_at LIMIT 1)
         UNION ALL
         SELECT * FROM (SELECT id, queued_at FROM runs WHERE tenant_id = :t AND status = 'queued'
-                       ORDER BY queued_at, id LIMIT 1))
+                       ORDER BY queued_at LIMIT 1))
     ORDER BY queued_at, id LIMIT 1
 """  # noqa: S608 - constant SQL
 

@@ -25,13 +25,12 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.routing import BaseRoute
 
-from enginex.auth.service import authenticate
+from enginex.auth.service import OrgAccess, authenticate, authenticate_for_org
 from enginex.db import set_tenant
 from enginex.kit.errors import Forbidden, NotFound
-from enginex.orgs.repository import get_membership_for_guard, get_org_by_slug
 from enginex.tenancy.context import TenantContext, current_tenant
-from enginex.tenancy.principal import ApiKeyPrincipal, Principal, UserPrincipal
-from enginex.tenancy.scopes import ROLE_SCOPES, Role, Scope
+from enginex.tenancy.principal import Principal, UserPrincipal
+from enginex.tenancy.scopes import ROLE_SCOPES, Scope
 
 
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
@@ -90,32 +89,23 @@ class _TenantScope(AccessRule):
     async def __call__(self, request: Request, db: DB,
                        org: Annotated[str, Path(description="Organization slug")]
                        ) -> TenantContext:
-        principal = await authenticate(request, db)
-        return await enter_tenant(request, db, principal, org, self.scope)
+        principal, access = await authenticate_for_org(request, db, org)
+        return await enter_tenant(request, db, principal, access, self.scope)
 
 
-async def enter_tenant(request: Request, db: AsyncSession, principal: Principal, org: str,
-                       scope: Scope) -> TenantContext:
-    """Resolve ``org`` for ``principal`` and check ``scope`` (see the module docstring for the
-    order of checks); binds ``db`` to the organization and sets the context variable."""
-    organization = await get_org_by_slug(db, org)
-    if organization is None:
+async def enter_tenant(request: Request, db: AsyncSession, principal: Principal,
+                       access: OrgAccess | None, scope: Scope) -> TenantContext:
+    """Apply the guard's decisions (see the module docstring for their order) to what
+    ``authenticate_for_org`` found; binds ``db`` to the organization and sets the context
+    variable. Unknown org, non-member and another org's key all raise the same NotFound."""
+    if access is None or access.role is None:
         raise NotFound()
-    if isinstance(principal, ApiKeyPrincipal):
-        if principal.tenant_id != organization.id:
-            raise NotFound()
-        role = principal.role
-    else:
-        await set_tenant(db, organization.id)
-        membership = await get_membership_for_guard(db, organization.id, principal.user_id)
-        if membership is None:
-            raise NotFound()
-        role = Role(membership.role)
-    if organization.status != "active":
+    await set_tenant(db, access.org_id)
+    if access.status != "active":
         raise Forbidden("This organization is suspended. Contact the platform operator.",
                         code="org_suspended")
-    ctx = TenantContext(org_id=organization.id, org_slug=organization.slug,
-                        principal=principal, role=role, scopes=ROLE_SCOPES[role])
+    ctx = TenantContext(org_id=access.org_id, org_slug=access.slug, principal=principal,
+                        role=access.role, scopes=ROLE_SCOPES[access.role])
     ctx.require(scope)
     current_tenant.set(ctx)
     request.state.tenant = ctx

@@ -36,12 +36,16 @@ def here(request: Request) -> str:
     return f"{request.url.path}?{query}" if query else request.url.path
 
 
-async def web_principal(request: Request, db: DB) -> UserPrincipal:
-    """The signed-in browser user (cookie only); LoginRequired redirects anonymous visitors."""
+async def _read_form_csrf(request: Request) -> None:
     if request.method not in auth_service.SAFE_METHODS and \
             "x-csrf-token" not in request.headers:
         form = await request.form()
         request.state.form_csrf = str(form.get("csrf_token") or "")
+
+
+async def web_principal(request: Request, db: DB) -> UserPrincipal:
+    """The signed-in browser user (cookie only); LoginRequired redirects anonymous visitors."""
+    await _read_form_csrf(request)
     try:
         principal = await auth_service.authenticate(request, db, allow_api_key=False)
     except Unauthenticated as exc:
@@ -61,8 +65,15 @@ class _WebTenant(AccessRule):
     async def __call__(self, request: Request, db: DB,
                        org: Annotated[str, Path(description="Organization slug")]
                        ) -> WebContext:
-        principal = await web_principal(request, db)
-        ctx = await enter_tenant(request, db, principal, org, self.scope)
+        await _read_form_csrf(request)
+        try:
+            principal, access = await auth_service.authenticate_for_org(
+                request, db, org, allow_api_key=False)
+        except Unauthenticated as exc:
+            raise LoginRequired(here(request)) from exc
+        assert isinstance(principal, UserPrincipal)
+        request.state.web_orgs = await list_user_orgs(db, principal.user_id)
+        ctx = await enter_tenant(request, db, principal, access, self.scope)
         return WebContext(principal=principal, ctx=ctx)
 
 

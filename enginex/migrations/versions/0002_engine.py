@@ -226,15 +226,17 @@ BEGIN
         ORDER BY q.last_claimed_at NULLS FIRST, o.id
     LOOP
         -- The tenant's oldest claimable run: the older of its oldest resumable run (running,
-        -- between steps or left by a dead worker) and its oldest queued one.
+        -- between steps or left by a dead worker) and its oldest queued one. Ordered by the
+        -- index alone (no tie-break column), so LIMIT 1 stops at the first row instead of
+        -- sorting the tenant's whole queue.
         SELECT r.id, r.queued_at INTO v_resumable, v_resumable_at FROM public.runs r
         WHERE r.tenant_id = v_tenant AND r.status = 'running'
           AND (r.lease_expires_at IS NULL OR r.lease_expires_at < v_now)
-        ORDER BY r.queued_at, r.id
+        ORDER BY r.queued_at
         LIMIT 1 FOR UPDATE SKIP LOCKED;
         SELECT r.id, r.queued_at INTO v_queued, v_queued_at FROM public.runs r
         WHERE r.tenant_id = v_tenant AND r.status = 'queued'
-        ORDER BY r.queued_at, r.id
+        ORDER BY r.queued_at
         LIMIT 1 FOR UPDATE SKIP LOCKED;
         v_run := CASE WHEN v_queued IS NULL OR (v_resumable IS NOT NULL
                                                 AND v_resumable_at <= v_queued_at)
