@@ -1,4 +1,5 @@
-"""Entry point of ``make bench``: runs ``scoped_read.py`` (arguments are passed on).
+"""Entry point of ``make bench``: runs ``scoped_read.py`` (arguments are passed on);
+``--engine`` first runs ``engine.py`` instead (the arguments after it are its own).
 
 Benchmarks are not tests: they exit non-zero only when they could not run, never because a
 figure missed its goal (the printed verdict says that).
@@ -12,6 +13,10 @@ from pathlib import Path
 
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if sys.argv[1:2] == ["--engine"]:  # the engine benchmark (benchmarks/engine.py)
+        from benchmarks import engine
+
+        return engine.main(sys.argv[2:])
     from benchmarks import scoped_read
 
     return scoped_read.main(sys.argv[1:])

@@ -17,6 +17,8 @@ from enginex.agents.api import router as agents_router
 from enginex.agents.web import router as agents_web_router
 from enginex.approvals.api import router as approvals_router
 from enginex.approvals.web import router as approvals_web_router
+from enginex.audit.api import router as audit_router
+from enginex.audit.web import router as audit_web_router
 from enginex.auth.api import router as auth_router
 from enginex.auth.service import AuthKeys
 from enginex.config import Settings, get_settings
@@ -40,10 +42,11 @@ from enginex.web.pages import router as pages_router
 
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
            agents_router, approvals_router, reports_router, llm_router, credentials_router,
-           pages_router)
+           audit_router, pages_router)
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
-               agents_web_router, llm_web_router, admin_web_router, invitations_web_router)
+               agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
+               audit_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -238,6 +238,7 @@ def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from enginex.agents.cli import add_agents_commands
+    from enginex.audit.cli import add_audit_commands
     from enginex.client_cli import add_client_commands
     from enginex.credentials.cli import add_keys_commands, add_tenant_commands
 
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_commands(keys)
     add_agents_commands(sub)
     add_client_commands(sub)
+    add_audit_commands(sub)
     return parser
 
 

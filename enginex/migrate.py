@@ -94,6 +94,8 @@ def grant_and_check_app_role(settings: Settings) -> None:
             conn.execute(text("REVOKE TRUNCATE, TRIGGER, REFERENCES ON ALL TABLES IN SCHEMA "
                               f"public FROM {role}"))
             conn.execute(text(f"REVOKE ALL ON alembic_version FROM {role}"))
+            # The audit log is append-only for the app (a trigger refuses the owner too).
+            conn.execute(text(f"REVOKE UPDATE, DELETE ON audit_entries FROM {role}"))
             conn.execute(text(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role}"))
             tables = sorted(set(conn.execute(_TENANT_TABLES_SQL).scalars()) |
                             set(tenant_tables()))

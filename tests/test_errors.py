@@ -181,11 +181,17 @@ def test_oversized_bodies_get_413(server: Server, shop: Org) -> None:
 
 def test_unknown_routes_and_methods_answer_json(server: Server, shop: Org) -> None:
     with anonymous(server) as client:
-        for url in ("/nope", "/api/v1/nope", "/api/v1/orgs", "/static/nope.js"):
+        for url in ("/api/v1/nope", "/api/v1/orgs", "/static/nope.js"):
             response = client.get(url)
             assert response.status_code == 404, url
             assert response.json() == EXPECTED_404
             assert_security_headers(response)
+        # Outside the API, a person's browser gets the same message as an HTML page.
+        page = client.get("/nope")
+        assert page.status_code == 404
+        assert page.headers["content-type"].startswith("text/html")
+        assert EXPECTED_404["error"]["message"] in page.text
+        assert_security_headers(page)
         wrong = client.put("/api/v1/auth/login", json={})
         assert wrong.status_code == 405
         assert assert_error_shape(wrong)["code"] == "method_not_allowed"

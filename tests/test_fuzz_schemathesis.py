@@ -88,6 +88,13 @@ BASE_URL_MAX_LENGTH = 500  # longer ones are refused by validation, before the e
 API_PREFIXES = ("/api/", "/healthz", "/readyz")
 ENDS_SESSION = ("POST /logout",)
 ERROR_KEYS = {"code", "message", "details"}
+# Text with a NUL character is valid JSON and valid by the schema, but PostgreSQL cannot store
+# it: every route must refuse it with a 4xx instead of failing in the database. Such strings
+# are mixed into generated text, and every NUL_EVERY-th request of an operation gets a NUL
+# appended to the first string of its body (or query).
+NUL_STRINGS = ["\x00", "nul\x00inside"]
+NUL_PROBABILITY = 0.1
+NUL_EVERY = 3
 # Pages answer HTML, errors included; their schema entries carry FastAPI's JSON defaults.
 PAGE_EXCLUDED = [content_type_conformance, response_schema_conformance]
 SETTINGS = hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
@@ -105,6 +112,30 @@ class _SourceAddressAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["source_address"] = (self._address, 0)
         super().init_poolmanager(*args, **kwargs)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str | bytes):
+        return "\x00" in value if isinstance(value, str) else b"\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _append_nul(value: Any) -> bool:
+    """Append a NUL character to the first string value inside ``value`` (a dict or list,
+    depth first); False if it holds none."""
+    items = list(value.items()) if isinstance(value, dict) else (
+        list(enumerate(value)) if isinstance(value, list) else [])
+    for key, item in items:
+        if isinstance(item, str):
+            value[key] = f"{item}\x00"
+            return True
+        if _append_nul(item):
+            return True
+    return False
 
 
 def _is_page(path: str) -> bool:
@@ -195,7 +226,10 @@ def _load_schema(server: Server, org: Org, parameters: dict[str, str]) -> Any:
     config = schemathesis.Config.from_dict({
         "base-url": server.base_url,
         "parameters": {"path.org": org.slug, **parameters},
-        "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True},
+        "dictionaries": {"nul": {"values": NUL_STRINGS}},
+        "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True,
+                       "dictionaries": {"string": {"dictionary": "nul",
+                                                   "probability": NUL_PROBABILITY}}},
         "checks": {"status_code_conformance": {"enabled": False},
                    "positive_data_acceptance": {"enabled": False}},
     })
@@ -205,14 +239,19 @@ def _load_schema(server: Server, org: Org, parameters: dict[str, str]) -> Any:
 
 def _fuzz(server: Server, org: Org, schema: Any, session: requests.Session, *,
           include: Callable[[str], bool], additional_checks: list[Any],
-          excluded_checks: Callable[[str], list[Any]]) -> tuple[int, int]:
+          excluded_checks: Callable[[str], list[Any]]) -> tuple[int, int, int]:
     """Run every included operation's Hypothesis test; fail listing every failing operation.
-    Returns (operations, requests)."""
+    Returns the number of operations, of requests, and of requests with a NUL character."""
     sent: dict[str, int] = {}
+    with_nul: list[str] = []
 
     def check_case(case: schemathesis.Case) -> None:
         label = case.operation.label
         sent[label] = sent.get(label, 0) + 1
+        if sent[label] % NUL_EVERY == 0 and not _append_nul(case.body):
+            _append_nul(case.query)
+        if _has_nul((case.path_parameters, case.query, case.body)):
+            with_nul.append(label)
         if label.endswith("/settings/llm/test"):
             _reset_llm_settings(server, org)
         if (isinstance(case.body, dict) and isinstance(case.body.get("base_url"), str)
@@ -245,19 +284,21 @@ def _fuzz(server: Server, org: Org, schema: Any, session: requests.Session, *,
     assert not unsent, f"no request was sent for {unsent}"
     report = "\n\n".join(f"== {label}\n{text}" for label, text in failures.items())
     assert not failures, f"{len(failures)} of {len(tests)} operations failed:\n{report}"
-    return len(tests), sum(sent.values())
+    return len(tests), sum(sent.values()), len(with_nul)
 
 
 def test_every_operation_as_tenant_api_key(server: Server, org_a: Org,
                                            key_session: requests.Session) -> None:
     schema = _load_schema(server, org_a, _seed(org_a))
-    operations, sent = _fuzz(
+    operations, sent, with_nul = _fuzz(
         server, org_a, schema, key_session, include=lambda path: True,
         additional_checks=[error_shape, pages_ignore_api_keys(public_paths(server.app))],
         excluded_checks=lambda path: [*PAGE_EXCLUDED, negative_data_rejection]
         if _is_page(path) else [])
-    print(f"\nschemathesis (API key): {operations} operations, {sent} requests, 0 failures")
+    print(f"\nschemathesis (API key): {operations} operations, {sent} requests "
+          f"({with_nul} with a NUL character), 0 failures")
     assert operations >= 40, f"only {operations} operations in the schema"
+    assert with_nul >= operations // 4, f"only {with_nul} requests carried a NUL character"
 
 
 def test_dashboard_pages_as_signed_in_admin(server: Server, org_a: Org) -> None:
@@ -270,7 +311,7 @@ def test_dashboard_pages_as_signed_in_admin(server: Server, org_a: Org) -> None:
     assert server.settings.session_cookie_name in cookies
     schema = _load_schema(server, org_a, {})
     with _session(cookies=cookies, headers={"X-CSRF-Token": csrf}) as session:
-        operations, sent = _fuzz(server, org_a, schema, session, include=_is_page,
+        operations, sent, _ = _fuzz(server, org_a, schema, session, include=_is_page,
                                  additional_checks=[error_shape],
                                  excluded_checks=lambda path: PAGE_EXCLUDED)
     print(f"\nschemathesis (signed in): {operations} pages, {sent} requests, 0 failures")

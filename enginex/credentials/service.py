@@ -10,6 +10,7 @@ hold names and field names, never values.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import uuid
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,7 +32,7 @@ from enginex.kit.ids import new_id
 from enginex.kit.time import utcnow
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import Principal
-from enginex.tools.egress import EgressRefused, check_url_async
+from enginex.tools.egress import EgressRefused, check_addresses
 
 PURPOSE = "credential"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -108,8 +110,30 @@ def check_values(kind: str, values: dict[str, str]) -> list[str]:
     return sorted(names)
 
 
-async def check_settings(kind: str, settings: dict[str, str | None], *,
-                         allow_private_network: bool) -> dict[str, str]:
+def check_token_url(url: str, *, allow_private_network: bool) -> None:
+    """The checks of the egress guard that need no DNS (scheme, no user info, an address
+    literal or ``localhost``): a token URL is saved even while its host does not resolve
+    here, and is checked in full, DNS included, at every refresh. Raises EgressRefused."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise EgressRefused(f"not a valid URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise EgressRefused("only http:// and https:// URLs with a host are allowed")
+    if parsed.userinfo:
+        raise EgressRefused("URLs may not contain a user name or password")
+    host = parsed.host.strip("[]")
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        if host.lower().rstrip(".") != "localhost":
+            return
+        addresses = [ipaddress.ip_address("127.0.0.1")]
+    check_addresses(host, addresses, allow_private=allow_private_network)
+
+
+def check_settings(kind: str, settings: dict[str, str | None], *,
+                   allow_private_network: bool) -> dict[str, str]:
     """The non-secret settings of a credential (oauth2 only: token_url, client_id, scope).
     The token URL must pass the egress guard. Raises ValidationFailed."""
     given = {k: v for k, v in settings.items() if v}
@@ -121,7 +145,7 @@ async def check_settings(kind: str, settings: dict[str, str | None], *,
     token_url = given.get("token_url")
     if token_url:
         try:
-            await check_url_async(token_url, allow_private=allow_private_network)
+            check_token_url(token_url, allow_private_network=allow_private_network)
         except EgressRefused as exc:
             raise ValidationFailed(f"token_url: {exc}.", details={"field": "token_url"},
                                    code="egress_refused") from None
@@ -195,8 +219,7 @@ async def create_credential(db: AsyncSession, ctx: TenantContext, *, name: str, 
         raise _invalid("1-64 lowercase letters, digits, '-' or '_', starting with a letter "
                        "or digit.", "name")
     fields = check_values(kind, values)
-    config = await check_settings(kind, settings or {},
-                                  allow_private_network=allow_private_network)
+    config = check_settings(kind, settings or {}, allow_private_network=allow_private_network)
     if expires_at is not None and kind != "oauth2":
         raise _invalid("only oauth2 credentials expire.", "expires_at")
     if await repo.get_by_name(name) is not None:
@@ -254,8 +277,8 @@ async def update_credential(db: AsyncSession, ctx: TenantContext, credential_id:
             changed.append(field)
     if settings is not UNCHANGED:
         merged = {**credential.config, **settings}
-        credential.config = await check_settings(credential.kind, merged,
-                                                 allow_private_network=allow_private_network)
+        credential.config = check_settings(credential.kind, merged,
+                                           allow_private_network=allow_private_network)
         changed.append("settings")
     if expires_at is not UNCHANGED:
         if expires_at is not None and credential.kind != "oauth2":

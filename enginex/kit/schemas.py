@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -13,7 +13,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     StringConstraints,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
@@ -25,10 +27,41 @@ RESERVED_SLUGS = frozenset({"admin", "api", "static", "login", "logout", "me", "
                             "settings", "healthz", "readyz", "invitations"})
 
 
+def _nul_at(value: Any, path: str) -> str | None:
+    """The path of the first string (key or value) holding a NUL character, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                return where
+            found = _nul_at(item, where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_at(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
 class RequestBody(BaseModel):
-    """Base of every request body: no type coercion, unknown fields rejected."""
+    """Base of every request body: no type coercion, unknown fields rejected, and no NUL
+    character in any text (PostgreSQL cannot store it; refused on every backend alike)."""
 
     model_config = ConfigDict(strict=True, extra="forbid", str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        where = _nul_at(data, "")
+        if where is not None:
+            raise PydanticCustomError(
+                "nul_character", "{field}: text cannot contain the NUL character (\\u0000)",
+                {"field": where.replace("\x00", "\\u0000") or "body"})
+        return data
 
 
 class ResponseBody(BaseModel):

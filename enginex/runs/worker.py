@@ -102,9 +102,10 @@ class Worker:
     async def _execute(self, claim: Claim) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(claim))
         try:
+            # No wake-up after a commit: this slot claims again at once, and the step freed no
+            # run but its own (waking the idle slots would only cost each a failed claim).
             if await execute_step(self.deps, claim.tenant_id, claim.run_id, self.name):
                 self.steps_committed += 1
-                self.db.notifier.wake()  # the run may have more steps: claim again
         except Exception:
             log.exception("step of run %s failed unexpectedly; its lease will expire",
                           claim.run_id)

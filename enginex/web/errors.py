@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
@@ -136,6 +136,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return _respond(request, 409, "conflict",
                      "This change conflicts with another one made at the same time; nothing "
                      "was saved. Reload and try again.")
+
+    @app.exception_handler(DataError)
+    async def data_error(request: Request, exc: DataError) -> Response:
+        # Input the database cannot store, in a path, query or form value that no model
+        # checked: a NUL character in text (PostgreSQL), a number out of its column's range.
+        log.warning("value refused by the database on %s %s: %s", request.method,
+                    request.url.path, exc.orig.__class__.__name__ if exc.orig else "DataError")
+        return _respond(request, 422, "invalid_value",
+                        "A value in the request cannot be stored: text cannot contain the NUL "
+                        "character (\\u0000) and numbers must be in range. Fix it and retry; "
+                        "nothing was saved.")
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:

@@ -31,7 +31,7 @@ class SecurityMiddleware:
     """Adds security headers to every response and refuses bodies over ``max_body`` bytes."""
 
     # Package uploads may be larger than other bodies (the package loader has its own limits).
-    UPLOAD_PATH = re.compile(r"^/api/v1/orgs/[^/]+/agents$")
+    UPLOAD_PATH = re.compile(r"^/(?:api/v1/orgs|o)/[^/]+/agents$")
 
     def __init__(self, app: ASGIApp, *, max_body: int, hsts: bool,
                  max_upload: int | None = None) -> None:

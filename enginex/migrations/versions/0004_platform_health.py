@@ -7,7 +7,7 @@ take the tenant ids to count (one page of the tenant list) and return ids and co
 never tenant content (docs/MULTI_TENANT.md, "Platform-wide reads").
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-27 20:10:00.000000
 """
 
