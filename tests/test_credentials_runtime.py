@@ -483,6 +483,21 @@ def test_a_failed_refresh_fails_the_step_without_secrets(
     assert failures and not any(v in json.dumps([f.details for f in failures])
                                 for v in old.values())
 
+    # A token that is due for refresh but not expired yet is still used when refreshing
+    # fails (the failure is audited; the next use tries again).
+    soon = oauth_credential(tenant_b, token_endpoint, expires_in=timedelta(seconds=30),
+                            name="soon-oauth")
+    manifest_soon = {
+        "agent": {"id": "oauth-soon", "name": "OAuth soon", "version": "1.0.0"},
+        "graph": {"entry_node": "call", "terminal_nodes": ["call"], "nodes": [
+            {"id": "call", "node_type": "tool", "tool": "http_request",
+             "arguments": {"url": echo + "/api", "credential": "soon-oauth"}}]}}
+    deploy(tenant_b, tmp_path, manifest_soon)
+    run = start(tenant_b, "oauth-soon", {})
+    assert wait_for_status(tenant_b, run, {"succeeded", "failed"})["status"] == "succeeded"
+    assert Echo.received[-1]["headers"]["Authorization"] == f"Bearer {soon['access_token']}"
+    assert len(audit(vault_server, tenant_b, "credential.refresh_failed")) == len(failures) + 1
+
 
 def test_refreshes_are_serialized_by_the_database_across_processes(
         vault_server: Server, tenant_a: Org, token_endpoint: str) -> None:

@@ -188,3 +188,40 @@ def test_live_events_over_sse(server: Server, org_a: Org) -> None:
                 if len(resumed) == 2:
                     break
     assert resumed == [4, 5]
+
+
+
+def test_a_step_that_never_commits_fails_the_run(server: Server, org_a: Org) -> None:
+    """A run whose next step was already attempted too often without committing (crashing
+    workers, an unreadable version) fails with a clear error instead of retrying forever."""
+    import asyncio
+    import uuid
+
+    from sqlalchemy import update
+
+    from enginex.cli import _in_transaction
+    from enginex.db import set_tenant
+    from enginex.runs.engine import MAX_ATTEMPTS_PER_STEP
+    from enginex.runs.models import Run
+
+    deploy_agent(org_a)
+    run = start_session(org_a)
+    waiting = wait_for_status(org_a, run["id"], {"waiting_approval"})
+
+    async def crashed_often(session) -> None:
+        await set_tenant(session, uuid.UUID(org_a.id))
+        await session.execute(update(Run).where(Run.id == uuid.UUID(run["id"])).values(
+            attempts=waiting["step"] + MAX_ATTEMPTS_PER_STEP + 1))
+
+    asyncio.run(_in_transaction(server.settings, crashed_often))
+    approval = pending_approval(org_a, run["id"])
+    decided = org_a.members["operator"].client.post(
+        f"/api/v1/orgs/{org_a.slug}/approvals/{approval['id']}/decision",
+        json={"decision": "approve"})
+    assert decided.status_code == 200
+    failed = wait_for_status(org_a, run["id"], {"failed", "succeeded"})
+    assert failed["status"] == "failed"
+    assert "could not be completed after" in failed["error"]
+    events = org_a.admin.client.get(
+        f"/api/v1/orgs/{org_a.slug}/sessions/{run['id']}/events").json()
+    assert [e["kind"] for e in events][-2:] == ["error", "finished"]

@@ -10,6 +10,7 @@ neither the data keys nor the values remain in the database files or a dump.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import secrets
@@ -23,8 +24,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from enginex.cli import CliError
 from enginex.config import Settings
 from enginex.credentials import repository as repo
+from enginex.credentials.cli import cmd_tenant_delete
 from enginex.credentials.crypto import Binding, MasterKeyUnavailable, UnknownDataKey
 from enginex.credentials.models import Credential, TenantKey
 from enginex.credentials.service import PURPOSE, create_credential
@@ -232,10 +235,9 @@ def test_enginex_tenant_delete(server: Server, platform_admin: Actor) -> None:
     created = org.admin.client.post(f"/api/v1/orgs/{org.slug}/credentials", json={
         "name": "k", "type": "api_key", "values": {"key": f"canary-{secrets.token_hex(8)}"}})
     assert created.status_code == 201
+    with pytest.raises(CliError, match="add --yes to confirm"):
+        cmd_tenant_delete(argparse.Namespace(org=org.slug, yes=False), server.settings)
     env = _env(server.settings, ENGINEX_MASTER_KEY=server.settings.master_key)
-    refused = subprocess.run([str(ENGINEX), "tenant", "delete", "--org", org.slug], env=env,
-                             capture_output=True, text=True, timeout=60, check=False)
-    assert refused.returncode == 2 and "add --yes to confirm" in refused.stderr
     done = subprocess.run([str(ENGINEX), "tenant", "delete", "--org", org.slug, "--yes"],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr

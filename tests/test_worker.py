@@ -58,7 +58,7 @@ from tests.factories import (
     wait_for_status,
 )
 
-LEASE_SECONDS = 2
+LEASE_SECONDS = 3  # short, yet a heartbeat (every second) may be late by two seconds
 
 
 # --- fixtures: a server without a worker, a slow HTTP endpoint -----------------------------------
@@ -286,7 +286,7 @@ def _worker_command() -> list[str]:
     script = shutil.which("enginex", path=str(Path(sys.executable).parent))
     if script:
         return [script, "worker"]
-    return [sys.executable, "-c", "import sys; from enginex.cli import main; main()", "worker"]
+    return [sys.executable, "-c", "from enginex.cli import main; main()", "worker"]
 
 
 def start_worker(server: Server, log: Path) -> subprocess.Popen[bytes]:

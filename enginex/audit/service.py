@@ -158,8 +158,8 @@ async def record_login(sessions: async_sessionmaker[AsyncSession], user_id: uuid
     action = "auth.login_succeeded" if succeeded else "auth.login_failed"
     written = 0
     for org in orgs:
-        org_id, slug = uuid.UUID(str(org.id)), str(org.slug)
-        ctx = system_context(org_id, slug)
+        org_id = org.org_id
+        ctx = system_context(org_id, org.slug)
         async with sessions() as db, db.begin():
             await set_tenant(db, org_id)
             if not succeeded and await _recent_failure(db, ctx, user_id):

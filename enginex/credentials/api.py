@@ -42,9 +42,14 @@ Manager = Annotated[TenantContext, Require(Scope.CREDENTIALS_WRITE)]
 
 
 def keyring(request: Request) -> Keyring:
-    """The process's keyring for the master key ``create_app`` loaded."""
-    master = getattr(request.app.state, "master_key", None)
-    return Keyring.for_master(master or load_master_key(request.app.state.settings))
+    """The process's keyring for the master key ``create_app`` loaded (built once, kept on
+    ``app.state``; shared with the engine and the LLM settings of this process)."""
+    ring = getattr(request.app.state, "vault_keyring", None)
+    if ring is None:
+        master = getattr(request.app.state, "master_key", None)
+        ring = Keyring.for_master(master or load_master_key(request.app.state.settings))
+        request.app.state.vault_keyring = ring
+    return ring
 
 
 def _allow_private(request: Request) -> bool:

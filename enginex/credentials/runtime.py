@@ -234,9 +234,14 @@ class CredentialRuntime:
                 if credential is None:
                     raise CredentialNotFound(name)
                 if not refreshed and self.refresh_due(credential):
-                    credential_id = credential.id
+                    credential_id, expires_at = credential.id, credential.expires_at
                     await db.rollback()
-                    await self.refresh(ctx, credential_id, run_id, node_id)
+                    try:
+                        await self.refresh(ctx, credential_id, run_id, node_id)
+                    except CredentialUnusable:
+                        if expires_at is None or expires_at <= utcnow():
+                            raise
+                        # Not expired yet: this use goes ahead with the current token.
                     refreshed = True
                     continue
                 details = {"name": name, "run_id": str(run_id), "node_id": node_id}

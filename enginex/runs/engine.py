@@ -136,6 +136,10 @@ async def _load(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
         run = await RunRepository(db, ctx).get(run_id)
         if run is None or run.status != "running" or run.lease_owner != worker:
             return None
+        if run.attempts - run.step > MAX_ATTEMPTS_PER_STEP:
+            raise _Poisoned(f"step {run.step + 1} could not be completed after "
+                            f"{MAX_ATTEMPTS_PER_STEP} attempts (worker crashes or an "
+                            "unreadable agent version)")
         version = await _Versions(db, ctx).get(run.agent_version_id)
         if version is None:
             return None
@@ -352,10 +356,47 @@ def next_node(manifest: AgentManifest, node_id: str, outcome: str,
 # --- one step ----------------------------------------------------------------------------------
 
 
+MAX_ATTEMPTS_PER_STEP = 5
+
+
+class _Poisoned(Exception):
+    """A step that keeps failing before it can commit (crashing workers, unreadable version)."""
+
+
+async def fail_run(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID, worker: str,
+                   error: str) -> bool:
+    """Mark a run this worker holds as failed, with error and finished events. Guarded like a
+    step commit: does nothing if the lease was lost meanwhile."""
+    async with deps.sessions() as db:
+        await set_tenant(db, tenant_id)
+        ctx = system_context(tenant_id, "")
+        repo = RunRepository(db, ctx)
+        run = await repo.get(run_id)
+        if run is None:
+            return False
+        last = await repo.commit_step_guard(
+            run_id, expected_step=run.step, worker=worker, n_events=2,
+            values={"step": run.step, "status": "failed", "finished_at": utcnow(),
+                    "error": error[:2000], "lease_owner": None, "lease_expires_at": None})
+        if last is None:
+            await db.rollback()
+            return False
+        repo.add_events(run_id, last, [("error", run.next_node, {"message": error}),
+                                       ("finished", None, {"status": "failed", "error": error})])
+        await db.commit()
+        return True
+
+
 async def execute_step(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
                        worker: str) -> bool:
-    """Run the next node of a claimed run and commit its result. Returns True if committed."""
-    loaded = await _load(deps, tenant_id, run_id, worker)
+    """Run the next node of a claimed run and commit its result. Returns True if committed.
+
+    A step that was attempted more than MAX_ATTEMPTS_PER_STEP times without committing fails
+    the run instead of being retried forever."""
+    try:
+        loaded = await _load(deps, tenant_id, run_id, worker)
+    except _Poisoned as exc:
+        return await fail_run(deps, tenant_id, run_id, worker, str(exc))
     if loaded is None:
         return False
     run, manifest = loaded.run, loaded.manifest

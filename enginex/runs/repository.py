@@ -86,8 +86,8 @@ class RunRepository(ScopedRepository[Run]):
         stmt = (update(Run).where(Run.tenant_id == self.ctx.org_id, Run.id == run_id,
                                   Run.step == expected_step, Run.lease_owner == worker,
                                   Run.status == "running")
-                .values(step=expected_step + 1, last_event_seq=Run.last_event_seq + n_events,
-                        **values)
+                .values(**{"step": expected_step + 1,
+                           "last_event_seq": Run.last_event_seq + n_events, **values})
                 .returning(Run.last_event_seq)
                 .execution_options(synchronize_session=False))
         return (await self.db.execute(stmt)).scalar_one_or_none()

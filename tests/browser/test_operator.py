@@ -187,7 +187,8 @@ def test_operator_pages_fit_a_phone(phone: Browsing, acme: Org) -> None:
     page.goto(f"/o/{acme.slug}/sessions")
     expect(page.get_by_role("heading", name="Sessions", exact=True)).to_be_visible()
     _assert_no_horizontal_scroll(phone)
-    page.locator(f'tbody a[href="/o/{acme.slug}/sessions/{run_id}"]').click()
+    with page.expect_navigation():  # until "load": the stylesheets are in
+        page.locator(f'tbody a[href="/o/{acme.slug}/sessions/{run_id}"]').click()
     expect(page.get_by_role("heading", name="Checkpoints")).to_be_visible()
     _assert_no_horizontal_scroll(phone)
     phone.screenshot("session-phone")
