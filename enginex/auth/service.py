@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from enginex.db import set_tenant
 from enginex.kit.crypto import hmac_hex
 from enginex.kit.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
 from enginex.kit.ids import new_token, token_digest
+from enginex.kit.schemas import SLUG_PATTERN
 from enginex.kit.time import utcnow
 from enginex.tenancy import platform
 from enginex.tenancy.context import TenantContext
@@ -44,6 +46,7 @@ from enginex.tenancy.principal import (
 )
 from enginex.tenancy.scopes import Role, can_grant
 
+_SLUG = re.compile(SLUG_PATTERN)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_KEY_PREFIX = "enx_"
 TOUCH_INTERVAL = timedelta(seconds=60)
@@ -314,6 +317,8 @@ async def authenticate_for_org(request: Request, db: AsyncSession, slug: str, *,
     """``authenticate`` fused with the lookup of organization ``slug`` and the principal's
     role in it: one statement for a cookie (plus binding the tenant), one for a key. The
     tenant guard uses it; OrgAccess is None when no organization has that slug."""
+    if not _SLUG.match(slug):
+        slug = ""  # no organization has it: the caller answers 404 after authenticating
     bearer = _bearer(request) if allow_api_key else None
     if bearer is not None:
         principal, access = await _authenticate_api_key(db, bearer, slug)
