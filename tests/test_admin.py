@@ -136,7 +136,8 @@ def test_list_shows_member_counts_not_content(server: Server, platform_admin: Ac
     entry = next(t for t in response.json() if t["slug"] == tenant.slug)
     assert entry["member_count"] == 4 and entry["id"] == tenant.id
     assert set(entry) == {"id", "slug", "name", "status", "region", "created_at",
-                          "member_count"}
+                          "member_count", "agent_count", "session_counts", "queue_depth",
+                          "pending_approvals"}
     for member in tenant.members.values():
         assert member.email not in response.text
 
