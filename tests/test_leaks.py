@@ -105,3 +105,12 @@ def test_storage_paths_stay_under_the_tenant_prefix(tmp_path: Path) -> None:
     (tmp_path.resolve() / tenant.hex / "artifacts" / planted.hex).symlink_to(outside / "x")
     with pytest.raises(StorageEscape):
         storage.path_for(tenant, planted)
+
+
+def test_report_storage_is_private_to_the_service_account(tmp_path: Path) -> None:
+    storage = ArtifactStorage(tmp_path / "storage")
+    tenant = uuid.uuid4()
+    path = storage.write(tenant, uuid.uuid4(), b"private")
+    assert path.stat().st_mode & 0o777 == 0o600
+    for folder in (tmp_path / "storage", tmp_path / "storage" / tenant.hex, path.parent):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder

@@ -33,9 +33,12 @@ class ArtifactStorage:
     def write(self, tenant_id: uuid.UUID, artifact_id: uuid.UUID, data: bytes) -> Path:
         """Write atomically (temp file + rename), so a crash never leaves half a file."""
         path = self.path_for(tenant_id, artifact_id)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, self.tenant_prefix(tenant_id), path.parent):
+            folder.mkdir(mode=0o700, exist_ok=True)  # every level private, not just the last
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
