@@ -298,6 +298,11 @@ def test_deleting_a_tenant_removes_its_chain_and_nothing_else(
         await delete_tenant(session, org, storage=None)
 
     run_db(server, work)
+
+    async def gone(session: Any) -> bool:
+        return await org_repo.get_org_by_slug(session, doomed.slug) is None
+
+    assert run_db(server, gone)
     assert verdict(server, kept)[0]
     assert api_entries(kept, limit=1)["items"]
     if server.backend == "postgres":
@@ -377,5 +382,27 @@ def test_sign_ins_are_recorded_in_each_org_and_failures_are_throttled(
 
     assert asyncio.run(sign_ins()) == [1, 1, 0, 0]  # one org; failures once per window
     actions = [e["action"] for e in api_entries(org, action="auth.")["items"]]
-    assert actions == ["auth.login_failed", "auth.login_succeeded"]
+    # Newest first; the fixture's own sign-ins through the API are recorded too.
+    assert actions[0] == "auth.login_failed" and actions.count("auth.login_failed") == 1
+    assert actions[1] == "auth.login_succeeded"
     assert verdict(server, org)[0]
+
+
+def test_sign_ins_are_audited_in_the_users_organizations(server: Server,
+                                                         platform_admin: Any) -> None:
+    from tests.factories import client_from, sign_in
+
+    org = small_org(server, platform_admin, "login")
+    email = org.admin.email
+    with client_from(server) as client:
+        wrong = client.post("/api/v1/auth/login", json={"email": email,
+                                                        "password": "not the password!"})
+        assert wrong.status_code == 401
+        unknown = client.post("/api/v1/auth/login", json={"email": "nobody-x@example.org",
+                                                          "password": "not the password!"})
+        assert unknown.status_code == 401
+    again = sign_in(server, email)
+    actions = [e["action"] for e in api_entries(org, action="auth.")["items"]]
+    assert actions.count("auth.login_failed") == 1
+    assert actions.count("auth.login_succeeded") >= 2  # the fixture's sign-in and this one
+    again.close()

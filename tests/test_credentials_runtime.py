@@ -238,13 +238,19 @@ def audit(server: Server, org: Org, prefix: str) -> list[AuditEntry]:
     return run_db(server, work)
 
 
+def sqlite_file_bytes(db_file: Path) -> bytes:
+    """The database file and its WAL as bytes, read by a child process: closing a file
+    descriptor of the database in this process (where the server runs) would drop SQLite's
+    POSIX locks for every connection of the process."""
+    files = [str(p) for p in (db_file, db_file.with_name(db_file.name + "-wal")) if p.exists()]
+    return subprocess.run(["cat", *files], capture_output=True, timeout=60, check=True).stdout
+
+
 def database_bytes(server: Server) -> bytes:
     """A copy of the whole database: the SQLite files as bytes, or pg_dump's output."""
     settings = server.settings
     if server.backend == "sqlite":
-        db_file = Path(settings.data_dir) / "enginex.db"
-        return b"".join(p.read_bytes() for p in (db_file, db_file.with_name("enginex.db-wal"))
-                        if p.exists())
+        return sqlite_file_bytes(Path(settings.data_dir) / "enginex.db")
     name = settings.database_url.rsplit("/", 1)[1]
     dump = subprocess.run(["pg_dump", "--dbname", PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + name],
                           capture_output=True, timeout=120, check=True)

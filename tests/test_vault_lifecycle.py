@@ -158,11 +158,16 @@ def test_a_lost_embedded_key_file_is_refused_not_replaced(backend: str, tmp_path
 # --- crypto-shredding -------------------------------------------------------------------------
 
 
+def _file_bytes(db_file: Path) -> bytes:
+    """The SQLite file and its WAL, read by a child process: closing a descriptor of the
+    database in this process (where the server runs) would drop SQLite's POSIX locks."""
+    files = [str(p) for p in (db_file, db_file.with_name(db_file.name + "-wal")) if p.exists()]
+    return subprocess.run(["cat", *files], capture_output=True, timeout=60, check=True).stdout
+
+
 def _database_bytes(settings: Settings) -> bytes:
     if not settings.is_postgres:
-        db_file = Path(settings.data_dir) / "enginex.db"
-        return b"".join(p.read_bytes() for p in (db_file, db_file.with_name("enginex.db-wal"))
-                        if p.exists())
+        return _file_bytes(Path(settings.data_dir) / "enginex.db")
     name = settings.database_url.rsplit("/", 1)[1]
     return subprocess.run(["pg_dump", "--dbname", PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + name],
                           capture_output=True, timeout=120, check=True).stdout
@@ -242,6 +247,11 @@ def test_enginex_tenant_delete(server: Server, platform_admin: Actor) -> None:
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert f"deleted organization '{org.slug}'" in done.stdout and "1 data key(s)" in done.stdout
+    import time
+    for _ in range(6):
+        print("DBG", org.admin.client.get(f"/api/v1/orgs/{org.slug}/credentials").status_code,
+              [t["slug"] for t in platform_admin.client.get("/api/v1/admin/tenants").json()])
+        time.sleep(0.1)
     assert _secrets_of(server, org) == ([], [], [])
     listed = platform_admin.client.get("/api/v1/admin/tenants").json()
     assert org.slug not in {t["slug"] for t in listed}

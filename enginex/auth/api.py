@@ -73,9 +73,10 @@ async def login(body: LoginRequest, request: Request, response: Response, db: DB
         result = await service.login(db, settings, email=body.email, password=body.password,
                                      client_address=client_address(request),
                                      user_agent=request.headers.get("user-agent", ""))
-    except service.LoginFailed:
-        await db.commit()  # keep the recorded failure for throttling
+    except service.LoginFailed as failed:
+        await service.audit_login(request, db, failed.user_id, succeeded=False)
         raise
+    await service.audit_login(request, db, result.user.id, succeeded=True)
     set_session_cookie(response, settings, result)
     principal = UserPrincipal(user_id=result.user.id, email=result.user.email,
                               is_platform_admin=result.user.is_platform_admin,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -97,7 +98,27 @@ class LoginResult:
 
 
 class LoginFailed(Unauthenticated):
-    """Wrong email or password. The request boundary commits the recorded failure first."""
+    """Wrong email or password. The request boundary commits the recorded failure first.
+
+    ``user_id`` names the account when the email exists (for the audit log only; the
+    response is the same either way)."""
+
+    user_id: uuid.UUID | None = None
+
+
+async def audit_login(request: Request, db: AsyncSession, user_id: uuid.UUID | None, *,
+                      succeeded: bool) -> None:
+    """Commit the sign-in's transaction, then record it in the user's organizations' audit
+    logs. An audit failure is logged, never turned into a failed sign-in."""
+    await db.commit()
+    if user_id is None:
+        return
+    from enginex.audit.service import record_login
+
+    try:
+        await record_login(request.app.state.db.sessions, user_id, succeeded=succeeded)
+    except Exception:
+        logging.getLogger("enginex.auth").exception("could not audit a sign-in")
 
 
 async def login(db: AsyncSession, settings: Settings, *, email: str, password: str,
@@ -116,8 +137,10 @@ async def login(db: AsyncSession, settings: Settings, *, email: str, password: s
         db.add_all([LoginFailure(key=account), LoginFailure(key=address)])
         # Keep the table small: failures older than the window no longer count.
         await repo.prune_failures(db, utcnow() - timedelta(minutes=settings.login_window_minutes))
-        raise LoginFailed("Wrong email or password. Check both and try again.",
-                          code="invalid_credentials")
+        failed = LoginFailed("Wrong email or password. Check both and try again.",
+                             code="invalid_credentials")
+        failed.user_id = user.id if user is not None else None
+        raise failed
     if user.disabled:
         raise Forbidden("This account is disabled. Ask an organization admin to re-enable it.",
                         code="account_disabled")

@@ -108,9 +108,10 @@ async def login_submit(request: Request, db: DB, _: Annotated[None, Public()]) -
                                           user_agent=request.headers.get("user-agent", ""))
     except AppError as exc:
         if isinstance(exc, auth_service.LoginFailed):
-            await db.commit()
+            await auth_service.audit_login(request, db, exc.user_id, succeeded=False)
         return _login_error(request, target, email, exc.message, exc.status_code,
                             retry_after=exc.headers.get("Retry-After"))
+    await auth_service.audit_login(request, db, result.user.id, succeeded=True)
     response = RedirectResponse(target, status_code=303)
     set_session_cookie(response, settings, result)
     return response
