@@ -139,10 +139,9 @@ def test_a_wrong_master_key_is_refused_before_anything_is_written(fresh: Setting
     assert _with_session(fresh, lambda s: verify_master_key(s, keyring, strict=True)) is None
 
 
+# The key file is the embedded (SQLite) default; PostgreSQL requires ENGINEX_MASTER_KEY.
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_a_lost_embedded_key_file_is_refused_not_replaced(backend: str, tmp_path: Path) -> None:
-    if backend != "sqlite":
-        pytest.skip("the key file is the embedded (SQLite) default; PostgreSQL requires "
-                    "ENGINEX_MASTER_KEY (tested in test_cli)")
     data = tmp_path / "embedded"
     settings = Settings(data_dir=data)
     upgrade(settings)
