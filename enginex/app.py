@@ -23,6 +23,7 @@ from enginex.auth.api import router as auth_router
 from enginex.auth.service import AuthKeys
 from enginex.config import Settings, get_settings
 from enginex.credentials.api import router as credentials_router
+from enginex.credentials.web import router as credentials_web_router
 from enginex.db import Database
 from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
@@ -46,7 +47,7 @@ ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
-               audit_web_router)
+               audit_web_router, credentials_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
