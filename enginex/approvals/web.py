@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.approvals import service
 from enginex.approvals.models import Approval
-from enginex.approvals.service import ApprovalRepository
+from enginex.approvals.repository import ApprovalRepository
 from enginex.kit.errors import AppError, NotFound
 from enginex.reports.web import PAGE_SIZE, parse_id, parse_page, render_markdown, window
 from enginex.runs.web import session_page_response

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from enginex.approvals.service import ApprovalRepository
+from enginex.approvals.repository import ApprovalRepository
 from enginex.auth import service as auth_service
 from enginex.auth.models import ApiKey
 from enginex.auth.schemas import ApiKeyCreate

@@ -26,8 +26,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from enginex.agents.manifest import AgentManifest, ApprovalNode, LLMNode, ReportNode, ToolNode
-from enginex.agents.models import AgentVersion
+from enginex.agents.repository import AgentVersionRepository
 from enginex.approvals.models import Approval
+from enginex.approvals.repository import ApprovalRepository
 from enginex.credentials.runtime import CredentialRuntime, StepSecrets
 from enginex.db import set_tenant
 from enginex.kit.expressions import evaluate
@@ -48,7 +49,6 @@ from enginex.reports.storage import ArtifactStorage
 from enginex.runs.models import Checkpoint, Run
 from enginex.runs.repository import RunRepository
 from enginex.tenancy.context import TenantContext, system_context
-from enginex.tenancy.repository import ScopedRepository
 from enginex.tools.base import ToolContext, ToolError, ToolRegistry
 
 log = logging.getLogger("enginex.engine")
@@ -58,14 +58,6 @@ PENDING_APPROVAL = "__pending_approval__"
 
 Event = tuple[str, str | None, dict[str, Any]]
 ProviderFactory = Callable[[AsyncSession, TenantContext, AgentManifest], Awaitable[LLMProvider]]
-
-
-class _Versions(ScopedRepository[AgentVersion]):
-    model = AgentVersion
-
-
-class _Approvals(ScopedRepository[Approval]):
-    model = Approval
 
 
 @dataclass
@@ -140,7 +132,7 @@ async def _load(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
             raise _Poisoned(f"step {run.step + 1} could not be completed after "
                             f"{MAX_ATTEMPTS_PER_STEP} attempts (worker crashes or an "
                             "unreadable agent version)")
-        version = await _Versions(db, ctx).get(run.agent_version_id)
+        version = await AgentVersionRepository(db, ctx).get(run.agent_version_id)
         if version is None:
             return None
         manifest = AgentManifest.model_validate(version.manifest)
@@ -150,7 +142,7 @@ async def _load(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
         node_id = run.next_node or manifest.graph.entry_node
         approval = None
         if PENDING_APPROVAL in state:
-            approval = await _Approvals(db, ctx).get(uuid.UUID(state[PENDING_APPROVAL]))
+            approval = await ApprovalRepository(db, ctx).get(uuid.UUID(state[PENDING_APPROVAL]))
         provider: LLMProvider | LLMError | None = None
         if isinstance(manifest.graph.node(node_id), LLMNode):
             try:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.agents.manifest import AgentManifest, InputSpec
 from enginex.agents.models import Agent, AgentVersion
-from enginex.approvals.models import Approval
+from enginex.agents.repository import AgentRepository, AgentVersionRepository
+from enginex.approvals.repository import ApprovalRepository
 from enginex.audit.service import record
 from enginex.db import Notifier, on_commit
 from enginex.kit.errors import Conflict, NotFound, ValidationFailed
@@ -29,36 +30,8 @@ from enginex.runs.models import FINISHED, Checkpoint, Run, RunEvent
 from enginex.runs.repository import RunFilter, RunRepository
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import acting_user_id
-from enginex.tenancy.repository import ScopedRepository
 
 RUN_CHANNEL = "enginex_runs"
-
-
-class _Agents(ScopedRepository[Agent]):
-    model = Agent
-
-    async def by_key(self, key: str) -> Agent | None:
-        stmt = select(Agent).where(Agent.tenant_id == self.ctx.org_id, Agent.key == key)
-        return (await self.db.execute(stmt)).scalar_one_or_none()
-
-
-class _Versions(ScopedRepository[AgentVersion]):
-    model = AgentVersion
-
-    async def by_version(self, agent_id: uuid.UUID, version: str) -> AgentVersion | None:
-        stmt = select(AgentVersion).where(AgentVersion.tenant_id == self.ctx.org_id,
-                                          AgentVersion.agent_id == agent_id,
-                                          AgentVersion.version == version)
-        return (await self.db.execute(stmt)).scalar_one_or_none()
-
-
-class _Approvals(ScopedRepository[Approval]):
-    model = Approval
-
-    async def pending_for_run(self, run_id: uuid.UUID) -> list[Approval]:
-        stmt = select(Approval).where(Approval.tenant_id == self.ctx.org_id,
-                                      Approval.run_id == run_id, Approval.status == "pending")
-        return list((await self.db.execute(stmt)).scalars())
 
 
 async def notify_workers(db: AsyncSession) -> None:
@@ -121,11 +94,11 @@ def validate_inputs(specs: dict[str, InputSpec], inputs: dict[str, Any]) -> dict
 
 async def _resolve_version(db: AsyncSession, ctx: TenantContext, agent_key: str,
                            version: str | None) -> tuple[Agent, AgentVersion]:
-    agent = await _Agents(db, ctx).by_key(agent_key)
+    agent = await AgentRepository(db, ctx).get_by_key(agent_key)
     if agent is None:
         raise NotFound()
-    versions = _Versions(db, ctx)
-    found = (await versions.by_version(agent.id, version) if version
+    versions = AgentVersionRepository(db, ctx)
+    found = (await versions.get_version(agent.id, version) if version
              else await versions.get(agent.latest_version_id) if agent.latest_version_id
              else None)
     if found is None:
@@ -180,7 +153,7 @@ async def fork_run(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID, *, s
             raise NotFound()
         state, path, following = dict(checkpoint.state), list(checkpoint.path), \
             checkpoint.next_node
-    version = await _Versions(db, ctx).access(source.agent_version_id)
+    version = await AgentVersionRepository(db, ctx).access(source.agent_version_id)
     manifest = AgentManifest.model_validate(version.manifest)
     if step == 0:
         following = manifest.graph.entry_node
@@ -219,7 +192,7 @@ async def cancel_run(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID, *,
     run.finished_at = utcnow()
     run.lease_owner = None
     run.lease_expires_at = None
-    for approval in await _Approvals(db, ctx).pending_for_run(run.id):
+    for approval in await ApprovalRepository(db, ctx).pending_for_run(run.id):
         approval.status = "cancelled"
     await db.flush()
     await repo.append_events(run.id, [("cancelled", None, {}),

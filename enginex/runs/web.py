@@ -32,7 +32,7 @@ from enginex.agents.manifest import AgentManifest, InputSpec
 from enginex.agents.models import AgentVersion
 from enginex.approvals import service as approvals_service
 from enginex.approvals.models import Approval
-from enginex.approvals.service import ApprovalRepository
+from enginex.approvals.repository import ApprovalRepository
 from enginex.kit.errors import AppError, NotFound, ValidationFailed
 from enginex.reports import service as reports_service
 from enginex.reports.web import parse_id, render_markdown

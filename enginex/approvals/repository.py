@@ -1,0 +1,44 @@
+"""Scoped queries on approvals (no dependency on the run engine, which uses them too)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select, update
+
+from enginex.approvals.models import Approval
+from enginex.kit.time import utcnow
+from enginex.tenancy.repository import ScopedRepository
+
+
+class ApprovalRepository(ScopedRepository[Approval]):
+    model = Approval
+
+    async def list(self, status: str | None, limit: int) -> list[Approval]:
+        stmt = select(Approval).where(Approval.tenant_id == self.ctx.org_id)
+        if status:
+            stmt = stmt.where(Approval.status == status)
+        stmt = stmt.order_by(Approval.created_at.desc()).limit(limit)
+        return list((await self.db.execute(stmt)).scalars())
+
+    async def count_pending(self) -> int:
+        stmt = select(func.count()).select_from(Approval).where(
+            Approval.tenant_id == self.ctx.org_id, Approval.status == "pending")
+        return int((await self.db.execute(stmt)).scalar_one())
+
+    async def mark_decided(self, approval_id: uuid.UUID, *, status: str, decision: str,
+                           comment: str, decided_by: uuid.UUID | None) -> bool:
+        """Record the decision iff still pending and unexpired (atomic: decided at most once)."""
+        now = utcnow()
+        stmt = (update(Approval)
+                .where(Approval.tenant_id == self.ctx.org_id, Approval.id == approval_id,
+                       Approval.status == "pending", Approval.expires_at > now)
+                .values(status=status, decision=decision, comment=comment,
+                        decided_by=decided_by, decided_at=now)
+                .execution_options(synchronize_session=False))
+        return bool((await self.db.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+    async def pending_for_run(self, run_id: uuid.UUID) -> list[Approval]:
+        stmt = select(Approval).where(Approval.tenant_id == self.ctx.org_id,
+                                      Approval.run_id == run_id, Approval.status == "pending")
+        return list((await self.db.execute(stmt)).scalars())
