@@ -79,6 +79,9 @@ class LLMNode(_NodeBase):
     tools: list[str] = Field(default_factory=list)
     model: ShortText = "default"
     max_iterations: Annotated[int, Field(ge=1, le=50)] = 8
+    # Skills whose instructions are added to the system prompt: the package's own
+    # (skills/<name>/SKILL.md) first, else the organization's skill of that name.
+    skills: Annotated[list[Identifier], Field(max_length=20)] = Field(default_factory=list)
 
 
 class ToolNode(_NodeBase):

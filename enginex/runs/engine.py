@@ -57,7 +57,17 @@ MAX_EVENT_TEXT = 4000
 PENDING_APPROVAL = "__pending_approval__"
 
 Event = tuple[str, str | None, dict[str, Any]]
-ProviderFactory = Callable[[AsyncSession, TenantContext, AgentManifest], Awaitable[LLMProvider]]
+# The LLM provider an llm node uses in the run's organization (its model alias resolved).
+ProviderFactory = Callable[[AsyncSession, TenantContext, AgentManifest, LLMNode,
+                            StepSecrets | None], Awaitable[LLMProvider]]
+# The tools a node may call: the built-ins plus the organization's MCP tools it names. The
+# registry is closed (``ToolRegistry.aclose``) when the step ends.
+ToolsFactory = Callable[[AsyncSession, TenantContext, AgentManifest, LLMNode | ToolNode,
+                         StepSecrets | None], Awaitable[ToolRegistry]]
+# The instructions of the skills an llm node names: (name, SKILL.md text) in the node's order;
+# the package's own skills first, then the organization's. Raises ToolError for a missing one.
+SkillsFactory = Callable[[AsyncSession, TenantContext, dict[str, str], LLMNode],
+                         Awaitable[list[tuple[str, str]]]]
 
 
 @dataclass
@@ -72,6 +82,9 @@ class EngineDeps:
     lease_seconds: int = 30
     # Resolves the run's own credentials in tool calls (None: credentials unavailable).
     credentials: CredentialRuntime | None = None
+    # Per-step tools (None: ``tools`` alone) and skills (None: no skills available).
+    tools_for: ToolsFactory | None = None
+    skills_for: SkillsFactory | None = None
 
 
 @dataclass
@@ -84,7 +97,10 @@ class _Loaded:
     path: list[str]
     node_id: str
     approval: Approval | None
-    provider: LLMProvider | LLMError | None
+    # Filled by _prepare for the node about to run.
+    provider: LLMProvider | LLMError | None = None
+    tools: ToolRegistry | None = None
+    skills: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -143,15 +159,41 @@ async def _load(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
         approval = None
         if PENDING_APPROVAL in state:
             approval = await ApprovalRepository(db, ctx).get(uuid.UUID(state[PENDING_APPROVAL]))
-        provider: LLMProvider | LLMError | None = None
-        if isinstance(manifest.graph.node(node_id), LLMNode):
-            try:
-                provider = await deps.provider_for(db, ctx, manifest)
-            except LLMError as exc:  # surfaces as this step's failure, see _run_llm
-                provider = exc
         db.expunge_all()  # keep loaded values usable after the session closes
-        return _Loaded(ctx, run, manifest, dict(version.files), state, path, node_id, approval,
-                       provider)
+        return _Loaded(ctx, run, manifest, dict(version.files), state, path, node_id, approval)
+
+
+def _uses_org_resources(deps: EngineDeps, node: LLMNode | ToolNode) -> bool:
+    if isinstance(node, LLMNode):
+        return True
+    return deps.tools_for is not None and node.tool.startswith("mcp.")
+
+
+async def _prepare(deps: EngineDeps, loaded: _Loaded, node: LLMNode | ToolNode,
+                   result: _Result) -> None:
+    """Resolve what the node needs from the organization's workspace (provider and model
+    alias, MCP tools, skills) in one short transaction bound to the run's tenant. Failures
+    are stored on ``loaded`` (provider) or raised as ToolError/LLMError: the step fails with
+    that message."""
+    loaded.tools = deps.tools
+    if not _uses_org_resources(deps, node):
+        return
+    async with deps.sessions() as db:
+        await set_tenant(db, loaded.ctx.org_id)
+        if isinstance(node, LLMNode):
+            try:
+                loaded.provider = await deps.provider_for(db, loaded.ctx, loaded.manifest, node,
+                                                          result.secrets)
+            except LLMError as exc:  # surfaces as this step's failure, see _run_llm
+                loaded.provider = exc
+            if node.skills:
+                if deps.skills_for is None:
+                    raise ToolError("skills are not available on this deployment")
+                loaded.skills = await deps.skills_for(db, loaded.ctx, loaded.files, node)
+        if deps.tools_for is not None:
+            loaded.tools = await deps.tools_for(db, loaded.ctx, loaded.manifest, node,
+                                                result.secrets)
+        await db.commit()
 
 
 # --- node kinds --------------------------------------------------------------------------------
@@ -174,13 +216,16 @@ async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Re
     if node.system_prompt_file:
         system = loaded.files.get(node.system_prompt_file, "")
     system = render(system, state)
+    for name, instructions in loaded.skills:
+        system += f"\n\n## Skill: {name}\n\n{instructions}"
     system += ("\n\nWhen done, call set_output once for each of these keys: "
                + ", ".join(node.output_keys) + ".")
     inputs = {key: state.get(key) for key in node.input_keys} if node.input_keys else {
         "inputs": state.get("inputs", {})}
     messages: list[Message] = [Message("system", system),
                                Message("user", json.dumps(inputs, default=str, indent=2))]
-    tool_specs = [SET_OUTPUT, *[s for s in deps.tools.specs(node.tools) if s.name != "set_output"]]
+    tools = loaded.tools or deps.tools
+    tool_specs = [SET_OUTPUT, *[s for s in tools.specs(node.tools) if s.name != "set_output"]]
     tool_ctx = ToolContext(tenant_id=loaded.ctx.org_id, run_id=loaded.run.id, node_id=node.id,
                            state=state, allow_private_network=deps.allow_private_network,
                            **_credential_hooks(result))
@@ -206,7 +251,7 @@ async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Re
             else:
                 messages.append(Message("user", "Call set_output for: " + ", ".join(missing)))
         for call in response.tool_calls:
-            content = await _llm_tool_call(deps, node, call, tool_ctx, outputs, result)
+            content = await _llm_tool_call(tools, node, call, tool_ctx, outputs, result)
             messages.append(Message("tool", content, tool_call_id=call.id, name=call.name))
         if all(k in outputs for k in node.output_keys):
             state.update({k: outputs[k] for k in node.output_keys})
@@ -220,8 +265,8 @@ async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Re
                     f"{node.max_iterations} iterations")
 
 
-async def _llm_tool_call(deps: EngineDeps, node: LLMNode, call: ToolCall, tool_ctx: ToolContext,
-                         outputs: dict[str, Any], result: _Result) -> str:
+async def _llm_tool_call(tools: ToolRegistry, node: LLMNode, call: ToolCall,
+                         tool_ctx: ToolContext, outputs: dict[str, Any], result: _Result) -> str:
     result.events.append(("tool_call", node.id, {"tool": call.name,
                                                  "arguments": _clip(call.arguments)}))
     if call.name == "set_output":
@@ -231,10 +276,10 @@ async def _llm_tool_call(deps: EngineDeps, node: LLMNode, call: ToolCall, tool_c
         else:
             outputs[str(key)] = value
             content = "ok"
-    elif call.name not in node.tools or deps.tools.get(call.name) is None:
+    elif call.name not in node.tools or tools.get(call.name) is None:
         content = f"error: tool '{call.name}' is not available to this step"
     else:
-        tool = deps.tools.get(call.name)
+        tool = tools.get(call.name)
         assert tool is not None
         if result.secrets is not None:
             await result.secrets.prepare(call.arguments)
@@ -247,7 +292,7 @@ async def _llm_tool_call(deps: EngineDeps, node: LLMNode, call: ToolCall, tool_c
 
 
 async def _run_tool(deps: EngineDeps, loaded: _Loaded, node: ToolNode, result: _Result) -> None:
-    tool = deps.tools.get(node.tool)
+    tool = (loaded.tools or deps.tools).get(node.tool)
     if tool is None:
         raise ToolError(f"tool '{node.tool}' is not available")
     if result.secrets is not None:  # {{credentials.NAME.FIELD}} too (package text only)
@@ -411,9 +456,9 @@ async def _execute(deps: EngineDeps, loaded: _Loaded, worker: str, step: int,
     try:
         if step > manifest.graph.max_steps:
             raise ToolError(f"the run exceeded max_steps ({manifest.graph.max_steps})")
+        if isinstance(node, LLMNode | ToolNode):
+            await _prepare(deps, loaded, node, result)
         if isinstance(node, LLMNode):
-            if result.secrets is not None:
-                await result.secrets.note_llm_key_use()
             await _run_llm(deps, loaded, node, result)
         elif isinstance(node, ToolNode):
             await _run_tool(deps, loaded, node, result)
@@ -436,6 +481,8 @@ async def _execute(deps: EngineDeps, loaded: _Loaded, worker: str, step: int,
     finally:
         if loaded.provider is not None and not isinstance(loaded.provider, LLMError):
             await close_provider(loaded.provider)
+        if loaded.tools is not None and loaded.tools is not deps.tools:
+            await loaded.tools.aclose()
     return await _commit(deps, loaded, worker, step, node.id, result, complete)
 
 

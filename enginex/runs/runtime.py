@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from enginex.agents.manifest import AgentManifest
+from enginex.agents.manifest import AgentManifest, LLMNode
 from enginex.config import Settings
-from enginex.credentials.runtime import CredentialRuntime
+from enginex.credentials.runtime import CredentialRuntime, StepSecrets
 from enginex.db import Database
 from enginex.llm.base import LLMProvider
 from enginex.llm.service import LLMKeyBox, provider_for
@@ -20,8 +20,10 @@ from enginex.tools.registry import builtin_registry
 def build_engine(settings: Settings, db: Database, master_key: bytes) -> EngineDeps:
     key_box = LLMKeyBox(master_key)
 
-    async def providers(session: AsyncSession, ctx: TenantContext,
-                        manifest: AgentManifest) -> LLMProvider:
+    async def providers(session: AsyncSession, ctx: TenantContext, manifest: AgentManifest,
+                        node: LLMNode, secrets: StepSecrets | None) -> LLMProvider:
+        if secrets is not None:
+            await secrets.note_llm_key_use()
         return await provider_for(session, ctx, manifest, key_box=key_box,
                                   allow_private_network=settings.allow_private_network)
 

@@ -4,7 +4,7 @@ through the same ``Tool`` protocol (named ``mcp.<server>.<tool>``)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,11 +38,36 @@ class Tool(Protocol):
 
 
 class ToolRegistry:
+    """Tools by name. A per-step registry may hold resources (MCP sessions, child processes):
+    whoever built it calls ``aclose`` when the step ends."""
+
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     def register(self, tool: Tool) -> None:
         self._tools[tool.spec.name] = tool
+
+    def copy(self) -> ToolRegistry:
+        """A new registry with the same tools and no resources to close."""
+        other = ToolRegistry()
+        other._tools = dict(self._tools)
+        return other
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        self._closers.append(closer)
+
+    async def aclose(self) -> None:
+        """Run the closers (last registered first); every closer runs even if one fails."""
+        closers, self._closers = self._closers[::-1], []
+        errors: list[BaseException] = []
+        for closer in closers:
+            try:
+                await closer()
+            except Exception as exc:  # the remaining closers must still run
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
