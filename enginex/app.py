@@ -29,6 +29,8 @@ from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
 from enginex.llm.api import router as llm_router
 from enginex.llm.web import router as llm_web_router
+from enginex.mcp.api import router as mcp_router
+from enginex.mcp.web import router as mcp_web_router
 from enginex.orgs.api import router as orgs_router
 from enginex.orgs.web import router as orgs_web_router
 from enginex.reports.api import router as reports_router
@@ -36,6 +38,8 @@ from enginex.reports.web import router as reports_web_router
 from enginex.runs.api import router as runs_router
 from enginex.runs.runtime import build_engine, build_worker
 from enginex.runs.web import router as runs_web_router
+from enginex.skills.api import router as skills_router
+from enginex.skills.web import router as skills_web_router
 from enginex.web.errors import install_error_handlers
 from enginex.web.invitations import router as invitations_web_router
 from enginex.web.middleware import SecurityMiddleware
@@ -43,11 +47,11 @@ from enginex.web.pages import router as pages_router
 
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
            agents_router, approvals_router, reports_router, llm_router, credentials_router,
-           audit_router, pages_router)
+           audit_router, mcp_router, skills_router, pages_router)
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
-               audit_web_router, credentials_web_router)
+               audit_web_router, credentials_web_router, mcp_web_router, skills_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

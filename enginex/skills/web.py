@@ -1,0 +1,7 @@
+"""Dashboard pages of the organization's skills settings (filled in by issue 7)."""
+
+from __future__ import annotations
+
+from enginex.tenancy.guards import make_router
+
+router = make_router(tags=["dashboard"])
