@@ -27,19 +27,13 @@ from enginex.kit.ids import new_id
 from enginex.kit.time import utcnow
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import Principal, acting_user_id
-
-# TODO(engine): drop the fallback once enginex.tools.registry.builtin_tool_names() has landed
-# everywhere; it is the source of truth for built-in tool names.
-FALLBACK_BUILTIN_TOOLS = frozenset({"http_request", "set_output", "render_report"})
+from enginex.tools.registry import builtin_tool_names
 
 
 def known_tool_names() -> set[str]:
-    """Names of the built-in tools a package may reference."""
-    try:
-        from enginex.tools.registry import builtin_tool_names
-    except ImportError:
-        return set(FALLBACK_BUILTIN_TOOLS)
-    return set(builtin_tool_names())
+    """Names of the built-in tools a package may reference (``mcp.<server>.<tool>`` names are
+    checked separately, see enginex/agents/package.py)."""
+    return builtin_tool_names()
 
 
 # --- versions ----------------------------------------------------------------------------
