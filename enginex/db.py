@@ -317,7 +317,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+# A session opened with ``execution_options={READ_ONLY: True}`` only reads. On SQLite its
+# transactions begin DEFERRED: a WAL reader never holds the write lock, so code that opens
+# another (writing) session while it is open does not wait on itself.
+READ_ONLY = "enginex_read_only"
+
+
 def _sqlite_begin_immediate(conn: Any) -> None:
+    if conn.get_execution_options().get(READ_ONLY):
+        conn.exec_driver_sql("BEGIN DEFERRED")
+        return
     # One writer at a time, taken at BEGIN: avoids SQLITE_BUSY on read->write upgrades.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 

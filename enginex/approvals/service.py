@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.approvals.models import Approval
 from enginex.approvals.repository import ApprovalRepository
 from enginex.audit.service import record
 from enginex.kit.errors import Conflict, Forbidden, ValidationFailed
-from enginex.runs.models import Run
 from enginex.runs.repository import RunRepository
 from enginex.runs.service import notify_workers
 from enginex.tenancy.context import TenantContext
@@ -60,11 +58,9 @@ async def decide(db: AsyncSession, ctx: TenantContext, approval_id: uuid.UUID, *
                                    comment=comment, decided_by=decided_by):
         raise Conflict("This approval was decided or expired a moment ago; reload it.",
                        code="already_decided")
-    await db.execute(update(Run).where(Run.tenant_id == ctx.org_id, Run.id == approval.run_id,
-                                       Run.status == "waiting_approval")
-                     .values(status="running", lease_owner=None, lease_expires_at=None)
-                     .execution_options(synchronize_session=False))
-    await RunRepository(db, ctx).append_events(approval.run_id, [(
+    runs = RunRepository(db, ctx)
+    await runs.resume_after_decision(approval.run_id)
+    await runs.append_events(approval.run_id, [(
         "approval_decided", approval.node_id,
         {"approval_id": str(approval.id), "decision": decision, "comment": comment,
          "decided_by": str(decided_by) if decided_by else None})])

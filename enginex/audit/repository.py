@@ -54,6 +54,14 @@ class AuditRepository(ScopedRepository[AuditEntry]):
                                     AuditHead.last_seq == seq)
             .values(last_hash=last_hash).execution_options(synchronize_session=False))
 
+    async def has_entry_since(self, *, action: str, actor_id: uuid.UUID,
+                              since: datetime) -> bool:
+        stmt = (select(AuditEntry.seq)
+                .where(AuditEntry.tenant_id == self.ctx.org_id, AuditEntry.actor_id == actor_id,
+                       AuditEntry.action == action, AuditEntry.at >= since)
+                .limit(1))
+        return (await self.db.execute(stmt)).first() is not None
+
     async def head(self) -> AuditHead | None:
         return (await self.db.execute(select(AuditHead).where(
             AuditHead.tenant_id == self.ctx.org_id))).scalar_one_or_none()

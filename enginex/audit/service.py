@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from enginex.audit.chain import ChainWalker, Verdict, hash_of, normalise_details
@@ -172,8 +171,5 @@ async def record_login(sessions: async_sessionmaker[AsyncSession], user_id: uuid
 
 async def _recent_failure(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID) -> bool:
     since = utcnow() - LOGIN_FAILURE_WINDOW
-    stmt = (select(AuditEntry.seq)
-            .where(AuditEntry.tenant_id == ctx.org_id, AuditEntry.actor_id == user_id,
-                   AuditEntry.action == "auth.login_failed", AuditEntry.at >= since)
-            .limit(1))
-    return (await db.execute(stmt)).first() is not None
+    return await AuditRepository(db, ctx).has_entry_since(
+        action="auth.login_failed", actor_id=user_id, since=since)

@@ -8,24 +8,12 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.reports.models import Artifact
+from enginex.reports.repository import ArtifactRepository
 from enginex.reports.storage import ArtifactStorage
 from enginex.tenancy.context import TenantContext
-from enginex.tenancy.repository import ScopedRepository
-
-
-class ArtifactRepository(ScopedRepository[Artifact]):
-    model = Artifact
-
-    async def list(self, run_id: uuid.UUID | None, limit: int) -> list[Artifact]:
-        stmt = select(Artifact).where(Artifact.tenant_id == self.ctx.org_id)
-        if run_id:
-            stmt = stmt.where(Artifact.run_id == run_id)
-        stmt = stmt.order_by(Artifact.created_at.desc()).limit(limit)
-        return list((await self.db.execute(stmt)).scalars())
 
 
 async def list_reports(db: AsyncSession, ctx: TenantContext, *, run_id: uuid.UUID | None,

@@ -30,7 +30,7 @@ from enginex.agents.repository import AgentVersionRepository
 from enginex.approvals.models import Approval
 from enginex.approvals.repository import ApprovalRepository
 from enginex.credentials.runtime import CredentialRuntime, StepSecrets
-from enginex.db import set_tenant
+from enginex.db import READ_ONLY, set_tenant
 from enginex.kit.expressions import evaluate
 from enginex.kit.templates import render, render_value
 from enginex.kit.time import utcnow
@@ -172,13 +172,15 @@ def _uses_org_resources(deps: EngineDeps, node: LLMNode | ToolNode) -> bool:
 async def _prepare(deps: EngineDeps, loaded: _Loaded, node: LLMNode | ToolNode,
                    result: _Result) -> None:
     """Resolve what the node needs from the organization's workspace (provider and model
-    alias, MCP tools, skills) in one short transaction bound to the run's tenant. Failures
+    alias, MCP tools, skills) in one short read-only transaction bound to the run's tenant.
+    Hooks may resolve credentials through ``secrets`` (which write their audit entries in
+    their own transactions): the read-only session does not hold SQLite's write lock. Failures
     are stored on ``loaded`` (provider) or raised as ToolError/LLMError: the step fails with
     that message."""
     loaded.tools = deps.tools
     if not _uses_org_resources(deps, node):
         return
-    async with deps.sessions() as db:
+    async with deps.sessions(execution_options={READ_ONLY: True}) as db:
         await set_tenant(db, loaded.ctx.org_id)
         if isinstance(node, LLMNode):
             try:

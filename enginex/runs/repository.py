@@ -119,6 +119,15 @@ class RunRepository(ScopedRepository[Run]):
                 .values(lease_expires_at=until).execution_options(synchronize_session=False))
         return bool((await self.db.execute(stmt)).rowcount)  # type: ignore[attr-defined]
 
+    async def resume_after_decision(self, run_id: uuid.UUID) -> None:
+        """A run waiting for an approval becomes runnable again (any worker may claim it);
+        nothing happens to a run in another state."""
+        await self.db.execute(
+            update(Run).where(Run.tenant_id == self.ctx.org_id, Run.id == run_id,
+                              Run.status == "waiting_approval")
+            .values(status="running", lease_owner=None, lease_expires_at=None)
+            .execution_options(synchronize_session=False))
+
     def add_events(self, run_id: uuid.UUID, last_seq: int,
                    events: list[tuple[str, str | None, dict[str, object]]]) -> list[RunEvent]:
         """Insert events numbered up to ``last_seq`` (reserved with the calls above)."""
