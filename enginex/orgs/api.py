@@ -46,8 +46,7 @@ async def change_member_role(user_id: uuid.UUID, body: MemberUpdate, db: DB,
                              ) -> MemberOut:
     """Change a member's role. 409 if it would leave the organization without an admin."""
     await service.change_role(db, ctx, user_id, Role(body.role))
-    member = next(m for m in await service.list_members(db, ctx) if m.user_id == user_id)
-    return _member_out(member)
+    return _member_out(await service.get_member(db, ctx, user_id))
 
 
 @router.delete("/orgs/{org}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)

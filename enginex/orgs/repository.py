@@ -54,14 +54,17 @@ class MembershipRepository(ScopedRepository[Membership]):
     async def get_member(self, user_id: uuid.UUID) -> Membership | None:
         return await get_membership_for_guard(self.db, self.ctx.org_id, user_id)
 
-    async def list_member_rows(self) -> list[tuple[uuid.UUID, str, str, str, datetime]]:
-        """(user_id, email, display_name, role, joined_at), by email. Only the columns a
-        listing shows: password hashes are never loaded for it."""
+    async def list_member_rows(self, user_id: uuid.UUID | None = None
+                               ) -> list[tuple[uuid.UUID, str, str, str, datetime]]:
+        """(user_id, email, display_name, role, joined_at), by email; only ``user_id``'s row
+        when given. Only the columns a listing shows: password hashes are never loaded."""
         stmt = (select(User.id, User.email, User.display_name, Membership.role,
                        Membership.created_at)
                 .join(User, User.id == Membership.user_id)
                 .where(Membership.tenant_id == self.ctx.org_id)
                 .order_by(func.lower(User.email)))
+        if user_id is not None:
+            stmt = stmt.where(Membership.user_id == user_id)
         return [tuple(row) for row in (await self.db.execute(stmt)).all()]  # type: ignore[misc]
 
     async def count_role(self, role: str) -> int:

@@ -121,6 +121,14 @@ async def list_members(db: AsyncSession, ctx: TenantContext) -> list[Member]:
     return [Member(*row) for row in rows]
 
 
+async def get_member(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID) -> Member:
+    """One member of ``ctx``'s organization; NotFound for anyone else (other orgs too)."""
+    rows = await repo.MembershipRepository(db, ctx).list_member_rows(user_id)
+    if not rows:
+        raise NotFound()
+    return Member(*rows[0])
+
+
 async def _access_member(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID) -> Membership:
     membership = await repo.MembershipRepository(db, ctx).get_member(user_id)
     if membership is None:
