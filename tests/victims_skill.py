@@ -7,4 +7,10 @@ from tests.factories import Org
 
 
 def skill_victim_ids(victim: Org) -> dict[str, str]:
-    return {}
+    """A skill of the victim, created by its admin, whose text holds the victim's canary."""
+    canary = f"canary-{victim.slug}"
+    response = victim.admin.client.post(f"/api/v1/orgs/{victim.slug}/skills", json={
+        "skill_md": f"---\nname: victim-skill\ndescription: {canary}\n---\n\n{canary}\n",
+        "files": {"reference/notes.md": canary}})
+    assert response.status_code == 201, response.text
+    return {"skill_id": response.json()["id"]}

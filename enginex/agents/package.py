@@ -47,6 +47,9 @@ from pydantic import ValidationError
 from enginex.agents.manifest import AgentManifest
 from enginex.kit.expressions import ExpressionError
 from enginex.kit.expressions import parse as parse_expression
+from enginex.skills.skill_md import NAME_PATTERN as SKILL_NAME_PATTERN
+from enginex.skills.skill_md import NAME_RULE as SKILL_NAME_RULE
+from enginex.skills.skill_md import SkillMdError, parse_skill_md
 
 MANIFEST_NAME = "agent.json"
 MCP_SERVERS_NAME = "mcp_servers.json"
@@ -467,6 +470,8 @@ def _check_files(entries: dict[str, bytes], problems: list[PackageProblem]
                 continue
             skill_dirs[parts[1]] = skill_dirs.get(parts[1], False) or (
                 parts[-1] == SKILL_FILE and len(parts) == 3)
+            if parts[-1] == SKILL_FILE and len(parts) == 3:
+                problems.extend(_skill_problems(path, parts[1], text))
     for name, has_skill_file in sorted(skill_dirs.items()):
         if not has_skill_file:
             problems.append(PackageProblem(f"skills/{name}",
@@ -476,6 +481,22 @@ def _check_files(entries: dict[str, bytes], problems: list[PackageProblem]
             MANIFEST_NAME, "the package has no agent.json at its root (or inside a single "
             "top-level folder)"))
     return texts
+
+
+def _skill_problems(path: str, folder: str, text: str) -> list[PackageProblem]:
+    """A package skill's folder is its name (agents reference it by that name); its
+    SKILL.md front matter must parse, and a ``name`` in it must equal the folder name."""
+    if not re.match(SKILL_NAME_PATTERN, folder):
+        return [PackageProblem(f"skills/{folder}", f"a skill folder is the skill's name: use "
+                               f"{SKILL_NAME_RULE}")]
+    try:
+        document = parse_skill_md(text)
+    except SkillMdError as exc:
+        return [PackageProblem(path, f"front matter {exc}")]
+    if document.name is not None and document.name != folder:
+        return [PackageProblem(path, f"the front matter names the skill '{document.name}' but "
+                               f"its folder is '{folder}'; make them the same")]
+    return []
 
 
 def content_hash(entries: dict[str, bytes]) -> str:
@@ -718,6 +739,12 @@ class _Checker:
                          "system_prompt_file, not both")
             if node.get("system_prompt_file") is not None:
                 self.file_ref(f"{path}.system_prompt_file", node.get("system_prompt_file"))
+            # Skills are found in the package (skills/<name>/SKILL.md) or, at run time, in
+            # the organization's skills: org skills may be added after the deploy.
+            for j, name in enumerate(_list(node.get("skills"))):
+                if isinstance(name, str) and not re.match(SKILL_NAME_PATTERN, name):
+                    self.add(f"{path}.skills[{j}]", f"'{name[:80]}' is not a skill name: use "
+                             f"{SKILL_NAME_RULE}")
         elif kind == "tool":
             if "tool" in node:
                 self.tool(f"{path}.tool", node.get("tool"))
