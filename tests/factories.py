@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,3 +222,16 @@ def accept_as(server: Server, email: str, token: str) -> httpx.Response:
         return actor.client.post("/api/v1/invitations/accept", json={"token": token})
     finally:
         actor.close()
+
+
+@contextmanager
+def private_network(server: Server, allowed: bool = True) -> Iterator[None]:
+    """Set the running deployment's ENGINEX_ALLOW_PRIVATE_NETWORK for a while: the fake LLM
+    and MCP servers of the tests live on 127.0.0.1, which the egress guard refuses by default."""
+    settings = server.app.state.settings
+    before = settings.allow_private_network
+    settings.allow_private_network = allowed
+    try:
+        yield
+    finally:
+        settings.allow_private_network = before
