@@ -38,6 +38,7 @@ PLATFORM_FUNCTIONS = {
 OPTIONAL_PLATFORM_FUNCTIONS = {
     "enginex_claim_run": "the fair scheduler: the next claimable run across tenants (ids)",
     "enginex_expire_approvals": "worker housekeeping: expires overdue approvals (a count)",
+    "enginex_mcp_catalog_usage": "servers using an MCP catalog entry, for its deletion (a count)",
 }
 
 TENANT_TABLES_SQL = """

@@ -1,0 +1,594 @@
+"""MCP servers per organization: the platform catalog, the org API, refresh against real MCP
+servers (Streamable HTTP on 127.0.0.1, and a stdio server run through the sandbox), and runs
+whose tool and llm nodes call MCP tools.
+
+The deployment here allows private networks (the test MCP server lives on 127.0.0.1); the
+egress tests turn that off on the running server for a while.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from enginex.agents.cli import zip_directory
+from enginex.kit.errors import NOT_FOUND_MESSAGE
+from tests.conftest import PgDatabase, _ServerThread, settings_for
+from tests.factories import (
+    Actor,
+    Org,
+    Server,
+    anonymous,
+    api_key_client,
+    make_org,
+    make_platform_admin,
+    wait_for_status,
+)
+from tests.mcp_servers import serve_http_mcp, stdio_catalog_entry
+
+EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
+
+
+# --- a deployment that may reach 127.0.0.1 -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mcp_server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from enginex.migrate import upgrade
+
+    pg = PgDatabase() if backend == "postgres" else None
+    try:
+        settings = settings_for(backend, tmp_path_factory.mktemp(f"mcp-{backend}"), pg)
+        settings = settings.model_copy(update={"allow_private_network": True})
+        upgrade(settings)
+        thread = _ServerThread(settings)
+        thread.start()
+        try:
+            yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=settings,
+                         backend=backend, app=thread.app)
+        finally:
+            thread.stop()
+    finally:
+        if pg is not None:
+            pg.drop()
+
+
+@pytest.fixture(scope="module")
+def root(mcp_server: Server) -> Actor:
+    return make_platform_admin(mcp_server)
+
+
+@pytest.fixture(scope="module")
+def acme(mcp_server: Server, root: Actor) -> Org:
+    return make_org(mcp_server, root, "ma")
+
+
+@pytest.fixture(scope="module")
+def beta(mcp_server: Server, root: Actor) -> Org:
+    return make_org(mcp_server, root, "mb")
+
+
+@pytest.fixture(scope="module")
+def remote_url() -> Iterator[str]:
+    with serve_http_mcp() as url:
+        yield url
+
+
+@contextmanager
+def private_network(server: Server, allowed: bool) -> Iterator[None]:
+    settings = server.app.state.settings
+    before = settings.allow_private_network
+    settings.allow_private_network = allowed
+    try:
+        yield
+    finally:
+        settings.allow_private_network = before
+
+
+def servers_url(org: Org) -> str:
+    return f"/api/v1/orgs/{org.slug}/mcp/servers"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def add_credential(org: Org, name: str, kind: str, values: dict[str, str]) -> None:
+    response = org.admin.client.post(f"/api/v1/orgs/{org.slug}/credentials",
+                                     json={"name": name, "type": kind, "values": values})
+    assert response.status_code == 201, response.text
+
+
+def add_server(org: Org, body: dict[str, Any]) -> dict[str, Any]:
+    response = org.admin.client.post(servers_url(org), json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def refresh(org: Org, server_id: str) -> dict[str, Any]:
+    response = org.admin.client.post(f"{servers_url(org)}/{server_id}/refresh")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def audit(org: Org, action: str) -> list[dict[str, Any]]:
+    response = org.admin.client.get(f"/api/v1/orgs/{org.slug}/audit",
+                                    params={"action": action, "limit": 200})
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def add_catalog_entry(root: Actor, **extra: Any) -> dict[str, Any]:
+    response = root.client.post("/api/v1/admin/mcp-catalog",
+                                json=stdio_catalog_entry(unique("stdio"), **extra))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    return error
+
+
+# --- agents that call MCP tools ----------------------------------------------------------------
+
+
+def deploy(org: Org, tmp_path: Path, agent_id: str, nodes: list[dict[str, Any]],
+           edges: list[dict[str, Any]] | None = None,
+           scripted: dict[str, Any] | None = None) -> None:
+    manifest: dict[str, Any] = {
+        "agent": {"id": agent_id, "name": agent_id, "version": "1.0.0",
+                  "description": "Calls MCP tools"},
+        "graph": {"entry_node": nodes[0]["id"], "terminal_nodes": [nodes[-1]["id"]],
+                  "max_steps": 10, "nodes": nodes, "edges": edges or []}}
+    if scripted:
+        manifest["scripted_replies"] = scripted
+    package = tmp_path / agent_id
+    package.mkdir()
+    (package / "agent.json").write_text(json.dumps(manifest))
+    response = org.members["builder"].client.post(
+        f"/api/v1/orgs/{org.slug}/agents",
+        files={"package": ("package.zip", zip_directory(package), "application/zip")})
+    assert response.status_code in (200, 201), response.text
+
+
+def run(org: Org, agent_id: str, timeout: float = 60) -> tuple[dict[str, Any], list[dict]]:
+    response = org.members["operator"].client.post(f"/api/v1/orgs/{org.slug}/sessions",
+                                                   json={"agent": agent_id, "inputs": {}})
+    assert response.status_code == 201, response.text
+    session = wait_for_status(org, response.json()["id"], {"succeeded", "failed"}, timeout)
+    events = org.admin.client.get(
+        f"/api/v1/orgs/{org.slug}/sessions/{session['id']}/events").json()
+    return session, events
+
+
+def tool_node(tool: str, arguments: dict[str, Any] | None = None,
+              node_id: str = "call") -> dict[str, Any]:
+    return {"id": node_id, "node_type": "tool", "tool": tool, "arguments": arguments or {},
+            "output_key": node_id}
+
+
+def results(events: list[dict[str, Any]]) -> list[Any]:
+    """The results of the MCP tool calls, in order."""
+    return [e["data"]["result"] for e in events
+            if e["kind"] == "tool_result" and e["data"]["tool"].startswith("mcp.")]
+
+
+# --- the platform catalog ----------------------------------------------------------------------
+
+
+def test_the_catalog_is_for_the_platform_admin_and_orgs_see_no_command(
+        mcp_server: Server, root: Actor, acme: Org) -> None:
+    body = stdio_catalog_entry(unique("cat"), allowed_env=["API_TOKEN"])
+    with anonymous(mcp_server) as anon:
+        assert anon.get("/api/v1/admin/mcp-catalog").status_code == 401
+        assert anon.post("/api/v1/admin/mcp-catalog", json=body).status_code == 401
+    for client in (acme.admin.client, api_key_client(mcp_server, acme.api_keys["admin"])):
+        denied = client.post("/api/v1/admin/mcp-catalog", json=body)
+        assert error_of(denied, 403)["code"] == "platform_admin_required"
+        assert client.get("/api/v1/admin/mcp-catalog").status_code == 403
+    created = root.client.post("/api/v1/admin/mcp-catalog", json=body)
+    assert created.status_code == 201, created.text
+    entry = created.json()
+    assert entry["command"] == body["command"] and entry["timeout_seconds"] == 60
+    assert entry["memory_mb"] == 512
+    again = root.client.post("/api/v1/admin/mcp-catalog", json=body)
+    assert "already exists" in error_of(again, 409)["message"]
+    for bad, field in (({"allowed_env": ["LD_PRELOAD"]}, "allowed_env"),
+                       ({"allowed_env": ["PATH"]}, "allowed_env"),
+                       ({"timeout_seconds": 601}, "timeout_seconds"),
+                       ({"allowed_env": ["lower"]}, "allowed_env")):
+        refused = root.client.post("/api/v1/admin/mcp-catalog",
+                                   json={**stdio_catalog_entry(unique("bad")), **bad})
+        assert field in json.dumps(error_of(refused, 422)), refused.text
+    # Organizations: settings:read sees name, description, allowed_env -- never the command.
+    view = acme.members["builder"].client.get(f"/api/v1/orgs/{acme.slug}/mcp/catalog")
+    assert view.status_code == 200
+    mine = next(e for e in view.json() if e["name"] == body["name"])
+    assert mine == {"name": body["name"], "description": body["description"],
+                    "allowed_env": ["API_TOKEN"]}
+    assert body["command"] not in view.text and "mcp_stdio_server" not in view.text
+    for role in ("operator", "viewer"):
+        refused = acme.members[role].client.get(f"/api/v1/orgs/{acme.slug}/mcp/catalog")
+        assert error_of(refused, 403)["code"] == "forbidden"
+
+
+def test_a_catalog_entry_in_use_cannot_be_deleted_and_the_409_counts_servers(
+        root: Actor, acme: Org, beta: Org) -> None:
+    entry = add_catalog_entry(root)
+    first = add_server(acme, {"name": unique("s"), "transport": "stdio",
+                              "catalog_entry": entry["name"]})
+    second = add_server(beta, {"name": unique("s"), "transport": "stdio",
+                               "catalog_entry": entry["name"]})
+    refused = root.client.delete(f"/api/v1/admin/mcp-catalog/{entry['id']}")
+    error = error_of(refused, 409)
+    assert "2 MCP servers" in error["message"] and error["details"] == {"servers": 2}
+    assert acme.slug not in refused.text and beta.slug not in refused.text
+    assert acme.admin.client.delete(f"{servers_url(acme)}/{first['id']}").status_code == 204
+    assert "1 MCP server " in error_of(
+        root.client.delete(f"/api/v1/admin/mcp-catalog/{entry['id']}"), 409)["message"]
+    assert beta.admin.client.delete(f"{servers_url(beta)}/{second['id']}").status_code == 204
+    assert root.client.delete(f"/api/v1/admin/mcp-catalog/{entry['id']}").status_code == 204
+    assert root.client.delete(f"/api/v1/admin/mcp-catalog/{entry['id']}").status_code == 404
+    assert root.client.delete("/api/v1/admin/mcp-catalog/not-a-uuid").status_code == 422
+
+
+# --- the organization's servers: access rules and validation ------------------------------------
+
+
+def test_server_routes_refuse_the_wrong_actor(mcp_server: Server, acme: Org, beta: Org) -> None:
+    created = add_server(acme, {"name": unique("guarded"), "transport": "http",
+                                "url": "https://mcp.example.com/mcp"})
+    one = f"{servers_url(acme)}/{created['id']}"
+    routes = [("GET", servers_url(acme), None), ("GET", one, None),
+              ("POST", servers_url(acme), {"name": "x", "transport": "http",
+                                           "url": "https://mcp.example.com/mcp"}),
+              ("PATCH", one, {"enabled": False}), ("POST", f"{one}/refresh", None),
+              ("PATCH", f"{one}/tools/echo", {"enabled": False}), ("DELETE", one, None)]
+    with anonymous(mcp_server) as anon:
+        for method, url, body in routes:
+            response = anon.request(method, url, json=body)
+            assert response.status_code == 401, (method, url)
+    # Another organization: the same 404 as for an id that does not exist.
+    missing = f"{servers_url(acme)}/{uuid.uuid4()}"
+    for method, url, body in routes:
+        foreign = beta.admin.client.request(method, url, json=body)
+        assert foreign.status_code == 404 and foreign.json() == EXPECTED_404, (method, url)
+        if url.startswith(one):
+            as_missing = acme.admin.client.request(method, url.replace(one, missing), json=body)
+            assert as_missing.status_code == 404, (method, url)
+            if not url.endswith("/tools/echo"):
+                assert as_missing.json() == EXPECTED_404
+    # Roles: builders read, only admins write; operators and viewers see nothing.
+    for role in ("operator", "viewer"):
+        for method, url, body in routes:
+            response = acme.members[role].client.request(method, url, json=body)
+            assert error_of(response, 403)["code"] == "forbidden", (role, method, url)
+    builder = acme.members["builder"].client
+    assert builder.get(one).status_code == 200
+    for method, url, body in routes[2:]:
+        assert error_of(builder.request(method, url, json=body), 403)["code"] == "forbidden"
+    assert acme.admin.client.get(one).json()["name"] == created["name"]
+
+
+def test_invalid_servers_are_refused_with_a_message_that_says_how_to_fix_them(
+        root: Actor, acme: Org) -> None:
+    entry = add_catalog_entry(root, allowed_env=["API_TOKEN"])
+    add_credential(acme, name := unique("tok"), "api_key", {"key": "k-" + secrets.token_hex(8)})
+    cases = [
+        ({"name": "bad name!", "transport": "http", "url": "https://x.example/mcp"}, "name"),
+        ({"name": unique("n"), "transport": "ftp", "url": "https://x.example/mcp"}, "transport"),
+        ({"name": unique("n"), "transport": "http"}, "url"),
+        ({"name": unique("n"), "transport": "http", "url": "ftp://x.example/mcp"}, "url"),
+        ({"name": unique("n"), "transport": "http", "url": "https://u:p@x.example/mcp"}, "url"),
+        ({"name": unique("n"), "transport": "http", "url": "https://x.example/mcp",
+          "headers": {"Authorization": {"credential": "nope"}}}, "no credential named 'nope'"),
+        ({"name": unique("n"), "transport": "http", "url": "https://x.example/mcp",
+          "headers": {"Authorization": {"credential": name, "value": "x"}}}, "exactly one"),
+        ({"name": unique("n"), "transport": "http", "url": "https://x.example/mcp",
+          "headers": {"Host": {"value": "evil"}}}, "set by the MCP transport"),
+        ({"name": unique("n"), "transport": "http", "url": "https://x.example/mcp",
+          "headers": {f"X-{i}": {"value": "v"} for i in range(21)}}, "headers"),
+        ({"name": unique("n"), "transport": "http", "url": "https://x.example/mcp",
+          "catalog_entry": entry["name"]}, "only stdio servers"),
+        # A tenant can never supply a command: only a catalog entry.
+        ({"name": unique("n"), "transport": "stdio", "command": "/bin/sh"}, "command"),
+        ({"name": unique("n"), "transport": "stdio", "args": ["-c", "id"]}, "args"),
+        ({"name": unique("n"), "transport": "stdio"}, "cannot supply commands"),
+        ({"name": unique("n"), "transport": "stdio", "catalog_entry": "no-such-entry"},
+         "no catalog entry named"),
+        ({"name": unique("n"), "transport": "stdio", "catalog_entry": entry["name"],
+          "env": {"OTHER_VAR": name}}, "not allowed by the catalog entry"),
+        ({"name": unique("n"), "transport": "stdio", "catalog_entry": entry["name"],
+          "env": {"API_TOKEN": "missing-cred"}}, "no credential named 'missing-cred'"),
+        ({"name": unique("n"), "transport": "stdio", "catalog_entry": entry["name"],
+          "url": "https://x.example/mcp"}, "catalog_entry and env"),
+    ]
+    for body, expected in cases:
+        response = acme.admin.client.post(servers_url(acme), json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert expected in response.text, (expected, response.text)
+    good = add_server(acme, {"name": unique("ok"), "transport": "stdio",
+                             "catalog_entry": entry["name"], "env": {"API_TOKEN": name}})
+    assert good["catalog_entry"] == entry["name"] and good["env"] == {"API_TOKEN": name}
+    assert "command" not in good
+    duplicate = acme.admin.client.post(servers_url(acme), json={
+        "name": good["name"], "transport": "http", "url": "https://x.example/mcp"})
+    assert "already exists" in error_of(duplicate, 409)["message"]
+    one = f"{servers_url(acme)}/{good['id']}"
+    for body, expected in (({"transport": "http"}, "transport"), ({"name": None}, "null"),
+                           ({"env": {"NOPE": name}}, "not allowed"),
+                           ({"enabled": "yes"}, "enabled")):
+        response = acme.admin.client.patch(one, json=body)
+        assert response.status_code == 422 and expected in response.text, response.text
+    missing_tool = acme.admin.client.patch(f"{one}/tools/echo", json={"enabled": False})
+    assert "refresh" in error_of(missing_tool, 404)["message"]
+
+
+def test_the_egress_guard_refuses_private_urls_when_the_deployment_does_not_allow_them(
+        mcp_server: Server, acme: Org, remote_url: str) -> None:
+    allowed = add_server(acme, {"name": unique("priv"), "transport": "http", "url": remote_url})
+    with private_network(mcp_server, False):
+        refused = acme.admin.client.post(servers_url(acme), json={
+            "name": unique("priv"), "transport": "http", "url": remote_url})
+        error = error_of(refused, 422)
+        assert error["code"] == "egress_refused" and "loopback" in error["message"]
+        metadata = acme.admin.client.post(servers_url(acme), json={
+            "name": unique("meta"), "transport": "http",
+            "url": "http://169.254.169.254/latest/mcp"})
+        assert error_of(metadata, 422)["code"] == "egress_refused"
+        # Saved while allowed, refused at connection time now.
+        outcome = refresh(acme, allowed["id"])
+        assert outcome["ok"] is False and "refused" in outcome["message"]
+        assert outcome["server"]["last_error"] == outcome["message"]
+    metadata = acme.admin.client.post(servers_url(acme), json={
+        "name": unique("meta"), "transport": "http", "url": "http://169.254.169.254/mcp"})
+    assert error_of(metadata, 422)["code"] == "egress_refused"  # never, even when allowed
+
+
+# --- refresh against a real HTTP MCP server ----------------------------------------------------
+
+
+def test_refresh_lists_tools_keeps_toggles_and_audits_the_credential_use(
+        acme: Org, remote_url: str) -> None:
+    token = "tok-" + secrets.token_hex(16)
+    add_credential(acme, cred := unique("mcp-token"), "bearer_token", {"token": token})
+    created = add_server(acme, {"name": unique("remote"), "transport": "http", "url": remote_url,
+                                "headers": {"Authorization": {"credential": cred},
+                                            "X-Team": {"value": "blue"}}})
+    assert created["tools"] == [] and created["headers"]["X-Team"] == {"value": "blue"}
+    outcome = refresh(acme, created["id"])
+    assert outcome["ok"] is True, outcome
+    tools = {t["name"]: t for t in outcome["server"]["tools"]}
+    assert set(tools) == {"echo", "whoami", "fail"} and all(t["enabled"] for t in tools.values())
+    assert tools["echo"]["input_schema"]["properties"]["text"]["type"] == "string"
+    one = f"{servers_url(acme)}/{created['id']}"
+    disabled = acme.admin.client.patch(f"{one}/tools/echo", json={"enabled": False})
+    assert disabled.status_code == 200
+    assert {t["name"]: t["enabled"] for t in disabled.json()["tools"]}["echo"] is False
+    again = refresh(acme, created["id"])
+    assert {t["name"]: t["enabled"] for t in again["server"]["tools"]} == {
+        "echo": False, "whoami": True, "fail": True}
+    used = [e for e in audit(acme, "credential.used") if e["details"].get("name") == cred]
+    assert len(used) == 2 and used[0]["details"]["purpose"] == "mcp.refresh"
+    actions = {e["action"] for e in audit(acme, "mcp_server.")
+               if e["target_id"] == created["id"]}
+    assert {"mcp_server.created", "mcp_server.tools_refreshed",
+            "mcp_server.tool_disabled"} <= actions
+    everything = acme.admin.client.get(f"/api/v1/orgs/{acme.slug}/audit",
+                                       params={"limit": 200}).text
+    assert token not in everything and token not in acme.admin.client.get(one).text
+
+
+def test_a_refresh_that_fails_answers_200_with_the_reason_and_keeps_the_tools(
+        acme: Org, remote_url: str) -> None:
+    created = add_server(acme, {"name": unique("flaky"), "transport": "http", "url": remote_url})
+    assert refresh(acme, created["id"])["ok"] is True
+    one = f"{servers_url(acme)}/{created['id']}"
+    moved = acme.admin.client.patch(one, json={"url": "http://127.0.0.1:9/mcp"})
+    assert moved.status_code == 200, moved.text
+    outcome = refresh(acme, created["id"])
+    assert outcome["ok"] is False and "could not reach" in outcome["message"]
+    assert outcome["server"]["last_error"] == outcome["message"]
+    assert len(outcome["server"]["tools"]) == 3
+    failed = [e for e in audit(acme, "mcp_server.tools_refreshed")
+              if e["target_id"] == created["id"] and not e["details"]["ok"]]
+    assert failed and failed[0]["details"]["error"]
+
+
+# --- stdio servers from the catalog --------------------------------------------------------------
+
+
+def test_a_stdio_server_gets_only_its_allowed_environment_and_its_bounds(
+        root: Actor, acme: Org, tmp_path: Path) -> None:
+    entry = add_catalog_entry(root, allowed_env=["API_TOKEN", "OTHER_TOKEN"],
+                              timeout_seconds=4, memory_mb=512)
+    secret = "stdio-secret-" + secrets.token_hex(12)
+    add_credential(acme, cred := unique("stdio-key"), "api_key", {"key": secret})
+    name = unique("local")
+    created = add_server(acme, {"name": name, "transport": "stdio",
+                                "catalog_entry": entry["name"], "env": {"API_TOKEN": cred}})
+    outcome = refresh(acme, created["id"])
+    assert outcome["ok"] is True, outcome
+    assert {t["name"] for t in outcome["server"]["tools"]} >= {"environment", "allocate",
+                                                                "sleep", "env_value"}
+    deploy(acme, tmp_path, agent := unique("env-agent"), [
+        tool_node(f"mcp.{name}.environment", node_id="env"),
+        tool_node(f"mcp.{name}.env_value", {"name": "API_TOKEN"}, node_id="value")],
+        edges=[{"id": "next", "source": "env", "target": "value", "condition": "on_success"}])
+    session, events = run(acme, agent)
+    assert session["status"] == "succeeded", (session, events)
+    env, value = results(events)
+    assert set(env["names"]) == {"PATH", "LANG", "HOME", "API_TOKEN"}, env
+    assert not any(n.startswith("ENGINEX") for n in env["names"])
+    assert env["cwd"] == env["home"] and env["home"].startswith("/tmp")
+    assert value == {"result": "[redacted]"}  # it arrived, and the event log never has it
+    assert secret not in json.dumps(events)
+    assert not Path(env["home"]).exists()  # the working directory is removed after the step
+    used = [e for e in audit(acme, "credential.used") if e["details"].get("name") == cred]
+    assert {e["details"].get("run_id") for e in used} >= {session["id"]}
+    # Memory beyond the entry's limit fails the call, not the platform.
+    deploy(acme, tmp_path, greedy := unique("greedy"),
+           [tool_node(f"mcp.{name}.allocate", {"megabytes": 2048})])
+    session, events = run(acme, greedy)
+    assert session["status"] == "failed" and "allocate" in session["error"], session
+    # A call beyond the timeout fails with the bound in the message; the process is killed.
+    deploy(acme, tmp_path, sleepy := unique("sleepy"),
+           [tool_node(f"mcp.{name}.sleep", {"seconds": 30})])
+    session, events = run(acme, sleepy)
+    assert session["status"] == "failed" and "within 4 s" in session["error"], session
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def test_a_run_calls_remote_mcp_tools_from_tool_and_llm_nodes(
+        acme: Org, beta: Org, remote_url: str, tmp_path: Path) -> None:
+    token = "tok-" + secrets.token_hex(16)
+    add_credential(acme, cred := unique("run-token"), "bearer_token", {"token": token})
+    name = unique("remote")
+    created = add_server(acme, {"name": name, "transport": "http", "url": remote_url,
+                                "headers": {"Authorization": {"credential": cred}}})
+    assert refresh(acme, created["id"])["ok"] is True
+    nodes = [tool_node(f"mcp.{name}.echo", {"text": "hello"}, "echo"),
+             {"id": "ask", "node_type": "llm", "output_keys": ["answer"],
+              "tools": [f"mcp.{name}.whoami", f"mcp.{name}.fail"], "max_iterations": 4}]
+    scripted = {"ask": [
+        {"tool_calls": [{"name": f"mcp.{name}.whoami", "arguments": {}},
+                        {"name": f"mcp.{name}.fail", "arguments": {"message": "on purpose"}}]},
+        {"tool_calls": [{"name": "set_output", "arguments": {"key": "answer", "value": "done"}}]}]}
+    deploy(acme, tmp_path, agent := unique("mcp-agent"), nodes,
+           edges=[{"id": "next", "source": "echo", "target": "ask", "condition": "on_success"}],
+           scripted=scripted)
+    session, events = run(acme, agent)
+    assert session["status"] == "succeeded", (session, events)
+    echoed, whoami, failed = results(events)
+    assert echoed == {"result": "hello"}
+    # The credential header arrived at the server; the event log holds it redacted.
+    assert "Bearer [redacted]" in whoami
+    assert "failed on purpose: on purpose" in failed and failed.startswith("error:")
+    assert token not in json.dumps(events)
+    used = [e for e in audit(acme, "credential.used") if e["details"].get("name") == cred
+            and e["details"].get("run_id") == session["id"]]
+    # One connection per server per step: each step resolved the credential once.
+    assert sorted(e["details"]["node_id"] for e in used) == ["ask", "echo"]
+    # Org B has its own server of the same name, with its own header: it gets its own.
+    add_server(beta, {"name": name, "transport": "http", "url": remote_url,
+                      "headers": {"Authorization": {"value": "Bearer beta-literal"}}})
+    beta_server = beta.admin.client.get(servers_url(beta)).json()[0]
+    refresh(beta, beta_server["id"])
+    beta_dir = tmp_path / "beta"
+    beta_dir.mkdir()
+    deploy(beta, beta_dir, agent, [tool_node(f"mcp.{name}.whoami")])
+    session, events = run(beta, agent)
+    assert session["status"] == "succeeded", (session, events)
+    assert results(events) == [{"result": "Bearer beta-literal"}]
+
+
+def test_a_tool_node_naming_an_unusable_mcp_tool_fails_with_the_reason(
+        acme: Org, remote_url: str, tmp_path: Path) -> None:
+    name = unique("partial")
+    created = add_server(acme, {"name": name, "transport": "http", "url": remote_url})
+    cases = [(f"mcp.{unique('ghost')}.echo", "no MCP server named"),
+             (f"mcp.{name}.echo", "refresh the server's tools")]
+    for tool, reason in cases:
+        deploy(acme, tmp_path, agent := unique("unusable"), [tool_node(tool)])
+        session, _ = run(acme, agent)
+        assert session["status"] == "failed" and reason in session["error"], session
+    refresh(acme, created["id"])
+    one = f"{servers_url(acme)}/{created['id']}"
+    acme.admin.client.patch(f"{one}/tools/echo", json={"enabled": False})
+    deploy(acme, tmp_path, agent := unique("disabled-tool"), [tool_node(f"mcp.{name}.echo")])
+    session, _ = run(acme, agent)
+    assert session["status"] == "failed" and "is disabled" in session["error"], session
+    acme.admin.client.patch(one, json={"enabled": False})
+    deploy(acme, tmp_path, agent := unique("disabled-server"), [tool_node(f"mcp.{name}.whoami")])
+    session, _ = run(acme, agent)
+    assert session["status"] == "failed" and "server" in session["error"], session
+    assert "is disabled" in session["error"]
+
+
+# --- dashboard pages -----------------------------------------------------------------------------
+
+
+def test_the_mcp_page_adds_refreshes_toggles_and_deletes_servers(
+        acme: Org, beta: Org, remote_url: str) -> None:
+    import html
+
+    page = f"/o/{acme.slug}/settings/mcp"
+    admin = acme.admin.client
+    add_credential(acme, cred := unique("page-token"), "bearer_token",
+                   {"token": "tok-" + secrets.token_hex(12)})
+    name = unique("paged")
+    added = admin.post(page, data={"transport": "http", "name": name, "url": remote_url,
+                                   "headers": f"Authorization: {cred}"})
+    assert added.status_code == 303 and added.headers["location"] == f"{page}?notice=created"
+    shown = admin.get(added.headers["location"])
+    assert shown.status_code == 200 and name in shown.text and "No tools discovered" in shown.text
+    server_id = next(s["id"] for s in admin.get(servers_url(acme)).json() if s["name"] == name)
+    refreshed = admin.post(f"{page}/{server_id}/refresh")
+    assert refreshed.status_code == 303
+    listed = admin.get(refreshed.headers["location"]).text
+    assert f"mcp.{name}.whoami" in listed and "Tools refreshed." in listed
+    toggled = admin.post(f"{page}/{server_id}/tools/echo", data={"enabled": "0"})
+    assert toggled.status_code == 303
+    tools = {t["name"]: t["enabled"] for t in admin.get(
+        f"{servers_url(acme)}/{server_id}").json()["tools"]}
+    assert tools["echo"] is False and tools["whoami"] is True
+    # Mistakes re-render with the service's message.
+    bad = admin.post(page, data={"transport": "http", "name": unique("bad"), "url": remote_url,
+                                 "headers": "Authorization no-colon"})
+    assert bad.status_code == 422 and "should look like" in html.unescape(bad.text)
+    stdio = admin.post(page, data={"transport": "stdio", "name": unique("bad"),
+                                   "catalog_entry": "", "env": ""})
+    assert stdio.status_code == 422 and "cannot supply commands" in html.unescape(stdio.text)
+    # A failed refresh shows its reason.
+    admin.patch(f"{servers_url(acme)}/{server_id}", json={"url": "http://127.0.0.1:9/mcp"})
+    failed = admin.post(f"{page}/{server_id}/refresh")
+    assert failed.status_code == 200 and "could not be listed" in failed.text
+    # Builders read; operators and viewers, and other organizations, get nothing.
+    seen = acme.members["builder"].client.get(page)
+    assert seen.status_code == 200 and name in seen.text and "Refresh tools" not in seen.text
+    assert acme.members["builder"].client.post(f"{page}/{server_id}/delete").status_code == 403
+    assert acme.members["viewer"].client.get(page).status_code == 403
+    assert beta.admin.client.get(page).status_code == 404
+    assert beta.admin.client.post(f"{page}/{server_id}/delete").status_code == 404
+    deleted = admin.post(f"{page}/{server_id}/delete")
+    assert deleted.status_code == 303
+    assert admin.get(f"{servers_url(acme)}/{server_id}").status_code == 404
+
+
+def test_the_catalog_page_is_for_the_platform_admin(root: Actor, acme: Org) -> None:
+    import html
+
+    name = unique("paged-entry")
+    assert acme.admin.client.get("/admin/mcp-catalog").status_code == 403
+    added = root.client.post("/admin/mcp-catalog", data={
+        "name": name, "description": "From the page", "command": "/usr/bin/env",
+        "args": "python3\n-V", "allowed_env": "API_TOKEN", "timeout_seconds": "30",
+        "memory_mb": "256"})
+    assert added.status_code == 303, added.text
+    listed = root.client.get("/admin/mcp-catalog")
+    assert name in listed.text and "/usr/bin/env python3 -V" in listed.text
+    refused = root.client.post("/admin/mcp-catalog", data={
+        "name": unique("x"), "command": "/bin/true", "allowed_env": "LD_PRELOAD"})
+    assert refused.status_code == 422 and "LD_PRELOAD" in html.unescape(refused.text)
+    entry = next(e for e in root.client.get("/api/v1/admin/mcp-catalog").json()
+                 if e["name"] == name)
+    server = add_server(acme, {"name": unique("s"), "transport": "stdio", "catalog_entry": name})
+    in_use = root.client.post(f"/admin/mcp-catalog/{entry['id']}/delete")
+    assert in_use.status_code == 409 and "1 MCP server" in html.unescape(in_use.text)
+    acme.admin.client.delete(f"{servers_url(acme)}/{server['id']}")
+    gone = root.client.post(f"/admin/mcp-catalog/{entry['id']}/delete")
+    assert gone.status_code == 303
+    assert name not in root.client.get("/admin/mcp-catalog").text
