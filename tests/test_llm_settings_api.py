@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -27,7 +26,7 @@ from enginex.llm.models import LLMSettings
 from enginex.llm.providers import OpenAICompatibleProvider, ScriptedProvider
 from enginex.llm.service import KeyDecryptionError, LLMKeyBox, close_provider, provider_for
 from enginex.tenancy.context import system_context
-from tests.factories import Org, Server, anonymous, api_key_client, run_db
+from tests.factories import Org, Server, anonymous, api_key_client, private_network, run_db
 from tests.fake_llm import FakeLLM, FakeReply
 
 KEY = "sk-live-Qw3rTy8UiOp5AsDf"
@@ -43,18 +42,6 @@ def fake() -> Iterator[FakeLLM]:
     with FakeLLM() as server:
         yield server
 
-
-@contextmanager
-def private_network(server: Server, allowed: bool) -> Iterator[None]:
-    """Set the deployment's ENGINEX_ALLOW_PRIVATE_NETWORK on the running server for a while
-    (the fake LLM lives on 127.0.0.1)."""
-    settings = server.app.state.settings
-    before = settings.allow_private_network
-    settings.allow_private_network = allowed
-    try:
-        yield
-    finally:
-        settings.allow_private_network = before
 
 
 def openai_body(fake: FakeLLM, **extra: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import json
 import secrets
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from tests.factories import (
     api_key_client,
     make_org,
     make_platform_admin,
+    private_network,
     wait_for_status,
 )
 from tests.mcp_servers import serve_http_mcp, stdio_catalog_entry
@@ -81,16 +81,6 @@ def remote_url() -> Iterator[str]:
     with serve_http_mcp() as url:
         yield url
 
-
-@contextmanager
-def private_network(server: Server, allowed: bool) -> Iterator[None]:
-    settings = server.app.state.settings
-    before = settings.allow_private_network
-    settings.allow_private_network = allowed
-    try:
-        yield
-    finally:
-        settings.allow_private_network = before
 
 
 def servers_url(org: Org) -> str:
