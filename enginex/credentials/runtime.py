@@ -429,6 +429,13 @@ class StepSecrets:
         self.secret_forms()
         return value
 
+    async def credential(self, name: str) -> Resolved:
+        """Credential ``name`` of the run's organization for a use other than a tool argument
+        (an LLM provider's key): resolved once per step, audited as ``credential.used`` (run,
+        node) and redacted from everything the step stores. Raises ToolError (safe to store)
+        when it is missing or unusable."""
+        return await self._get(name)
+
     async def note_llm_key_use(self) -> None:
         """An LLM step uses the organization's provider key: audit it (``llm_settings.
         key_used``: run, node) and redact the key from what the step stores."""

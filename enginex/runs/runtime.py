@@ -9,10 +9,12 @@ from enginex.config import Settings
 from enginex.credentials.runtime import CredentialRuntime, StepSecrets
 from enginex.db import Database
 from enginex.llm.base import LLMProvider
-from enginex.llm.service import LLMKeyBox, provider_for
+from enginex.llm.service import LLMKeyBox, provider_for, uses_quick_setup
+from enginex.mcp.runtime import mcp_tools_factory
 from enginex.reports.storage import ArtifactStorage
 from enginex.runs.engine import EngineDeps
 from enginex.runs.worker import Worker
+from enginex.skills.service import skills_for
 from enginex.tenancy.context import TenantContext
 from enginex.tools.registry import builtin_registry
 
@@ -22,13 +24,19 @@ def build_engine(settings: Settings, db: Database, master_key: bytes) -> EngineD
 
     async def providers(session: AsyncSession, ctx: TenantContext, manifest: AgentManifest,
                         node: LLMNode, secrets: StepSecrets | None) -> LLMProvider:
-        if secrets is not None:
+        provider = await provider_for(session, ctx, manifest, node, secrets, key_box=key_box,
+                                      allow_private_network=settings.allow_private_network)
+        if secrets is not None and uses_quick_setup(provider):
+            # The quick setup's key: audited and redacted here. A provider's credential was
+            # through ``secrets`` already. ``session`` has only read; end its transaction
+            # first (SQLite has one writer at a time).
+            await session.commit()
             await secrets.note_llm_key_use()
-        return await provider_for(session, ctx, manifest, key_box=key_box,
-                                  allow_private_network=settings.allow_private_network)
+        return provider
 
     return EngineDeps(sessions=db.sessions, storage=ArtifactStorage(settings.resolved_storage_dir),
-                      tools=builtin_registry(), provider_for=providers,
+                      tools=builtin_registry(), provider_for=providers, skills_for=skills_for,
+                      tools_for=mcp_tools_factory(settings),
                       allow_private_network=settings.allow_private_network,
                       lease_seconds=settings.lease_seconds,
                       credentials=CredentialRuntime.for_master(
