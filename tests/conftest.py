@@ -13,7 +13,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -133,6 +135,27 @@ class _ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+@contextmanager
+def separate_deployment(backend: str, data_dir: Path, **overrides: Any) -> Iterator[Server]:
+    """A deployment of its own (fresh database, settings ``overrides``, e.g.
+    ``allow_private_network=True`` for tests whose servers live on 127.0.0.1), running until
+    the block ends; its PostgreSQL database is dropped afterwards."""
+    pg = PgDatabase() if backend == "postgres" else None
+    try:
+        settings = settings_for(backend, data_dir, pg).model_copy(update=overrides)
+        upgrade(settings)
+        thread = _ServerThread(settings)
+        thread.start()
+        try:
+            yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=settings,
+                         backend=backend, app=thread.app)
+        finally:
+            thread.stop()
+    finally:
+        if pg is not None:
+            pg.drop()
 
 
 @pytest.fixture(scope="session")

@@ -37,9 +37,8 @@ from enginex.audit.models import AuditEntry
 from enginex.credentials.runtime import CredentialRuntime
 from enginex.db import Database, set_tenant
 from enginex.kit.time import utcnow
-from enginex.migrate import upgrade
 from enginex.tenancy.context import system_context
-from tests.conftest import PG_ADMIN_DSN, PgDatabase, _ServerThread, settings_for
+from tests.conftest import PG_ADMIN_DSN, separate_deployment
 from tests.factories import (
     Actor,
     Org,
@@ -56,21 +55,9 @@ from tests.fake_llm import FakeLLM, FakeReply, serve
 
 @pytest.fixture(scope="module")
 def vault_server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    pg = PgDatabase() if backend == "postgres" else None
-    try:
-        settings = settings_for(backend, tmp_path_factory.mktemp(f"vault-{backend}"), pg)
-        settings = settings.model_copy(update={"allow_private_network": True})
-        upgrade(settings)
-        thread = _ServerThread(settings)
-        thread.start()
-        try:
-            yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=settings,
-                         backend=backend, app=thread.app)
-        finally:
-            thread.stop()
-    finally:
-        if pg is not None:
-            pg.drop()
+    with separate_deployment(backend, tmp_path_factory.mktemp(f"vault-{backend}"),
+                             allow_private_network=True) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 
 from enginex.agents.cli import zip_directory
 from enginex.kit.errors import NOT_FOUND_MESSAGE
-from tests.conftest import PgDatabase, _ServerThread, settings_for
+from tests.conftest import separate_deployment
 from tests.factories import (
     Actor,
     Org,
@@ -42,23 +42,9 @@ EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "de
 
 @pytest.fixture(scope="module")
 def mcp_server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from enginex.migrate import upgrade
-
-    pg = PgDatabase() if backend == "postgres" else None
-    try:
-        settings = settings_for(backend, tmp_path_factory.mktemp(f"mcp-{backend}"), pg)
-        settings = settings.model_copy(update={"allow_private_network": True})
-        upgrade(settings)
-        thread = _ServerThread(settings)
-        thread.start()
-        try:
-            yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=settings,
-                         backend=backend, app=thread.app)
-        finally:
-            thread.stop()
-    finally:
-        if pg is not None:
-            pg.drop()
+    with separate_deployment(backend, tmp_path_factory.mktemp(f"mcp-{backend}"),
+                             allow_private_network=True) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")
