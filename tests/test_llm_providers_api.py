@@ -15,7 +15,6 @@ import json
 import secrets
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,15 @@ from enginex.llm.service import (
     uses_quick_setup,
 )
 from enginex.tenancy.context import system_context
-from tests.factories import Org, Server, anonymous, api_key_client, run_db, wait_for_status
+from tests.factories import (
+    Org,
+    Server,
+    anonymous,
+    api_key_client,
+    private_network,
+    run_db,
+    wait_for_status,
+)
 from tests.fake_llm import FakeLLM, FakeReply
 
 EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
@@ -52,18 +59,6 @@ def fake() -> Iterator[FakeLLM]:
     with FakeLLM() as server:
         yield server
 
-
-@contextmanager
-def private_network(server: Server, allowed: bool) -> Iterator[None]:
-    """The deployment's ENGINEX_ALLOW_PRIVATE_NETWORK for a while (the fake LLM is on
-    127.0.0.1)."""
-    settings = server.app.state.settings
-    before = settings.allow_private_network
-    settings.allow_private_network = allowed
-    try:
-        yield
-    finally:
-        settings.allow_private_network = before
 
 
 def canary(label: str) -> str:
