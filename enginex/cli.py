@@ -70,7 +70,7 @@ async def create_tenant(session: AsyncSession, *, slug: str, name: str, admin_em
 
 
 async def _seed_demo(settings: Settings) -> list[tuple[str, str, str]]:
-    from enginex.demo import deploy_demo_agent
+    from enginex.demo import deploy_demo_agent, seed_demo_skill
     from enginex.orgs import service as org_service
 
     logins: list[tuple[str, str, str]] = []
@@ -85,6 +85,7 @@ async def _seed_demo(settings: Settings) -> list[tuple[str, str, str]]:
                     session, email=f"{role}@{slug}.test", password=DEMO_PASSWORD)
                 await org_service.add_member(session, ctx, user, role)
             await deploy_demo_agent(session, ctx)  # identical content: no new version
+            await seed_demo_skill(session, ctx)  # only once per organization
         await _in_transaction(settings, work)
         logins += [(f"{role}@{slug}.test", name, str(role)) for role in Role]
 
@@ -141,11 +142,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from enginex.credentials.cli import check_master_key
     from enginex.db import Database
     from enginex.kit.crypto import load_master_key
+    from enginex.kit.process import protect_process
     from enginex.runs.runtime import build_engine, build_worker
 
     if args.slots:
         settings = settings.model_copy(update={"worker_slots": args.slots})
     check_master_key(settings)
+    protect_process()  # stdio MCP servers must not read this process's environ/memory
 
     async def main() -> None:
         db = Database(settings)

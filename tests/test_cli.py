@@ -222,6 +222,10 @@ def test_demo_is_idempotent_and_prints_the_logins(tmp_path: Path) -> None:
     assert len(users) == 9 and len(memberships) == 8
     assert cli.query("SELECT slug, name FROM organizations ORDER BY slug") == [
         ("acme", "Acme Corp"), ("beta", "Beta Inc")]
+    # Each demo organization has the example skill once, however often the demo is seeded.
+    assert cli.query("SELECT o.slug, s.name FROM skills s JOIN organizations o "
+                     "ON o.id = s.tenant_id ORDER BY o.slug") == [
+        ("acme", "timesheet-conventions"), ("beta", "timesheet-conventions")]
 
 
 def test_keys_generate_prints_a_fresh_32_byte_key(cli: Cli) -> None:

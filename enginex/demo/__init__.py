@@ -21,6 +21,7 @@ from enginex.tenancy.context import TenantContext
 
 DEMO_DIR = Path(__file__).resolve().parent
 DEMO_AGENT_DIR = DEMO_DIR / "agents" / "hourly_tracking"
+DEMO_SKILL = DEMO_DIR / "skills" / "timesheet-conventions" / "SKILL.md"
 DEMO_AGENT_KEY = "hourly-tracking"
 DEMO_TIMESHEET = DEMO_DIR / "timesheet.csv"
 
@@ -39,6 +40,19 @@ async def deploy_demo_agent(db: AsyncSession, ctx: TenantContext) -> tuple[Agent
     package = await asyncio.to_thread(load_demo_agent)
     await set_tenant(db, ctx.org_id)
     return await deploy_package(db, ctx, package, actor=None)
+
+
+async def seed_demo_skill(db: AsyncSession, ctx: TenantContext) -> bool:
+    """Add the demo skill ``timesheet-conventions`` to ``ctx``'s organization unless a skill of
+    that name exists (so the Skills page has an example). Returns True when it was added.
+    Audited as ``skill.created`` by the system. The caller commits."""
+    from enginex.skills.service import create_skill, list_skills
+
+    text = DEMO_SKILL.read_text(encoding="utf-8")
+    if any(s.name == DEMO_SKILL.parent.name for s in await list_skills(db, ctx)):
+        return False
+    await create_skill(db, ctx, skill_md=text, actor=None)
+    return True
 
 
 def demo_instructions(base_url: str, slug: str, admin_email: str, password: str) -> list[str]:
