@@ -62,6 +62,7 @@ def _out(credential: Credential) -> CredentialOut:
         id=credential.id, name=credential.name, type=credential.kind,
         description=credential.description, provider=credential.provider,
         fields=list(credential.fields), hint=credential.hint,
+        allowed_hosts=list(credential.allowed_hosts or []),
         token_url=config.get("token_url"), client_id=config.get("client_id"),
         scope=config.get("scope"), expires_at=credential.expires_at,
         refreshed_at=credential.refreshed_at, value_version=credential.value_version,
@@ -81,15 +82,17 @@ async def list_credentials(db: DB, ctx: Reader) -> list[CredentialSummary]:
              status_code=status.HTTP_201_CREATED)
 async def create_credential(body: CredentialCreate, request: Request, db: DB,
                             ctx: Manager) -> CredentialOut:
-    """Store a credential. 409 if the name is taken; 422 if the values do not fit the type or
-    the token URL is refused by the egress guard. Audited; the values are never returned."""
+    """Store a credential. 409 if the name is taken; 422 if the values do not fit the type,
+    the token URL is refused by the egress guard or an allowed host is not a valid pattern.
+    Audited; the values are never returned. Without ``allowed_hosts`` runs may send it to any
+    host: set them."""
     credential = await service.create_credential(
         db, ctx, name=body.name, kind=body.type, values=dict(body.values),
         description=body.description, provider=body.provider,
         settings={"token_url": body.token_url, "client_id": body.client_id,
                   "scope": body.scope},
         expires_at=body.expires_at, keyring=keyring(request), actor=ctx.principal,
-        allow_private_network=_allow_private(request))
+        allowed_hosts=body.allowed_hosts, allow_private_network=_allow_private(request))
     return _out(credential)
 
 
@@ -103,8 +106,8 @@ async def get_credential(credential_id: uuid.UUID, db: DB, ctx: Manager) -> Cred
 async def update_credential(credential_id: uuid.UUID, body: CredentialUpdate,
                             request: Request, db: DB, ctx: Manager) -> CredentialOut:
     """Change metadata and/or replace the values (``values`` is the complete new set).
-    Omitted fields are kept; ``null`` clears token_url, client_id, scope and expires_at.
-    Audited."""
+    Omitted fields are kept; ``null`` clears token_url, client_id, scope and expires_at;
+    ``allowed_hosts`` replaces the list (``[]``: any host). Audited."""
     given = body.model_fields_set
     changes: dict[str, object] = {}
     for field in ("name", "description", "provider"):
@@ -124,6 +127,12 @@ async def update_credential(credential_id: uuid.UUID, body: CredentialUpdate,
         changes["settings"] = settings
     if "expires_at" in given:
         changes["expires_at"] = body.expires_at
+    if "allowed_hosts" in given:
+        if body.allowed_hosts is None:
+            raise ValidationFailed("allowed_hosts: cannot be null; send [] to allow any host, "
+                                   "or omit it to keep the list.",
+                                   details={"field": "allowed_hosts"})
+        changes["allowed_hosts"] = list(body.allowed_hosts)
     credential = await service.update_credential(
         db, ctx, credential_id, keyring=keyring(request), actor=ctx.principal,
         allow_private_network=_allow_private(request), **changes)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, LargeBinary, String
+from sqlalchemy import JSON, Index, LargeBinary, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from enginex.db import Base, TenantOwned
@@ -68,6 +68,9 @@ class Credential(TenantOwned, Base):
     # token_url, client_id, scope).
     fields: Mapped[list[str]] = mapped_column(JSON, default=list)
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Host patterns the values may be sent to (hosts.py); empty: any host.
+    allowed_hosts: Mapped[list[str]] = mapped_column(JSON, default=list,
+                                                     server_default=text("'[]'"))
     hint: Mapped[str | None] = mapped_column(String(16))
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     key_version: Mapped[int]

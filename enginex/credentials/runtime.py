@@ -9,7 +9,12 @@ per step and uses it three ways:
   credential and send it anywhere.
 * ``prepare`` + ``resolve``: the ``credential`` argument of a tool call (``http_request``);
   ``prepare`` loads it (async) before the call, the tool's synchronous
-  ``ToolContext.resolve_credential`` returns the header value.
+  ``ToolContext.resolve_credential`` returns the header value, and
+  ``ToolContext.check_credential_host`` (``check_host``) refuses a URL whose host the
+  credential may not be sent to (before the request and for every redirect hop).
+* ``credential(name, url=...)``: an LLM provider's key (url: its base URL) or an MCP
+  server's header (url: the server's URL) or environment variable (url None: not sent to a
+  host).
 * ``redact``: every value resolved in the step (and what tools add to ``ToolContext.secrets``)
   is replaced by ``[redacted]`` in the events, error and state the step commits; log records
   created while the step holds secrets are redacted too (see ``install_log_redaction``).
@@ -18,6 +23,14 @@ Resolution happens at the moment of use, for the run's own organization only (th
 bound to ``ctx.org_id``; the credential is looked up by name in that tenant), in its own short
 transaction that writes the audit entry ``credential.used`` (run, node) before the value is
 used. Plaintext lives only in the ``StepSecrets`` of that step, in memory.
+
+Allowed hosts (hosts.py): a credential with a non-empty ``allowed_hosts`` is only handed out
+for a destination URL whose host matches one of them. The check runs before the value is
+decrypted when the credential is first resolved in the step, and again in memory on every
+later use; a refused use raises ToolError naming the credential, the host and the fix, and is
+audited as ``credential.use_refused`` (name, run, node, host -- never the value or the URL,
+which may carry other secrets). A use with no URL to check (a placeholder in another tool's
+arguments) is refused for such a credential; an empty list allows any host.
 
 OAuth2: a credential with a token endpoint and a refresh token is refreshed when its access
 token expires within ``refresh_margin``. Refreshes of one credential are serialized: a lock
@@ -47,6 +60,7 @@ from urllib.parse import quote, quote_plus
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from enginex.audit.service import record
+from enginex.credentials import hosts
 from enginex.credentials.models import Credential
 from enginex.credentials.oauth2 import TOKEN_TIMEOUT_SECONDS, TokenRefreshFailed, refresh_tokens
 from enginex.credentials.repository import CredentialRepository
@@ -159,11 +173,25 @@ class CredentialNotFound(LookupError):
     pass
 
 
+class CredentialRefused(Exception):
+    """A use towards a host the credential may not be sent to; the message is safe to show
+    (``hosts.refusal_message``). Already audited as ``credential.use_refused``."""
+
+
 @dataclass(frozen=True)
 class Resolved:
     name: str
     kind: str
     values: dict[str, str]
+    # Host patterns it may be sent to (empty: any host), and its id for audit entries.
+    allowed_hosts: tuple[str, ...] = ()
+    credential_id: uuid.UUID | None = None
+
+    def allows(self, url: str | None) -> bool:
+        """Whether the value may be sent to ``url`` (None: no URL to check)."""
+        if not self.allowed_hosts:
+            return True
+        return url is not None and hosts.allows(self.allowed_hosts, url)
 
 
 def header_value(resolved: Resolved, header: str) -> str:
@@ -184,6 +212,15 @@ def header_value(resolved: Resolved, header: str) -> str:
             return values[candidate]
     raise ToolError(f"the custom credential '{resolved.name}' has no field '{field}' or "
                     f"'value' to send in the {header} header")
+
+
+HTTP_REQUEST = "http_request"
+
+
+def _request_url(arguments: Any) -> str | None:
+    """The ``url`` argument of an ``http_request`` call, if it is a text."""
+    url = arguments.get("url") if isinstance(arguments, Mapping) else None
+    return url if isinstance(url, str) else None
 
 
 class CredentialRuntime:
@@ -222,10 +259,14 @@ class CredentialRuntime:
                 and credential.expires_at - utcnow() <= self.refresh_margin)
 
     async def use(self, ctx: TenantContext, run_id: uuid.UUID, node_id: str,
-                  name: str) -> Resolved:
+                  name: str, *, url: str | None = None,
+                  host_bound: bool = False) -> Resolved:
         """Decrypt credential ``name`` of ``ctx``'s organization for a step, refreshing an
         OAuth2 token first when due. Audited (``credential.used``: run, node) and committed
-        before the value is returned. Raises CredentialNotFound or CredentialUnusable."""
+        before the value is returned. With ``host_bound`` the value is about to be sent to
+        ``url``: if the credential's allowed hosts do not match it, nothing is decrypted, the
+        refusal is audited (``credential.use_refused``) and CredentialRefused raised. Raises
+        CredentialNotFound or CredentialUnusable otherwise."""
         refreshed = False
         while True:
             async with self.sessions() as db:
@@ -233,6 +274,13 @@ class CredentialRuntime:
                 credential = await CredentialRepository(db, ctx).get_by_name(name)
                 if credential is None:
                     raise CredentialNotFound(name)
+                patterns = tuple(credential.allowed_hosts or ())
+                if host_bound and patterns and (url is None
+                                                or not hosts.allows(patterns, url)):
+                    await self._record_refusal(db, ctx, credential.id, name, run_id, node_id,
+                                               url)
+                    await db.commit()
+                    raise CredentialRefused(hosts.refusal_message(name, url))
                 if not refreshed and self.refresh_due(credential):
                     credential_id, expires_at = credential.id, credential.expires_at
                     await db.rollback()
@@ -256,9 +304,33 @@ class CredentialRuntime:
                 credential.last_used_at = utcnow()
                 await record(db, ctx, "credential.used", target_kind="credential",
                              target_id=credential.id, details=details)
-                resolved = Resolved(name, credential.kind, values)
+                resolved = Resolved(name, credential.kind, values, patterns, credential.id)
                 await db.commit()
                 return resolved
+
+    @staticmethod
+    async def _record_refusal(db: AsyncSession, ctx: TenantContext, credential_id: uuid.UUID,
+                              name: str, run_id: uuid.UUID, node_id: str,
+                              url: str | None) -> None:
+        target = hosts.destination(url) if url else None
+        await record(db, ctx, "credential.use_refused", target_kind="credential",
+                     target_id=credential_id,
+                     details={"name": name, "run_id": str(run_id), "node_id": node_id,
+                              "host": target.host if target else None,
+                              "port": target.port if target else None,
+                              "reason": "host not allowed" if target else "no host to check"})
+
+    async def refuse(self, ctx: TenantContext, run_id: uuid.UUID, node_id: str,
+                     resolved: Resolved, url: str | None) -> CredentialRefused:
+        """Audit a refused use of a credential the step already holds (its own transaction)
+        and return the error to raise."""
+        if resolved.credential_id is not None:
+            async with self.sessions() as db:
+                await set_tenant(db, ctx.org_id)
+                await self._record_refusal(db, ctx, resolved.credential_id, resolved.name,
+                                           run_id, node_id, url)
+                await db.commit()
+        return CredentialRefused(hosts.refusal_message(resolved.name, url))
 
     async def refresh(self, ctx: TenantContext, credential_id: uuid.UUID, run_id: uuid.UUID,
                       node_id: str) -> None:
@@ -326,6 +398,8 @@ class StepSecrets:
         self.values: list[str] = []
         self._resolved: dict[str, Resolved] = {}
         self._failures: dict[str, str] = {}
+        # The last refusal (allowed hosts) per credential name, for the synchronous hooks.
+        self._refusals: dict[str, str] = {}
         self._forms: set[str] = set()
 
     def _add_secret(self, value: str) -> None:
@@ -340,16 +414,30 @@ class StepSecrets:
             _ACTIVE[id(self)] = tuple(forms)
         return sorted(forms, key=len, reverse=True)
 
-    async def _get(self, name: str) -> Resolved:
-        if name in self._resolved:
-            return self._resolved[name]
+    async def _get(self, name: str, url: str | None = None, *,
+                   host_bound: bool = False) -> Resolved:
+        """Credential ``name``, resolved once per step. ``host_bound``: the value is about to
+        be sent to ``url`` (None: a destination that cannot be checked); a credential whose
+        allowed hosts do not match is refused (audited) with ToolError, every time."""
+        resolved = self._resolved.get(name)
+        if resolved is not None:
+            if host_bound and not resolved.allows(url):
+                refused = await self.runtime.refuse(self.ctx, self.run_id, self.node_id,
+                                                    resolved, url)
+                self._refusals[name] = str(refused)
+                raise ToolError(str(refused))
+            return resolved
         if name not in self._failures:
             try:
-                resolved = await self.runtime.use(self.ctx, self.run_id, self.node_id, name)
+                resolved = await self.runtime.use(self.ctx, self.run_id, self.node_id, name,
+                                                  url=url, host_bound=host_bound)
             except CredentialNotFound:
                 self._failures[name] = f"no credential named '{name}' in this organization"
             except CredentialUnusable as exc:
                 self._failures[name] = str(exc)
+            except CredentialRefused as exc:
+                self._refusals[name] = str(exc)
+                raise ToolError(str(exc)) from None
             else:
                 self._resolved[name] = resolved
                 for value in resolved.values.values():
@@ -358,11 +446,13 @@ class StepSecrets:
                 return resolved
         raise ToolError(self._failures[name])
 
-    async def render_arguments(self, arguments: dict[str, Any],
-                               state: Mapping[str, Any]) -> dict[str, Any]:
+    async def render_arguments(self, arguments: dict[str, Any], state: Mapping[str, Any], *,
+                               tool: str | None = None) -> dict[str, Any]:
         """``render_value(arguments, state)`` with the package's own
-        ``{{credentials.NAME.FIELD}}`` placeholders filled in. Raises ToolError (safe to
-        store) for an unknown credential or field."""
+        ``{{credentials.NAME.FIELD}}`` placeholders filled in, for a node calling ``tool``.
+        Raises ToolError (safe to store) for an unknown credential or field, and for a
+        credential with allowed hosts unless ``tool`` is ``http_request`` and its rendered
+        ``url`` has an allowed host (checked before decrypting, and again on the final URL)."""
         found: dict[tuple[str, str], str] = {}
         marker = f"@@enginex-credential-{secrets.token_hex(12)}-"
 
@@ -382,16 +472,17 @@ class StepSecrets:
         marked = mark(arguments)
         if not found:
             return render_value(arguments, state)
+        rendered = render_value(marked, state)
+        url = _request_url(rendered) if tool == HTTP_REQUEST else None
         fills: dict[str, str] = {}
         for (name, field), token in found.items():
-            resolved = await self._get(name)
+            resolved = await self._get(name, url, host_bound=True)
             usable = KINDS[resolved.kind].usable
             if field not in resolved.values or (usable is not None and field not in usable):
                 names = usable if usable is not None else sorted(resolved.values)
                 raise ToolError(f"the credential '{name}' has no field '{field}' a tool may use "
                                 f"(use one of: {', '.join(names)})")
             fills[token] = resolved.values[field]
-        rendered = render_value(marked, state)
 
         def fill(value: Any) -> Any:
             if isinstance(value, str):
@@ -404,37 +495,66 @@ class StepSecrets:
                 return [fill(v) for v in value]
             return value
 
-        return fill(rendered)  # type: ignore[no-any-return]
+        filled: dict[str, Any] = fill(rendered)
+        if url is not None:
+            # A value filled into the URL's authority changes the host: check the real one.
+            final_url = _request_url(filled)
+            for name in dict.fromkeys(name for name, _field in found):
+                await self._get(name, final_url, host_bound=True)
+        return filled
 
     async def prepare(self, arguments: Mapping[str, Any]) -> None:
         """Load the credential named by a tool call's ``credential`` argument, if any, so that
-        ``resolve`` can answer synchronously. Failures surface from ``resolve``."""
+        ``resolve`` can answer synchronously, checking its allowed hosts against the call's
+        ``url`` (a refusal is audited here). Failures surface from ``check_host`` and
+        ``resolve``."""
         name = arguments.get("credential") if isinstance(arguments, Mapping) else None
         if isinstance(name, str) and name:
             try:
-                await self._get(name)
+                await self._get(name, _request_url(arguments), host_bound=True)
             except ToolError:
                 pass
 
-    def resolve(self, name: str, header: str) -> str:
-        """``ToolContext.resolve_credential``: the value of ``header`` for a credential
-        ``prepare`` loaded. LookupError if it was not, ToolError if it is unusable."""
+    def check_host(self, name: str, url: str) -> None:
+        """``ToolContext.check_credential_host``: raise ToolError unless the credential
+        ``prepare`` loaded may be sent to ``url`` (``http_request`` calls it before the
+        request and for every redirect hop that keeps the credential). LookupError if it
+        was not loaded."""
         if name in self._failures:
             raise ToolError(self._failures[name])
         resolved = self._resolved.get(name)
         if resolved is None:
+            if name in self._refusals:
+                raise ToolError(self._refusals[name])
+            raise LookupError(name)
+        if not resolved.allows(url):
+            raise ToolError(hosts.refusal_message(name, url))
+
+    def resolve(self, name: str, header: str) -> str:
+        """``ToolContext.resolve_credential``: the value of ``header`` for a credential
+        ``prepare`` loaded. LookupError if it was not, ToolError if it is unusable or its
+        use was refused (allowed hosts)."""
+        if name in self._failures:
+            raise ToolError(self._failures[name])
+        resolved = self._resolved.get(name)
+        if resolved is None:
+            if name in self._refusals:
+                raise ToolError(self._refusals[name])
             raise LookupError(name)
         value = header_value(resolved, header)
         self._add_secret(value)
         self.secret_forms()
         return value
 
-    async def credential(self, name: str) -> Resolved:
+    async def credential(self, name: str, *, url: str | None) -> Resolved:
         """Credential ``name`` of the run's organization for a use other than a tool argument
-        (an LLM provider's key): resolved once per step, audited as ``credential.used`` (run,
-        node) and redacted from everything the step stores. Raises ToolError (safe to store)
-        when it is missing or unusable."""
-        return await self._get(name)
+        (an LLM provider's key, an MCP server's header or environment): resolved once per
+        step, audited as ``credential.used`` (run, node) and redacted from everything the
+        step stores. ``url``: where the value is sent (the provider's base URL, the MCP
+        server's URL), checked against the credential's allowed hosts; None only for a use
+        that is not sent to a host (a stdio MCP server's environment). Raises ToolError (safe
+        to store) when it is missing, unusable or refused."""
+        return await self._get(name, url, host_bound=url is not None)
 
     async def note_llm_key_use(self) -> None:
         """An LLM step uses the organization's provider key: audit it (``llm_settings.
@@ -466,5 +586,6 @@ class StepSecrets:
         """Forget the step's plaintext (and stop redacting it from logs)."""
         _ACTIVE.pop(id(self), None)
         self._resolved.clear()
+        self._refusals.clear()
         self.values.clear()
         self._forms = set()

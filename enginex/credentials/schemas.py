@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
+from enginex.credentials.hosts import MAX_ALLOWED_HOSTS, MAX_PATTERN_CHARS
 from enginex.kit.schemas import DateTimeParam, RequestBody, ResponseBody
 
 CredentialType = Literal["api_key", "bearer_token", "basic_auth", "oauth2", "custom"]
@@ -18,10 +19,18 @@ SecretValue = Annotated[str, StringConstraints(min_length=1, max_length=8192,
                                                strip_whitespace=False)]
 Values = Annotated[dict[FieldName, SecretValue], Field(min_length=1, max_length=20)]
 ExpiresAt = Annotated[DateTimeParam, Field(strict=False)]
+HostPattern = Annotated[str, StringConstraints(max_length=MAX_PATTERN_CHARS)]
+AllowedHosts = Annotated[list[HostPattern], Field(max_length=MAX_ALLOWED_HOSTS)]
 
 VALUES_HELP = ("Write-only secret fields, by type: api_key {key}; bearer_token {token}; "
                "basic_auth {username, password}; oauth2 {access_token, refresh_token?, "
                "client_secret?}; custom: 1-20 fields of your choice. Never returned.")
+ALLOWED_HOSTS_HELP = (
+    "Hosts the credential may be sent to, at most 20: 'api.example.com', '*.example.com' "
+    "(any subdomain, not example.com itself), either with an optional ':port' (without one: "
+    "any port). No scheme or path. Empty (the default): any host -- set it, so that a prompt "
+    "injection cannot make a run send the credential elsewhere. Stored lowercase and "
+    "IDNA-encoded.")
 
 
 class CredentialCreate(RequestBody):
@@ -38,6 +47,7 @@ class CredentialCreate(RequestBody):
     scope: Annotated[str, StringConstraints(max_length=1000)] | None = None
     expires_at: ExpiresAt | None = Field(default=None, description="oauth2: when the access "
                                                                    "token expires.")
+    allowed_hosts: AllowedHosts = Field(default_factory=list, description=ALLOWED_HOSTS_HELP)
 
 
 class CredentialUpdate(RequestBody):
@@ -51,6 +61,9 @@ class CredentialUpdate(RequestBody):
     client_id: Annotated[str, StringConstraints(max_length=500)] | None = None
     scope: Annotated[str, StringConstraints(max_length=1000)] | None = None
     expires_at: ExpiresAt | None = None
+    allowed_hosts: AllowedHosts | None = Field(default=None, description=ALLOWED_HOSTS_HELP
+                                               + " Replaces the whole list; [] allows any "
+                                               "host.")
 
 
 class CredentialSummary(ResponseBody):
@@ -70,6 +83,8 @@ class CredentialOut(ResponseBody):
     provider: str
     fields: list[str] = Field(description="Names of the stored secret fields (never values).")
     hint: str | None = Field(description="The last 4 characters of a long key or token.")
+    allowed_hosts: list[str] = Field(description="Host patterns it may be sent to; empty: "
+                                                 "any host.")
     token_url: str | None
     client_id: str | None
     scope: str | None

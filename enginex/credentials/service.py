@@ -5,7 +5,10 @@ inside the caller's transaction, and no function here returns them except ``open
 which only the run-time resolver (runtime.py) and key rotation call. Another organization's
 credential id raises NotFound exactly like a missing one. Every mutation is audited in the
 caller's transaction (``credential.created`` / ``.updated`` / ``.deleted``); the audit details
-hold names and field names, never values.
+hold names, field names and allowed hosts, never values.
+
+``allowed_hosts`` (hosts.py) bounds where runs may send a credential; the run-time side
+(runtime.py, ``StepSecrets``) enforces it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import ipaddress
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
 from enginex.credentials.crypto import Binding, VaultError
+from enginex.credentials.hosts import HostPatternError, normalize_patterns
 from enginex.credentials.models import Credential
 from enginex.credentials.repository import CredentialRepository
 from enginex.credentials.vault import Keyring
@@ -152,6 +157,15 @@ def check_settings(kind: str, settings: dict[str, str | None], *,
     return {k: v for k, v in given.items() if k in OAUTH2_SETTINGS and v is not None}
 
 
+def check_allowed_hosts(patterns: Sequence[str]) -> list[str]:
+    """The normalised host patterns (hosts.py); ValidationFailed naming the bad entry and
+    what to write instead."""
+    try:
+        return normalize_patterns(list(patterns))
+    except HostPatternError as exc:
+        raise _invalid(f"{exc}.", "allowed_hosts") from None
+
+
 def _hint(kind: str, values: dict[str, str]) -> str | None:
     field = KINDS[kind].hint_field
     value = values.get(field) if field else None
@@ -207,11 +221,11 @@ async def create_credential(db: AsyncSession, ctx: TenantContext, *, name: str, 
                             values: dict[str, str], description: str = "", provider: str = "",
                             settings: dict[str, str | None] | None = None,
                             expires_at: datetime | None = None, keyring: Keyring,
-                            actor: Principal | None,
+                            actor: Principal | None, allowed_hosts: Sequence[str] = (),
                             allow_private_network: bool = False) -> Credential:
     """Create a credential and seal its values. Conflict if the name is taken in this
-    organization; ValidationFailed for values or settings that do not fit the type. Audited
-    as ``credential.created`` (name, type, provider, field names)."""
+    organization; ValidationFailed for values, settings or allowed hosts that do not fit.
+    Audited as ``credential.created`` (name, type, provider, field names, allowed hosts)."""
     repo = CredentialRepository(db, ctx)
     taken = Conflict(f"A credential named '{name}' already exists in this organization; "
                      "choose another name or update that one.", details={"field": "name"})
@@ -220,6 +234,7 @@ async def create_credential(db: AsyncSession, ctx: TenantContext, *, name: str, 
                        "or digit.", "name")
     fields = check_values(kind, values)
     config = check_settings(kind, settings or {}, allow_private_network=allow_private_network)
+    hosts = check_allowed_hosts(allowed_hosts)
     if expires_at is not None and kind != "oauth2":
         raise _invalid("only oauth2 credentials expire.", "expires_at")
     if await repo.get_by_name(name) is not None:
@@ -227,7 +242,8 @@ async def create_credential(db: AsyncSession, ctx: TenantContext, *, name: str, 
     now = utcnow()
     credential = Credential(
         tenant_id=ctx.org_id, id=new_id(), name=name, kind=kind, description=description,
-        provider=provider, fields=fields, config=config, hint=_hint(kind, values),
+        provider=provider, fields=fields, config=config, allowed_hosts=hosts,
+        hint=_hint(kind, values),
         value_version=1, expires_at=expires_at,
         created_by_kind=actor.kind if actor else "system",
         created_by=actor.actor_id if actor else None, created_at=now, updated_at=now)
@@ -238,7 +254,8 @@ async def create_credential(db: AsyncSession, ctx: TenantContext, *, name: str, 
     except IntegrityError as exc:
         raise taken from exc
     await record(db, ctx, "credential.created", target_kind="credential", target_id=credential.id,
-                 details={"name": name, "type": kind, "provider": provider, "fields": fields},
+                 details={"name": name, "type": kind, "provider": provider, "fields": fields,
+                          "allowed_hosts": hosts},
                  **_actor(actor))
     return credential
 
@@ -252,11 +269,13 @@ async def update_credential(db: AsyncSession, ctx: TenantContext, credential_id:
                             provider: str = UNCHANGED, values: dict[str, str] = UNCHANGED,
                             settings: dict[str, str | None] = UNCHANGED,
                             expires_at: datetime | None = UNCHANGED,
+                            allowed_hosts: Sequence[str] = UNCHANGED,
                             allow_private_network: bool = False) -> Credential:
     """Change metadata and/or replace all values (``values`` is the complete new set; the
     value version increases, so an older ciphertext can never be put back). Arguments left
-    ``UNCHANGED`` keep their value. NotFound, Conflict, ValidationFailed as for create.
-    Audited as ``credential.updated`` (what changed, never the values)."""
+    ``UNCHANGED`` keep their value; ``allowed_hosts`` replaces the whole list. NotFound,
+    Conflict, ValidationFailed as for create. Audited as ``credential.updated`` (what
+    changed, the new allowed hosts when they changed; never the values)."""
     repo = CredentialRepository(db, ctx)
     credential = await repo.get_for_update(credential_id)
     if credential is None:
@@ -280,6 +299,14 @@ async def update_credential(db: AsyncSession, ctx: TenantContext, credential_id:
         credential.config = check_settings(credential.kind, merged,
                                            allow_private_network=allow_private_network)
         changed.append("settings")
+    details: dict[str, Any] = {}
+    if allowed_hosts is not UNCHANGED:
+        hosts = check_allowed_hosts(allowed_hosts)
+        if hosts != list(credential.allowed_hosts or []):
+            details["allowed_hosts"] = hosts
+            details["previous_allowed_hosts"] = list(credential.allowed_hosts or [])
+            credential.allowed_hosts = hosts
+            changed.append("allowed_hosts")
     if expires_at is not UNCHANGED:
         if expires_at is not None and credential.kind != "oauth2":
             raise _invalid("only oauth2 credentials expire.", "expires_at")
@@ -301,7 +328,8 @@ async def update_credential(db: AsyncSession, ctx: TenantContext, credential_id:
                        "organization.", details={"field": "name"}) from exc
     await record(db, ctx, "credential.updated", target_kind="credential",
                  target_id=credential.id,
-                 details={"name": credential.name, "changed": changed}, **_actor(actor))
+                 details={"name": credential.name, "changed": changed, **details},
+                 **_actor(actor))
     return credential
 
 

@@ -1,9 +1,10 @@
 """The org admin's credentials page (``/o/{org}/settings/credentials``).
 
-Members with credentials:read see names, types, field names, the hint and the last change;
-admins (credentials:write) also create, replace the values of and delete credentials. Values
-are write-only: a submitted secret is never put back into a page, not even when the form
-re-renders with the service's message.
+Members with credentials:read see names, types, field names, allowed hosts, the hint and the
+last change; admins (credentials:write) also create, replace the values (and allowed hosts)
+of and delete credentials. Values are write-only: a submitted secret is never put back into a
+page, not even when the form re-renders with the service's message. Allowed hosts are typed
+one per line; an empty box allows any host.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def _type_fields(kind: str) -> list[tuple[str, bool]]:
 def _custom_fields(credential: Credential) -> list[tuple[str, bool]]:
     """The fields of a custom credential: a replacement sets all of them again."""
     return [(f, True) for f in credential.fields]
+
+
+def _hosts(form: dict[str, str]) -> list[str]:
+    """The allowed hosts typed one per line (blank lines ignored; the service validates)."""
+    return [line.strip() for line in form.get("allowed_hosts", "").splitlines()
+            if line.strip()]
 
 
 def _secret_input(field: str) -> bool:
@@ -107,6 +114,7 @@ async def create_credential(request: Request, db: DB,
     # Only non-secret inputs go back into the re-rendered form.
     kept = {"name": form.get("name", "")[:100], "description": form.get("description", "")[:500],
             **{k: form.get(k, "")[:2000] for k in OAUTH2_SETTINGS},
+            "allowed_hosts": form.get("allowed_hosts", "")[:10000],
             **{f"field_name_{i}": form.get(f"field_name_{i}", "")[:40]
                for i in range(1, CUSTOM_SLOTS + 1)}}
     if kind not in service.KINDS:
@@ -117,7 +125,7 @@ async def create_credential(request: Request, db: DB,
         await service.create_credential(
             db, web.ctx, name=kept["name"], kind=kind, values=_values(kind, form),
             description=kept["description"], settings=settings, keyring=keyring(request),
-            actor=web.principal,
+            actor=web.principal, allowed_hosts=_hosts(form),
             allow_private_network=bool(getattr(request.app.state.settings,
                                                "allow_private_network", False)))
     except AppError as exc:
@@ -133,7 +141,8 @@ async def create_credential(request: Request, db: DB,
 async def replace_values(request: Request, credential_id: uuid.UUID, db: DB,
                          web: Annotated[WebContext, WebTenant(Scope.CREDENTIALS_WRITE)]
                          ) -> Response:
-    """Replace all values of a credential (its fields stay the same)."""
+    """Replace all values of a credential (its fields stay the same) and its allowed hosts
+    (the form shows the current ones)."""
     form = await _form(request)
     credential = await service.access_credential(db, web.ctx, credential_id)
     custom = list(credential.fields) if credential.kind == "custom" else None
@@ -146,7 +155,8 @@ async def replace_values(request: Request, credential_id: uuid.UUID, db: DB,
     try:
         await service.update_credential(
             db, web.ctx, credential_id, keyring=keyring(request), actor=web.principal,
-            values=values)
+            values=values, **({"allowed_hosts": _hosts(form)}
+                              if "allowed_hosts" in form else {}))
     except AppError as exc:
         if isinstance(exc, NotFound):
             raise

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 from enginex.agents.manifest import AgentManifest, LLMNode
 from enginex.audit.service import record
 from enginex.credentials.crypto import Binding, VaultError, is_sealed
+from enginex.credentials.hosts import credential_allows, refusal_message
 from enginex.credentials.repository import CredentialRepository
 from enginex.credentials.service import CredentialUnusable, open_values
 from enginex.credentials.vault import Keyring, previous_master_key
@@ -46,6 +47,7 @@ from enginex.kit.time import utcnow
 from enginex.llm.base import CompletionRequest, LLMError, LLMProvider, LLMResponse
 from enginex.llm.models import LLMProviderConfig, LLMSettings, ModelAlias
 from enginex.llm.providers import (
+    ANTHROPIC_DEFAULT_BASE_URL,
     DEFAULT_TIMEOUT,
     AnthropicProvider,
     OpenAICompatibleProvider,
@@ -638,6 +640,8 @@ async def _open_credential(db: AsyncSession, ctx: TenantContext, resolution: Res
         raise LLMError(f"The LLM provider '{resolution.provider}' names the credential "
                        f"'{name}', which this organization does not have. Create it, or "
                        f"change the provider on {SETTINGS_PAGE}.")
+    if not credential_allows(credential, resolution.base_url or ANTHROPIC_DEFAULT_BASE_URL):
+        raise LLMError(refusal_message(name, resolution.base_url or ANTHROPIC_DEFAULT_BASE_URL))
     try:
         values = await open_values(db, credential, keyring)
     except CredentialUnusable as exc:
@@ -681,7 +685,9 @@ async def provider_from_resolution(db: AsyncSession, ctx: TenantContext,
         if secrets is not None:
             await db.commit()
             try:
-                resolved = await secrets.credential(resolution.credential_name)
+                resolved = await secrets.credential(
+                    resolution.credential_name,
+                    url=resolution.base_url or ANTHROPIC_DEFAULT_BASE_URL)
             except ToolError as exc:
                 raise LLMError(f"The LLM provider '{resolution.provider}' cannot use its "
                                f"credential: {exc}.") from None

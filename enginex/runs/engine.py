@@ -119,7 +119,8 @@ class _Result:
 def _credential_hooks(result: _Result) -> dict[str, Any]:
     if result.secrets is None:
         return {}
-    return {"secrets": result.secrets.values, "resolve_credential": result.secrets.resolve}
+    return {"secrets": result.secrets.values, "resolve_credential": result.secrets.resolve,
+            "check_credential_host": result.secrets.check_host}
 
 
 def _clip(value: Any, limit: int = MAX_EVENT_TEXT) -> Any:
@@ -298,7 +299,8 @@ async def _run_tool(deps: EngineDeps, loaded: _Loaded, node: ToolNode, result: _
     if tool is None:
         raise ToolError(f"tool '{node.tool}' is not available")
     if result.secrets is not None:  # {{credentials.NAME.FIELD}} too (package text only)
-        arguments = await result.secrets.render_arguments(node.arguments, loaded.state)
+        arguments = await result.secrets.render_arguments(node.arguments, loaded.state,
+                                                          tool=node.tool)
         await result.secrets.prepare(arguments)
     else:
         arguments = render_value(node.arguments, loaded.state)

@@ -25,6 +25,8 @@ class ToolContext:
     # Values that must never be stored (resolved credentials): the engine redacts them.
     secrets: list[str] = field(default_factory=list)
     resolve_credential: Callable[[str, str], str] | None = None
+    # (credential name, url): raises ToolError if the credential may not be sent to url's host.
+    check_credential_host: Callable[[str, str], None] | None = None
 
 
 class ToolError(Exception):

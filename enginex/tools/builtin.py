@@ -25,6 +25,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 1_000_000
 MAX_REDIRECTS = 5
 MAX_OUTPUT_BYTES = 1_000_000
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MIN_SECRET_CHARS = 4  # as the engine's redaction: shorter values match ordinary text
 # Headers an agent may not set: the HTTP layer owns them.
 _FORBIDDEN_REQUEST_HEADERS = frozenset({
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
@@ -108,10 +109,15 @@ class HttpRequestTool:
     """``http_request``: one HTTP request through the egress guard.
 
     Redirects are followed by hand (each target passes ``check_url``, and every connection the
-    guarded transport opens is re-checked); the credential header is dropped when a redirect
-    leaves the original origin. The response body is read up to ``max_response_bytes``
-    (``truncated`` tells whether more was sent); ``Accept-Encoding: identity`` is asked for so
-    that the cap applies to what the server sends.
+    guarded transport opens is re-checked). A ``credential`` is checked against its allowed
+    hosts (``ToolContext.check_credential_host``) before the first byte is sent and again for
+    every hop that still carries it. When a redirect leaves the original origin, the
+    credential header and every header holding a credential value (``ToolContext.secrets``,
+    e.g. a ``{{credentials.NAME.FIELD}}`` placeholder) are dropped, and a redirect that would
+    resend a body holding a credential value to another origin is refused. The response body
+    is read up to ``max_response_bytes`` (``truncated`` tells whether more was sent);
+    ``Accept-Encoding: identity`` is asked for so that the cap applies to what the server
+    sends.
     """
 
     spec = HTTP_REQUEST_SPEC
@@ -131,6 +137,7 @@ class HttpRequestTool:
         credential_header = None
         if args.credential is not None:
             credential_header = args.credential_header
+            self._check_host(ctx, args.credential, args.url)
             value = self._resolve(ctx, args.credential, credential_header)
             secrets.append(value)
             _scheme, _, token = value.partition(" ")
@@ -171,6 +178,19 @@ class HttpRequestTool:
         return headers
 
     @staticmethod
+    def _check_host(ctx: ToolContext, name: str, url: str) -> None:
+        """ToolError unless credential ``name`` may be sent to ``url`` (its allowed hosts)."""
+        if ctx.check_credential_host is None:
+            return  # no credential store with allowed hosts (e.g. a bare ToolContext)
+        try:
+            ctx.check_credential_host(name, url)
+        except ToolError:
+            raise
+        except (LookupError, ValueError):
+            raise ToolError(f"http_request: no usable credential named '{name}' in this "
+                            "organization") from None
+
+    @staticmethod
     def _resolve(ctx: ToolContext, name: str, header: str) -> str:
         if ctx.resolve_credential is None:
             raise ToolError("credentials are not available")
@@ -198,11 +218,14 @@ class HttpRequestTool:
             content = args.body.encode()
         origin = httpx.URL(args.url)
         url = origin
+        step_secrets = [s for s in ctx.secrets if len(s) >= MIN_SECRET_CHARS]
         async with httpx.AsyncClient(transport=guarded_transport(allow_private=allow_private),
                                      follow_redirects=False, trust_env=False,
                                      timeout=httpx.Timeout(args.timeout)) as client:
             for _hop in range(MAX_REDIRECTS + 1):
                 await check_url_async(str(url), allow_private=allow_private)
+                if credential_header and args.credential is not None:
+                    self._check_host(ctx, args.credential, str(url))
                 request = client.build_request(method, url, headers=headers, content=content)
                 response = await client.send(request, stream=True)
                 try:
@@ -214,10 +237,20 @@ class HttpRequestTool:
                             method, content = "GET", None
                             headers = {k: v for k, v in headers.items()
                                        if k.lower() != "content-type"}
-                        if credential_header and not _same_origin(origin, url):
+                        if not _same_origin(origin, url):
+                            if credential_header:
+                                headers = {k: v for k, v in headers.items()
+                                           if k.lower() != credential_header.lower()}
+                                credential_header = None
                             headers = {k: v for k, v in headers.items()
-                                       if k.lower() != credential_header.lower()}
-                            credential_header = None
+                                       if not any(s in v for s in step_secrets)}
+                            if content is not None and any(
+                                    form.encode() in content for s in step_secrets
+                                    for form in (s, json.dumps(s)[1:-1])):
+                                raise ToolError(
+                                    f"http_request: refused to follow the redirect to "
+                                    f"{url.scheme}://{url.host}: it would resend a body "
+                                    "holding a credential to another origin")
                         continue
                     body, truncated = await self._read(response)
                     return {
