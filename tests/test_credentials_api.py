@@ -101,7 +101,8 @@ def test_access_rules(server: Server, org_a: Org, org_b: Org) -> None:
             else:
                 assert listed.status_code == 200
                 assert listed.json() == [{"id": created["id"], "name": "deploy-key",
-                                          "type": "api_key", "fields": ["key"]}]
+                                          "type": "api_key", "fields": ["key"],
+                                          "allowed_hosts": []}]
             for method, path, kwargs in (("POST", url(org_b), {"json": body}),
                                          ("GET", item, {}),
                                          ("PATCH", item, {"json": {"description": "x"}}),

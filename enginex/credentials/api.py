@@ -74,7 +74,8 @@ def _out(credential: Credential) -> CredentialOut:
 @router.get("/orgs/{org}/credentials", response_model=list[CredentialSummary])
 async def list_credentials(db: DB, ctx: Reader) -> list[CredentialSummary]:
     """Names, types and field names of the organization's credentials (never values)."""
-    return [CredentialSummary(id=c.id, name=c.name, type=c.kind, fields=list(c.fields))
+    return [CredentialSummary(id=c.id, name=c.name, type=c.kind, fields=list(c.fields),
+                              allowed_hosts=list(c.allowed_hosts or []))
             for c in await service.list_credentials(db, ctx)]
 
 

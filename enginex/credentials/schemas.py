@@ -73,6 +73,8 @@ class CredentialSummary(ResponseBody):
     name: str
     type: str
     fields: list[str]
+    allowed_hosts: list[str] = Field(description="Hosts the credential may be sent to; empty: "
+                                                 "any host.")
 
 
 class CredentialOut(ResponseBody):
