@@ -27,6 +27,7 @@ from enginex.credentials.web import router as credentials_web_router
 from enginex.db import Database
 from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
+from enginex.kit.process import protect_process
 from enginex.llm.api import router as llm_router
 from enginex.llm.web import router as llm_web_router
 from enginex.mcp.api import router as mcp_router
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        protect_process()  # stdio MCP servers must not read this process's environ/memory
         task = None
         if settings.embedded_worker:
             app.state.worker = build_worker(settings, app.state.db, app.state.engine)

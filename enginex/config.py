@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     tenant_concurrency: int = 4
     lease_seconds: int = 30
     allow_private_network: bool = False
+    mcp_stdio_user: str = "nobody"
 
     @property
     def resolved_database_url(self) -> str:

@@ -320,7 +320,7 @@ def unique(prefix: str) -> str:
 
 def refusals(org: Org, run_id: str) -> list[dict[str, Any]]:
     return [e["details"] for e in audit(org, "credential.use_refused")
-            if e["details"]["run_id"] == run_id]
+            if e["details"].get("run_id") == run_id]
 
 
 def uses(org: Org, run_id: str, name: str) -> list[dict[str, Any]]:
@@ -564,6 +564,12 @@ def test_an_mcp_header_credential_bound_to_another_host_fails(
         assert "allowed hosts" in session["error"]
         assert [r["node_id"] for r in refusals(tenant, session["id"])] == ["who"]
         assert token not in json.dumps(events)
+        # The admin's refresh (tool discovery) is held to the same hosts.
+        refused = admin.post(f"/api/v1/orgs/{tenant.slug}/mcp/servers/"
+                             f"{added.json()['id']}/refresh")
+        assert refused.status_code == 200 and refused.json()["ok"] is False, refused.text
+        assert f"the credential '{name}' may not be sent to 127.0.0.1" in refused.text
+        assert token not in refused.text
 
         patch(tenant, created["id"], allowed_hosts=["127.0.0.1"])  # any port of the host
         session, events = run(tenant, agent)

@@ -9,7 +9,12 @@ egress tests turn that off on the running server for a while.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import secrets
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +24,10 @@ import httpx
 import pytest
 
 from enginex.agents.cli import zip_directory
+from enginex.kit.crypto import load_master_key
 from enginex.kit.errors import NOT_FOUND_MESSAGE
-from tests.conftest import separate_deployment
+from enginex.kit.process import is_dumpable
+from tests.conftest import IN_CI, separate_deployment
 from tests.factories import (
     Actor,
     Org,
@@ -30,6 +37,7 @@ from tests.factories import (
     make_org,
     make_platform_admin,
     private_network,
+    sign_in,
     wait_for_status,
 )
 from tests.mcp_servers import serve_http_mcp, stdio_catalog_entry
@@ -568,3 +576,256 @@ def test_the_catalog_page_is_for_the_platform_admin(root: Actor, acme: Org) -> N
     gone = root.client.post(f"/admin/mcp-catalog/{entry['id']}/delete")
     assert gone.status_code == 303
     assert name not in root.client.get("/admin/mcp-catalog").text
+
+
+# --- review hardening: the stdio sandbox, reserved variables, refresh limits, tool lists ------
+
+
+@pytest.fixture
+def greeter() -> Iterator[int]:
+    """A TCP listener on 127.0.0.1 that greets every connection with 'hello'."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"hello")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def probe_run(org: Org, root: Actor, tmp_path: Path, *, network: bool,
+              calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """Run the stdio probes ``calls`` (tool, arguments) in one run; their results."""
+    entry = add_catalog_entry(root, network=network, timeout_seconds=20)
+    assert entry["network"] is network
+    name = unique("probe")
+    created = add_server(org, {"name": name, "transport": "stdio",
+                               "catalog_entry": entry["name"]})
+    assert refresh(org, created["id"])["ok"] is True
+    nodes = [tool_node(f"mcp.{name}.{tool}", arguments, node_id=f"n{i}")
+             for i, (tool, arguments) in enumerate(calls)]
+    edges = [{"id": f"e{i}", "source": f"n{i}", "target": f"n{i + 1}", "condition": "on_success"}
+             for i in range(len(nodes) - 1)]
+    deploy(org, tmp_path, agent := unique("probe-agent"), nodes, edges=edges)
+    session, events = run(org, agent)
+    assert session["status"] == "succeeded", (session, events)
+    return results(events)
+
+
+def test_a_stdio_server_cannot_read_the_platforms_environment_or_reach_the_network(
+        root: Actor, acme: Org, tmp_path: Path, greeter: int) -> None:
+    identity, environ, reached = probe_run(acme, root, tmp_path, network=False, calls=[
+        ("identity", {}), ("parent_environ", {}),
+        ("connect", {"host": "127.0.0.1", "port": greeter})])
+    # The platform (its /proc/<pid>/environ holds ENGINEX_MASTER_KEY) is out of reach ...
+    assert environ["ok"] is False and "Permission denied" in environ["error"], environ
+    assert environ["ppid"] == os.getpid()  # the test deployment runs in this process
+    assert not is_dumpable()  # create_app's lifespan made the platform non-dumpable
+    # ... and so is every network, the platform's own ports on 127.0.0.1 included.
+    assert reached["ok"] is False, reached
+    if os.geteuid() == 0:
+        assert identity["uid"] == identity["euid"] == pwd.getpwnam("nobody").pw_uid, identity
+    # With network allowed by the platform admin, the same probe connects.
+    reached, environ = probe_run(acme, root, tmp_path, network=True, calls=[
+        ("connect", {"host": "127.0.0.1", "port": greeter}), ("parent_environ", {})])
+    assert reached == {"ok": True, "value": "hello"}, reached
+    assert environ["ok"] is False, environ
+
+
+def test_a_stdio_server_cannot_read_the_master_key_file_when_the_platform_runs_as_root(
+        mcp_server: Server, root: Actor, acme: Org, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI runs the tests as root")
+        pytest.skip("as another user than root, a stdio server runs as the platform's user and "
+                    "can read its files (documented in docs/MCP.md)")
+    # The development key file, written as the platform writes it (0600 in the data dir).
+    load_master_key(mcp_server.settings.model_copy(update={"master_key": ""}))
+    key_file = Path(mcp_server.settings.data_dir) / "master.key"
+    assert key_file.exists()
+    (read,) = probe_run(acme, root, tmp_path, network=False,
+                        calls=[("read_file", {"path": str(key_file)})])
+    assert read["ok"] is False and "Permission denied" in read["error"], read
+
+
+def test_catalog_entries_cannot_open_proxy_ca_or_package_tool_variables(root: Actor) -> None:
+    families = {"NPM_CONFIG_*": "NPM_CONFIG_REGISTRY", "UV_*": "UV_INDEX_URL",
+                "PIP_*": "PIP_INDEX_URL", "GIT_*": "GIT_SSH_COMMAND",
+                "JDK_*": "JDK_JAVA_OPTIONS", "JAVA_*": "JAVA_HOME", "OPENSSL_*": "OPENSSL_CONF",
+                "PERLLIB": "PERLLIB", "RUBYLIB": "RUBYLIB", "NODE_PATH": "NODE_PATH",
+                "*_PROXY": "HTTPS_PROXY", "ALL_PROXY": "ALL_PROXY", "NO_PROXY": "NO_PROXY",
+                "SSL_CERT_*": "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE": "REQUESTS_CA_BUNDLE",
+                "CURL_CA_BUNDLE": "CURL_CA_BUNDLE", "XDG_*": "XDG_CONFIG_HOME"}
+    for family, variable in families.items():
+        refused = root.client.post("/api/v1/admin/mcp-catalog", json=stdio_catalog_entry(
+            unique("env"), allowed_env=["API_TOKEN", variable]))
+        error = error_of(refused, 422)
+        assert error["details"] == {"field": "allowed_env"}, (family, error)
+        assert variable in error["message"] and "API_TOKEN" not in error["message"], family
+    # Lower or mixed case is no way around it (names are upper case; the rule ignores case).
+    mixed = root.client.post("/api/v1/admin/mcp-catalog", json=stdio_catalog_entry(
+        unique("env"), allowed_env=["Https_Proxy"]))
+    assert error_of(mixed, 422)
+
+
+def test_a_second_refresh_of_the_same_organization_waits_its_turn_with_429(
+        mcp_server: Server, root: Actor, acme: Org, beta: Org, remote_url: str) -> None:
+    slow = root.client.post("/api/v1/admin/mcp-catalog", json={
+        "name": unique("mute"), "command": "/bin/sleep", "args": ["30"], "timeout_seconds": 2})
+    assert slow.status_code == 201, slow.text
+    mute = add_server(acme, {"name": unique("mute"), "transport": "stdio",
+                             "catalog_entry": slow.json()["name"]})
+    other = add_server(acme, {"name": unique("other"), "transport": "http", "url": remote_url})
+    theirs = add_server(beta, {"name": unique("theirs"), "transport": "http",
+                               "url": remote_url})
+    first: dict[str, Any] = {}
+    second_client = sign_in(mcp_server, acme.admin.email).client
+    thread = threading.Thread(target=lambda: first.update(refresh(acme, mute["id"])))
+    thread.start()
+    try:
+        time.sleep(0.8)
+        busy = second_client.post(f"{servers_url(acme)}/{other['id']}/refresh")
+        error = error_of(busy, 429)
+        assert error["code"] == "too_many_requests" and "Another refresh" in error["message"]
+        assert int(busy.headers["Retry-After"]) > 0
+        page = second_client.post(f"/o/{acme.slug}/settings/mcp/{other['id']}/refresh")
+        assert page.status_code == 429 and "Another refresh" in page.text
+        # Another organization is not held up.
+        assert refresh(beta, theirs["id"])["ok"] is True
+    finally:
+        thread.join(timeout=60)
+        second_client.close()
+    assert first["ok"] is False and "did not answer within 2 s" in first["message"], first
+    assert refresh(acme, other["id"])["ok"] is True  # the organization's turn is free again
+
+
+def test_discovered_tools_are_redacted_and_bounded(root: Actor, acme: Org) -> None:
+    entry = add_catalog_entry(root, allowed_env=["API_TOKEN"],
+                              server_args=("--leaky", "--big"))
+    token = "leak-" + secrets.token_hex(12)
+    add_credential(acme, cred := unique("leak"), "api_key", {"key": token})
+    created = add_server(acme, {"name": unique("leaky"), "transport": "stdio",
+                                "catalog_entry": entry["name"], "env": {"API_TOKEN": cred}})
+    outcome = refresh(acme, created["id"])
+    assert outcome["ok"] is True, outcome["message"]
+    shown = json.dumps(outcome)
+    assert token not in shown
+    tools = {t["name"]: t for t in outcome["server"]["tools"]}
+    assert "[redacted]" in tools["leaky_description"]["description"]
+    assert "[redacted]" in json.dumps(tools["leaky_schema"]["input_schema"])
+    assert len(tools["long_description"]["description"].encode()) <= 2048
+    assert "huge_schema" not in tools
+    wide = [n for n in tools if n.startswith("wide_")]
+    assert 0 < len(wide) < 40
+    assert len(json.dumps(outcome["server"]["tools"]).encode()) <= 1024 * 1024 + 64 * len(tools)
+    message = outcome["message"]
+    assert "1 with a name outside [A-Za-z0-9_.-]{1,128} or containing a secret" in message
+    assert "1 with an input schema over 32 KiB" in message
+    assert f"{40 - len(wide)} with beyond 1 MiB of tool list" in message
+    stored = acme.admin.client.get(f"{servers_url(acme)}/{created['id']}").text
+    assert token not in stored
+
+
+def test_a_query_string_in_a_server_url_stays_out_of_audit_details_and_errors(
+        acme: Org, remote_url: str) -> None:
+    secret = "q-" + secrets.token_hex(10)
+    created = add_server(acme, {"name": unique("query"), "transport": "http",
+                                "url": f"{remote_url}?api_key={secret}"})
+    assert created["url"].endswith(secret)  # the stored URL is kept as given
+    logged = [e for e in audit(acme, "mcp_server.created") if e["target_id"] == created["id"]]
+    assert logged[0]["details"]["url"] == f"{remote_url}?[redacted]"
+    one = f"{servers_url(acme)}/{created['id']}"
+    moved = acme.admin.client.patch(one, json={"url": f"http://127.0.0.1:9/mcp?api_key={secret}"})
+    assert moved.status_code == 200, moved.text
+    outcome = refresh(acme, created["id"])
+    assert outcome["ok"] is False and "?[redacted]" in outcome["message"], outcome
+    assert secret not in outcome["message"] and secret not in outcome["server"]["last_error"]
+    everything = acme.admin.client.get(f"/api/v1/orgs/{acme.slug}/audit",
+                                       params={"limit": 200}).text
+    assert secret not in everything
+
+
+def test_address_literals_in_any_form_are_checked_on_save(
+        mcp_server: Server, acme: Org) -> None:
+    with private_network(mcp_server, False):
+        for url in ("http://127.1/mcp", "http://0x7f000001/mcp", "http://2130706433/mcp",
+                    "http://0177.0.0.1/mcp"):
+            refused = acme.admin.client.post(servers_url(acme), json={
+                "name": unique("literal"), "transport": "http", "url": url})
+            error = error_of(refused, 422)
+            assert error["code"] == "egress_refused", url
+            assert "loopback" in error["message"] or "not a valid URL" in error["message"], url
+            created = add_server(acme, {"name": unique("later"), "transport": "http",
+                                        "url": "https://mcp.example.com/mcp"})
+            changed = acme.admin.client.patch(f"{servers_url(acme)}/{created['id']}",
+                                              json={"url": url})
+            assert error_of(changed, 422)["code"] == "egress_refused", url
+
+
+def test_the_mcp_page_checks_what_the_api_checks(acme: Org, remote_url: str) -> None:
+    import html
+
+    page = f"/o/{acme.slug}/settings/mcp"
+    add_credential(acme, cred := unique("form-token"), "bearer_token", {"token": "t-form"})
+    cases = [
+        ("Bad Header: " + cred, "headers"),  # not an HTTP header name
+        ("\n".join(f"X-H{i}: {cred}" for i in range(21)), "at most 20"),
+        ("Authorization: Not A Credential!", "headers.Authorization.credential"),
+        (f"X-One: {cred}\nX-One: {cred}", "repeats 'X-One'"),
+    ]
+    for headers, expected in cases:
+        name = unique("form")
+        response = acme.admin.client.post(page, data={"transport": "http", "name": name,
+                                                      "url": remote_url, "headers": headers})
+        text = html.unescape(response.text)
+        assert response.status_code == 422 and expected in text, (expected, text[-3000:])
+        assert name not in {s["name"] for s in acme.admin.client.get(servers_url(acme)).json()}
+    bad_name = acme.admin.client.post(page, data={"transport": "http", "name": "bad name!",
+                                                  "url": remote_url, "headers": ""})
+    assert bad_name.status_code == 422 and "name" in html.unescape(bad_name.text)
+
+
+def test_concurrent_renames_to_one_name_answer_409_never_500(
+        mcp_server: Server, acme: Org) -> None:
+    clients = [acme.admin.client, sign_in(mcp_server, acme.admin.email).client]
+    try:
+        for _ in range(4):
+            servers = [add_server(acme, {"name": unique("twin"), "transport": "http",
+                                         "url": "https://mcp.example.com/mcp"})
+                       for _ in clients]
+            target = unique("taken")
+            statuses: list[int] = []
+            barrier = threading.Barrier(len(clients))
+
+            def rename(client: httpx.Client, server_id: str, target: str,
+                       barrier: threading.Barrier, statuses: list[int]) -> None:
+                barrier.wait()
+                statuses.append(client.patch(f"{servers_url(acme)}/{server_id}",
+                                             json={"name": target}).status_code)
+
+            threads = [threading.Thread(target=rename,
+                                        args=(c, s["id"], target, barrier, statuses))
+                       for c, s in zip(clients, servers, strict=True)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            assert sorted(statuses) == [200, 409], statuses
+    finally:
+        clients[1].close()

@@ -49,6 +49,11 @@ def allow_private(request: Request) -> bool:
     return bool(getattr(request.app.state.settings, "allow_private_network", False))
 
 
+def stdio_user(request: Request) -> str:
+    """The account stdio servers run as when the platform runs as root."""
+    return str(getattr(request.app.state.settings, "mcp_stdio_user", "nobody"))
+
+
 def server_out(view: service.ServerView) -> ServerOut:
     server = view.server
     return ServerOut(
@@ -77,11 +82,14 @@ async def list_catalog(db: DB, _: Admin) -> list[CatalogEntryOut]:
 async def create_catalog_entry(body: CatalogEntryCreate, db: DB,
                                admin: Admin) -> CatalogEntryOut:
     """Approve a stdio MCP server: organizations may then run it (through the sandbox
-    launcher) with the environment variables listed in allowed_env. 409 if the name is taken."""
+    launcher) with the environment variables listed in allowed_env; with ``network`` off (the
+    default) it gets no network at all. 409 if the name is taken; 422 for a variable no
+    organization may set."""
     entry = await service.create_catalog_entry(
         db, name=body.name, description=body.description, command=body.command,
         args=list(body.args), allowed_env=list(body.allowed_env),
-        timeout_seconds=body.timeout_seconds, memory_mb=body.memory_mb, actor_id=admin.user_id)
+        timeout_seconds=body.timeout_seconds, memory_mb=body.memory_mb, network=body.network,
+        actor_id=admin.user_id)
     return CatalogEntryOut.model_validate(entry)
 
 
@@ -167,13 +175,16 @@ async def refresh_server(server_id: uuid.UUID, request: Request, db: DB,
     """Connect, list the server's tools and cache them (known tools keep their enabled
     flag; new ones are enabled). A server that cannot be reached answers 200 with
     ``ok: false`` and the reason, stored as ``last_error``. Audited, with each credential
-    used (``credential.used``, purpose mcp.refresh)."""
-    plan = await service.prepare_refresh(db, ctx, server_id, keyring=keyring(request),
-                                         allow_private_network=allow_private(request))
-    await db.commit()  # no transaction stays open while the server answers
-    outcome = await service.discover_tools(plan)
-    view, ok, message = await service.store_refresh(db, ctx, server_id, outcome,
-                                                    actor=ctx.principal)
+    used (``credential.used``, purpose mcp.refresh). 429 with Retry-After while another
+    refresh of this organization runs, or when the platform is busy refreshing for others."""
+    async with service.refresh_slot(ctx.org_id):
+        plan = await service.prepare_refresh(db, ctx, server_id, keyring=keyring(request),
+                                             allow_private_network=allow_private(request),
+                                             stdio_user=stdio_user(request))
+        await db.commit()  # no transaction stays open while the server answers
+        outcome = await service.discover_tools(plan)
+        view, ok, message = await service.store_refresh(db, ctx, server_id, outcome,
+                                                        actor=ctx.principal)
     return RefreshOut(ok=ok, message=message, server=server_out(view))
 
 

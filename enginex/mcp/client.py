@@ -6,11 +6,19 @@
   egress guard (``tools/egress.py``, re-checked at connect time, DNS rebinding included); the
   URL is also checked up front for a clear message. Proxy variables are ignored.
 * ``stdio``: the catalog entry's command, started through the sandbox launcher
-  (``python -I -m enginex.mcp.sandbox``: resource limits, new session, clean environment)
-  with ``cwd`` and ``HOME`` in a fresh temporary directory that is removed afterwards. The
-  environment is PATH, LANG, HOME and the organization's allowed variables -- nothing of the
-  platform's (no ENGINEX_*, no database URLs). The server's stderr goes to a file in that
-  directory; its last lines may appear (redacted) in error messages.
+  (``python -I -m enginex.mcp.sandbox``: no network unless the entry allows it, an
+  unprivileged account when the platform runs as root, a user namespace of its own, resource
+  limits, new session, clean environment) with ``cwd`` and ``HOME`` in a fresh temporary
+  directory that is removed afterwards. The environment is PATH, LANG, HOME and the
+  organization's allowed variables -- nothing of the platform's (no ENGINEX_*, no database
+  URLs). Before the first start the platform process makes itself non-dumpable
+  (``kit/process.py``). The server's stderr goes to a file in that directory, read back
+  through the platform's own handle; its last lines may appear (redacted) in error messages.
+
+Tool lists (``list_tools``) are redacted with the connection's secrets and bounded: a
+description to 2 KiB, an input schema to 32 KiB (a tool above is left out), the whole list to
+1 MiB (tools beyond are left out); the caller says how many were left out and why.
+URLs in messages carry no query string (``redact_url``): secrets belong in credential headers.
 
 Every failure is reported as ``McpUnavailable`` with a message safe to show and store (the
 resolved secret values are redacted from it).
@@ -20,14 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio
 import httpx2
@@ -36,6 +46,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
 from enginex.credentials.runtime import redact_text, variants
+from enginex.kit.process import protect_process
 from enginex.tools.egress import EgressRefused, check_url_async, guarded_sdk_transport
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -43,7 +54,9 @@ BASE_ENV = ("PATH", "LANG", "HOME")
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 MAX_TOOLS = 500
 MAX_PAGES = 20
-MAX_DESCRIPTION = 2000
+MAX_DESCRIPTION_BYTES = 2 * 1024
+MAX_SCHEMA_BYTES = 32 * 1024
+MAX_LIST_BYTES = 1024 * 1024
 MAX_MESSAGE = 500
 STDERR_TAIL = 400
 CLOSE_TIMEOUT = 10.0  # stdio shutdown: 2 s grace, SIGTERM, 2 s, SIGKILL
@@ -67,20 +80,44 @@ class ConnectionSpec:
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     memory_mb: int = 512
+    network: bool = False
+    stdio_user: str = "nobody"
     secrets: tuple[str, ...] = ()
 
     def redact(self, text: str) -> str:
+        """``text`` without the connection's secrets (every encoded form) and without the
+        query string of its URL."""
         forms = sorted({f for s in self.secrets for f in variants(s)}, key=len, reverse=True)
-        return redact_text(text, forms)
+        return redact_url_in(redact_text(text, forms), self.url)
 
 
-def sandbox_argv(spec: ConnectionSpec) -> list[str]:
+def redact_url(url: str) -> str:
+    """``url`` without its query string and fragment (where tokens are often put), for audit
+    details and messages; the stored URL is unchanged."""
+    base, sep, _ = url.partition("?")
+    base = base.partition("#")[0]
+    return f"{base}?[redacted]" if sep else base
+
+
+def redact_url_in(text: str, url: str | None) -> str:
+    """``text`` with ``url`` shown as ``redact_url(url)`` and its query string masked."""
+    if not url:
+        return text
+    text = text.replace(url, redact_url(url))
+    query = url.partition("?")[2].partition("#")[0]
+    return text.replace(query, "[redacted]") if query else text
+
+
+def sandbox_argv(spec: ConnectionSpec, workdir: Path | None = None) -> list[str]:
     """The launcher command line for a stdio server (see ``enginex/mcp/sandbox.py``)."""
     assert spec.command is not None
     keep = ",".join([*BASE_ENV, *sorted(spec.env)])
     cpu = max(10, int(spec.timeout_seconds) * 2)
+    where = ["--workdir", str(workdir)] if workdir is not None else []
     return [sys.executable, "-I", "-m", "enginex.mcp.sandbox", "--memory-mb", str(spec.memory_mb),
-            "--cpu-seconds", str(cpu), "--keep-env", keep, "--", spec.command, *spec.args]
+            "--cpu-seconds", str(cpu), "--keep-env", keep, "--user", spec.stdio_user,
+            "--network", "host" if spec.network else "none", *where, "--", spec.command,
+            *spec.args]
 
 
 @contextlib.asynccontextmanager
@@ -100,15 +137,16 @@ async def connect(spec: ConnectionSpec) -> AsyncIterator[Client]:
                 timeout=httpx2.Timeout(spec.timeout_seconds))
             await stack.enter_async_context(http)
             transport: Any = streamable_http_client(spec.url, http_client=http)
-            stderr_path: Path | None = None
+            errlog: IO[str] | None = None
         else:
+            protect_process()  # idempotent; the entry points do it at startup too
             workdir = Path(tempfile.mkdtemp(prefix="enginex-mcp-"))
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
             home = workdir / "home"
             home.mkdir(mode=0o700)
-            stderr_path = workdir / "stderr.log"
-            errlog = stack.enter_context(stderr_path.open("w", encoding="utf-8"))
-            argv = sandbox_argv(spec)
+            # Read back through this handle, never by path: the server may own its directory.
+            errlog = stack.enter_context((workdir / "stderr.log").open("w+", encoding="utf-8"))
+            argv = sandbox_argv(spec, workdir)
             env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": str(home), **spec.env}
             params = StdioServerParameters(command=argv[0], args=argv[1:], env=env,
                                            cwd=str(workdir / "home"))
@@ -117,7 +155,7 @@ async def connect(spec: ConnectionSpec) -> AsyncIterator[Client]:
         try:
             await stack.enter_async_context(client)
         except Exception as exc:
-            raise McpUnavailable(describe(exc, spec, stderr_path, "connect")) from None
+            raise McpUnavailable(describe(exc, spec, errlog, "connect")) from None
         yield client
 
 
@@ -175,11 +213,11 @@ class McpSession:
                                  f"'{self.spec.server}' is closed")
         return self._client
 
-    async def list_tools(self) -> tuple[list[dict[str, Any]], int]:
+    async def list_tools(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
         client = self._live()
         try:
             with anyio.fail_after(self.spec.timeout_seconds):
-                return await list_tools(client)
+                return await list_tools(client, self.spec.redact)
         except Exception as exc:
             raise McpUnavailable(describe(exc, self.spec, doing="list the tools of")) from None
 
@@ -219,7 +257,15 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def describe(exc: BaseException, spec: ConnectionSpec, stderr_path: Path | None = None,
+def _tail(errlog: IO[str]) -> str:
+    errlog.flush()
+    fd = errlog.fileno()
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, STDERR_TAIL, max(0, size - STDERR_TAIL))
+    return data.decode("utf-8", errors="replace")
+
+
+def describe(exc: BaseException, spec: ConnectionSpec, errlog: IO[str] | None = None,
              doing: str = "call") -> str:
     """A person-readable reason for a failure, secrets redacted."""
     leaves = _leaves(exc)
@@ -236,39 +282,84 @@ def describe(exc: BaseException, spec: ConnectionSpec, stderr_path: Path | None 
         message = (f"{where} answered HTTP {chosen.response.status_code} "
                    "(check the URL and the headers/credentials)")
     elif isinstance(chosen, httpx2.TransportError):
-        message = f"could not reach {where} at {spec.url}: {chosen or type(chosen).__name__}"
+        message = (f"could not reach {where} at {redact_url(spec.url or '')}: "
+                   f"{chosen or type(chosen).__name__}")
     elif isinstance(chosen, MCPError | McpUnavailable):
         message = f"{where}: {chosen}"
     else:
         detail = str(chosen) or type(chosen).__name__
         message = f"could not {doing} {where}: {detail}"
-    if stderr_path is not None:
-        with contextlib.suppress(OSError):
-            tail = stderr_path.read_text(encoding="utf-8", errors="replace")[-STDERR_TAIL:]
+    if errlog is not None:
+        with contextlib.suppress(OSError, ValueError):
+            tail = _tail(errlog)
             if tail.strip():
                 message += f" (server stderr: {tail.strip()})"
     return spec.redact(message)[:MAX_MESSAGE * 2]
 
 
-async def list_tools(client: Client) -> tuple[list[dict[str, Any]], int]:
-    """The server's tools as ``[{name, description, input_schema}]`` and how many were left
-    out (names outside ``[A-Za-z0-9_.-]{1,128}``, or beyond MAX_TOOLS)."""
+LEFT_OUT_REASONS = {
+    "name": "a name outside [A-Za-z0-9_.-]{1,128} or containing a secret",
+    "count": f"beyond the first {MAX_TOOLS} tools",
+    "schema": f"an input schema over {MAX_SCHEMA_BYTES // 1024} KiB",
+    "total": f"beyond {MAX_LIST_BYTES // (1024 * 1024)} MiB of tool list",
+}
+
+
+def _redacted(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(k)): _redacted(v, redact) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, redact) for v in value]
+    return value
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), default=str).encode("utf-8"))
+
+
+def _truncated(text: str, limit: int) -> str:
+    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+
+
+async def list_tools(client: Client, redact: Callable[[str], str] = str,
+                     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The server's tools as ``[{name, description, input_schema}]``, every string passed
+    through ``redact``, and how many were left out by reason (keys of ``LEFT_OUT_REASONS``):
+    names outside ``[A-Za-z0-9_.-]{1,128}`` or changed by redaction, beyond MAX_TOOLS, an
+    input schema over MAX_SCHEMA_BYTES, or beyond MAX_LIST_BYTES in all. Descriptions are cut
+    to MAX_DESCRIPTION_BYTES."""
     found: list[dict[str, Any]] = []
-    skipped = 0
+    left_out = dict.fromkeys(LEFT_OUT_REASONS, 0)
+    total = 2
     cursor: str | None = None
     for _ in range(MAX_PAGES):
         page = await client.list_tools(cursor=cursor)
         for tool in page.tools:
-            if not TOOL_NAME.match(tool.name) or len(found) >= MAX_TOOLS:
-                skipped += 1
+            if not TOOL_NAME.match(tool.name) or redact(tool.name) != tool.name:
+                left_out["name"] += 1
                 continue
-            found.append({"name": tool.name,
-                          "description": (tool.description or tool.title or "")[:MAX_DESCRIPTION],
-                          "input_schema": dict(tool.input_schema or {"type": "object"})})
+            if len(found) >= MAX_TOOLS:
+                left_out["count"] += 1
+                continue
+            schema = _redacted(dict(tool.input_schema or {"type": "object"}), redact)
+            if _json_size(schema) > MAX_SCHEMA_BYTES:
+                left_out["schema"] += 1
+                continue
+            description = _truncated(redact(tool.description or tool.title or ""),
+                                     MAX_DESCRIPTION_BYTES)
+            entry = {"name": tool.name, "description": description, "input_schema": schema}
+            size = _json_size(entry) + 1
+            if total + size > MAX_LIST_BYTES:
+                left_out["total"] += 1
+                continue
+            total += size
+            found.append(entry)
         cursor = page.next_cursor
         if cursor is None:
             break
-    return found, skipped
+    return found, left_out
 
 
 def result_value(result: CallToolResult) -> Any:

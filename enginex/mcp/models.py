@@ -1,8 +1,9 @@
 """Tables of the MCP feature.
 
 * ``mcp_catalog`` (platform-wide, no tenant): the stdio MCP servers the platform admin has
-  approved -- the only commands EngineX ever starts for a tenant. Tenants see name,
-  description and allowed_env, never command or args.
+  approved -- the only commands EngineX ever starts for a tenant -- with their bounds and
+  whether they may use the network. Tenants see name, description and allowed_env, never
+  command or args.
 * ``mcp_servers`` (tenant-owned): an organization's MCP servers, remote (``http``: a URL and
   headers) or local (``stdio``: a catalog entry and environment variables). Header and
   environment values that are secret are references to the organization's credentials,
@@ -40,6 +41,8 @@ class McpCatalogEntry(Base):
     allowed_env: Mapped[list[str]] = mapped_column(JSON, default=list)
     timeout_seconds: Mapped[int] = mapped_column(default=60)
     memory_mb: Mapped[int] = mapped_column(default=512)
+    # Off: the process runs in a network namespace of its own (no connection leaves it).
+    network: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

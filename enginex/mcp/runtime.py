@@ -43,24 +43,34 @@ from enginex.tools.registry import builtin_registry
 class _Connections:
     """The step's connections, one per server, opened on first use."""
 
-    def __init__(self, secrets: StepSecrets | None, allow_private_network: bool) -> None:
+    def __init__(self, secrets: StepSecrets | None, allow_private_network: bool,
+                 stdio_user: str = "nobody") -> None:
         self.secrets = secrets
         self.allow_private_network = allow_private_network
+        self.stdio_user = stdio_user
         self._sessions: dict[str, McpSession] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def _lookup(self, name: str) -> Resolved:
+    async def _lookup(self, name: str, url: str | None) -> Resolved:
         if self.secrets is None:
             raise ToolError("credentials are not available on this deployment")
-        return await self.secrets.credential(name)
+        return await self.secrets.credential(name, url=url)
 
     async def session(self, snapshot: ServerSnapshot) -> McpSession:
         lock = self._locks.setdefault(snapshot.name, asyncio.Lock())
         async with lock:
             session = self._sessions.get(snapshot.name)
             if session is None:
-                spec = await connection_spec(snapshot, self._lookup,
-                                             allow_private_network=self.allow_private_network)
+                # An http server's headers go to its URL: the credential's allowed hosts are
+                # checked against it. A stdio server's environment is not sent to a host.
+                url = (snapshot.url or "") if snapshot.transport == "http" else None
+
+                async def lookup(name: str) -> Resolved:
+                    return await self._lookup(name, url)
+
+                spec = await connection_spec(snapshot, lookup,
+                                             allow_private_network=self.allow_private_network,
+                                             stdio_user=self.stdio_user)
                 session = self._sessions[snapshot.name] = McpSession(spec)
                 await session.start()
             return session
@@ -113,7 +123,8 @@ def _unusable(name: str, server_name: str, tool_name: str,
 async def mcp_tools_for(db: AsyncSession, ctx: TenantContext, manifest: AgentManifest,
                         node: LLMNode | ToolNode, secrets: StepSecrets | None, *,
                         builtin: ToolRegistry | None = None,
-                        allow_private_network: bool = False) -> ToolRegistry:
+                        allow_private_network: bool = False,
+                        stdio_user: str = "nobody") -> ToolRegistry:
     """The step's registry (see the module docstring). ``db`` is bound to ``ctx``'s tenant.
     Raises ToolError for a tool node naming an unusable MCP tool."""
     registry = (builtin or builtin_registry()).copy()
@@ -125,7 +136,7 @@ async def mcp_tools_for(db: AsyncSession, ctx: TenantContext, manifest: AgentMan
     servers = {s.name: s for s in await repo.McpServerRepository(db, ctx).list_named(server_names)}
     entries = await repo.get_catalog_entries(
         db, sorted({s.catalog_id for s in servers.values() if s.catalog_id is not None}))
-    connections = _Connections(secrets, allow_private_network)
+    connections = _Connections(secrets, allow_private_network, stdio_user)
     snapshots: dict[str, ServerSnapshot] = {}
     for name, parts in parsed.items():
         if parts is None:
@@ -153,13 +164,14 @@ async def mcp_tools_for(db: AsyncSession, ctx: TenantContext, manifest: AgentMan
 
 
 def mcp_tools_factory(settings: Settings, builtin: ToolRegistry | None = None) -> ToolsFactory:
-    """The engine's ``tools_for``: ``mcp_tools_for`` with the deployment's egress setting,
-    read at each step (ENGINEX_ALLOW_PRIVATE_NETWORK)."""
+    """The engine's ``tools_for``: ``mcp_tools_for`` with the deployment's egress setting and
+    stdio account, read at each step (ENGINEX_ALLOW_PRIVATE_NETWORK, ENGINEX_MCP_STDIO_USER)."""
     base = builtin or builtin_registry()
 
     async def tools_for(db: AsyncSession, ctx: TenantContext, manifest: AgentManifest,
                         node: LLMNode | ToolNode, secrets: StepSecrets | None) -> ToolRegistry:
         return await mcp_tools_for(db, ctx, manifest, node, secrets, builtin=base,
-                                   allow_private_network=settings.allow_private_network)
+                                   allow_private_network=settings.allow_private_network,
+                                   stdio_user=settings.mcp_stdio_user)
 
     return tools_for

@@ -64,6 +64,10 @@ class CatalogEntryCreate(RequestBody):
                                           "each from one of its credentials.")
     timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 60
     memory_mb: Annotated[int, Field(ge=64, le=16384)] = 512
+    network: bool = Field(default=False, description=(
+        "Whether the process may use the network. Off (the default), it runs in a network "
+        "namespace of its own and cannot open any connection, not even to 127.0.0.1. On, it "
+        "has the host's network: the egress guard does not apply to stdio servers."))
 
 
 class CatalogEntryOut(ResponseBody):
@@ -77,6 +81,7 @@ class CatalogEntryOut(ResponseBody):
     allowed_env: list[str]
     timeout_seconds: int
     memory_mb: int
+    network: bool
     created_at: datetime
 
 

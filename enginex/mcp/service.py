@@ -17,35 +17,52 @@ secret values). Refreshing resolves the credentials the connection needs, audite
 
 Refreshing talks to a remote server or starts a process: the caller commits after
 ``prepare_refresh`` and before ``discover_tools`` so that no database transaction stays open
-during the connection (see api.py).
+during the connection (see api.py). The whole refresh runs inside ``refresh_slot``: one
+refresh per organization at a time (a second one answers 429 with Retry-After) and at most
+REFRESH_CONCURRENCY refreshes per process (the event loop), further ones waiting up to
+REFRESH_QUEUE_SECONDS before they too answer 429.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+import socket
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import httpx
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
+from enginex.credentials.hosts import credential_allows, refusal_message
 from enginex.credentials.repository import CredentialRepository
 from enginex.credentials.runtime import Resolved, header_value
 from enginex.credentials.service import CredentialUnusable, check_token_url, open_values
 from enginex.credentials.vault import Keyring
-from enginex.kit.errors import Conflict, NotFound, ValidationFailed
+from enginex.kit.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
 from enginex.kit.ids import new_id
 from enginex.kit.time import utcnow
 from enginex.mcp import repository as repo
-from enginex.mcp.client import ConnectionSpec, McpSession, McpUnavailable
+from enginex.mcp.client import (
+    LEFT_OUT_REASONS,
+    ConnectionSpec,
+    McpSession,
+    McpUnavailable,
+    redact_url,
+    redact_url_in,
+)
 from enginex.mcp.models import McpCatalogEntry, McpServer
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import Principal
-from enginex.tools.egress import EgressRefused
+from enginex.tools.egress import EgressRefused, check_url_async
 
 log = logging.getLogger("enginex.mcp")
 
@@ -55,12 +72,23 @@ RESERVED_HEADERS = frozenset({
     "host", "content-length", "content-type", "accept", "connection", "transfer-encoding",
     "te", "upgrade", "keep-alive", "trailer", "expect", "proxy-authorization",
     "proxy-connection", "mcp-session-id", "mcp-protocol-version", "last-event-id"})
-# Environment variables no catalog entry may open to tenants: the sandbox's own base, and
-# variables that make loaders and interpreters run code of the setter's choice.
-RESERVED_ENV = frozenset({"PATH", "HOME", "LANG", "NODE_OPTIONS", "PERL5OPT", "PERL5LIB",
-                          "RUBYOPT", "RUBYLIB", "BASH_ENV", "ENV", "IFS", "SHELLOPTS",
-                          "GCONV_PATH", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS"})
-RESERVED_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "ENGINEX_", "MALLOC_", "GLIBC_")
+# Environment variables no catalog entry may open to tenants (compared in upper case): the
+# sandbox's own base; variables that make loaders, interpreters and package tools run or load
+# code of the setter's choice; and variables that redirect traffic or change which TLS
+# certificates are trusted (proxies, CA bundles).
+RESERVED_ENV = frozenset({
+    "PATH", "HOME", "LANG", "NODE_OPTIONS", "NODE_PATH", "NODE_EXTRA_CA_CERTS",
+    "NODE_TLS_REJECT_UNAUTHORIZED", "PERL5OPT", "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB",
+    "BASH_ENV", "ENV", "IFS", "SHELLOPTS", "GCONV_PATH", "LOCPATH", "NLSPATH", "CLASSPATH",
+    "_JAVA_OPTIONS", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"})
+RESERVED_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "ENGINEX_", "MALLOC_", "GLIBC_",
+                         "NPM_CONFIG_", "UV_", "PIP_", "GIT_", "JDK_", "JAVA_", "OPENSSL_",
+                         "SSL_CERT_", "XDG_", "GEM_")
+RESERVED_ENV_SUFFIXES = ("_PROXY",)
+
+REFRESH_CONCURRENCY = 4
+REFRESH_QUEUE_SECONDS = 60.0
+REFRESH_RETRY_AFTER_SECONDS = 10
 
 
 def _invalid(field: str, message: str, code: str | None = None) -> ValidationFailed:
@@ -76,7 +104,10 @@ def _actor(actor: Principal | None) -> dict[str, Any]:
 
 
 def env_name_refused(name: str) -> bool:
-    return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)
+    """Whether no organization may set ``name`` (in any case; see RESERVED_ENV)."""
+    upper = name.upper()
+    return (upper in RESERVED_ENV or upper.startswith(RESERVED_ENV_PREFIXES)
+            or upper.endswith(RESERVED_ENV_SUFFIXES))
 
 
 async def list_catalog_entries(db: AsyncSession) -> list[McpCatalogEntry]:
@@ -85,14 +116,19 @@ async def list_catalog_entries(db: AsyncSession) -> list[McpCatalogEntry]:
 
 async def create_catalog_entry(db: AsyncSession, *, name: str, description: str, command: str,
                                args: list[str], allowed_env: list[str], timeout_seconds: int,
-                               memory_mb: int, actor_id: uuid.UUID) -> McpCatalogEntry:
-    """Add an approved stdio server. Conflict if the name is taken; ValidationFailed for an
-    environment variable no tenant may set (loader/interpreter hooks, the sandbox's base)."""
+                               memory_mb: int, actor_id: uuid.UUID,
+                               network: bool = False) -> McpCatalogEntry:
+    """Add an approved stdio server (``network``: whether its process may use the network;
+    off, it runs in a network namespace of its own). Conflict if the name is taken;
+    ValidationFailed for an environment variable no tenant may set (loader, interpreter and
+    package-tool hooks, proxies and CA bundles, the sandbox's base)."""
     refused = sorted({n for n in allowed_env if env_name_refused(n)})
     if refused:
         raise _invalid("allowed_env", f"{', '.join(refused)} cannot be opened to organizations "
-                       "(the sandbox sets PATH, HOME and LANG itself, and loader or interpreter "
-                       "variables such as LD_*, PYTHON*, NODE_OPTIONS would let them run code).")
+                       "(the sandbox sets PATH, HOME and LANG itself; loader, interpreter and "
+                       "package-tool variables such as LD_*, PYTHON*, NODE_OPTIONS, NPM_CONFIG_*, "
+                       "PIP_*, GIT_* would let them run code, and proxy and CA-bundle variables "
+                       "such as HTTPS_PROXY, SSL_CERT_FILE would redirect or intercept traffic).")
     if any(c in command for c in "\r\n") or not command.strip():
         raise _invalid("command", "give the executable's path or name on one line.")
     taken = Conflict(f"A catalog entry named '{name}' already exists; choose another name or "
@@ -102,13 +138,14 @@ async def create_catalog_entry(db: AsyncSession, *, name: str, description: str,
     entry = McpCatalogEntry(id=new_id(), name=name, description=description, command=command,
                             args=list(args), allowed_env=sorted(set(allowed_env)),
                             timeout_seconds=timeout_seconds, memory_mb=memory_mb,
-                            created_at=utcnow())
+                            network=network, created_at=utcnow())
     repo.add_catalog_entry(db, entry)
     try:
         await db.flush()
     except IntegrityError as exc:
         raise taken from exc
-    log.info("mcp catalog entry %s (%s) created by platform admin %s", name, entry.id, actor_id)
+    log.info("mcp catalog entry %s (%s, network %s) created by platform admin %s", name,
+             entry.id, "on" if network else "off", actor_id)
     return entry
 
 
@@ -177,6 +214,20 @@ async def _check_credentials(db: AsyncSession, ctx: TenantContext,
                            "it under Settings → Credentials first.")
 
 
+async def check_server_url(url: str, *, allow_private_network: bool) -> None:
+    """The egress guard on save: scheme, no user info, then every address the host resolves
+    to (address literals in any form -- 127.1, 0x7f000001, 2130706433 -- resolve to
+    themselves). A host that does not resolve here is accepted: the full guard runs again at
+    every connection, DNS included. Raises EgressRefused."""
+    check_token_url(url, allow_private_network=allow_private_network)
+    host = httpx.URL(url).host
+    try:
+        await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return
+    await check_url_async(url, allow_private=allow_private_network)
+
+
 @dataclass(frozen=True)
 class _Settings:
     url: str | None
@@ -197,9 +248,10 @@ async def _validated(db: AsyncSession, ctx: TenantContext, *, transport: str, ur
             raise _invalid("url", "an http server needs the URL of its Streamable HTTP "
                            "endpoint, such as https://mcp.example.com/mcp.")
         try:
-            check_token_url(url, allow_private_network=allow_private_network)
+            await check_server_url(url, allow_private_network=allow_private_network)
         except EgressRefused as exc:
-            raise _invalid("url", f"{exc}.", code="egress_refused") from None
+            raise _invalid("url", f"{redact_url_in(str(exc), url)}.",
+                           code="egress_refused") from None
         for name, spec in headers.items():
             if name.lower() in RESERVED_HEADERS:
                 raise _invalid(f"headers.{name}", "this header is set by the MCP transport "
@@ -224,6 +276,10 @@ async def _validated(db: AsyncSession, ctx: TenantContext, *, transport: str, ur
     if entry is None:
         raise _invalid("catalog_entry", f"no catalog entry named '{catalog_entry}'; "
                        f"available: {available}.")
+    reserved = sorted(n for n in env if env_name_refused(n))
+    if reserved:
+        raise _invalid("env", f"{', '.join(reserved)} cannot be set by organizations (loader, "
+                       "interpreter, proxy or certificate variables); remove it.")
     refused = sorted(set(env) - set(entry.allowed_env))
     if refused:
         allowed = ", ".join(entry.allowed_env) or "none"
@@ -262,7 +318,8 @@ async def create_server(db: AsyncSession, ctx: TenantContext, *, name: str, tran
     except IntegrityError as exc:
         raise taken from exc
     await record(db, ctx, "mcp_server.created", target_kind="mcp_server", target_id=server.id,
-                 details={"name": name, "transport": transport, "url": checked.url,
+                 details={"name": name, "transport": transport,
+                          "url": redact_url(checked.url) if checked.url else None,
                           "catalog_entry": catalog_entry, "headers": sorted(headers),
                           "env": sorted(env)}, **_actor(actor))
     return ServerView(server, catalog_entry)
@@ -301,7 +358,12 @@ async def update_server(db: AsyncSession, ctx: TenantContext, server_id: uuid.UU
     if "enabled" in given:
         server.enabled = bool(given["enabled"])
     server.updated_at = utcnow()
-    await db.flush()
+    final_name = server.name  # the row cannot be read after a failed flush
+    try:
+        await db.flush()
+    except IntegrityError as exc:  # renamed concurrently to the same name
+        raise Conflict(f"An MCP server named '{final_name}' already exists in this "
+                       "organization; choose another name.", details={"field": "name"}) from exc
     await record(db, ctx, "mcp_server.updated", target_kind="mcp_server", target_id=server.id,
                  details={"name": server.name, "fields": sorted(given)}, **_actor(actor))
     return (await _views(db, [server]))[0]
@@ -379,6 +441,7 @@ class ServerSnapshot:
     args: tuple[str, ...] = ()
     timeout_seconds: float = DEFAULT_HTTP_TIMEOUT
     memory_mb: int = 512
+    network: bool = False
 
     @classmethod
     def of(cls, server: McpServer, entry: McpCatalogEntry | None) -> ServerSnapshot:
@@ -388,13 +451,17 @@ class ServerSnapshot:
         if entry is None:
             return cls(**common)
         return cls(**common, command=entry.command, args=tuple(entry.args),
-                   timeout_seconds=float(entry.timeout_seconds), memory_mb=entry.memory_mb)
+                   timeout_seconds=float(entry.timeout_seconds), memory_mb=entry.memory_mb,
+                   network=bool(entry.network))
 
 
 async def connection_spec(snapshot: ServerSnapshot, lookup: CredentialLookup, *,
-                          allow_private_network: bool) -> ConnectionSpec:
+                          allow_private_network: bool,
+                          stdio_user: str = "nobody") -> ConnectionSpec:
     """Resolve the server's credential references through ``lookup`` (which audits them).
-    Raises McpUnavailable naming the header or variable whose credential failed."""
+    ``stdio_user``: the account a stdio server runs as when the platform runs as root
+    (ENGINEX_MCP_STDIO_USER). Raises McpUnavailable naming the header or variable whose
+    credential failed, or a variable the platform no longer lets organizations set."""
     if snapshot.transport == "stdio" and snapshot.command is None:
         raise McpUnavailable(f"the catalog entry of MCP server '{snapshot.name}' is missing")
     secrets: list[str] = []
@@ -411,6 +478,9 @@ async def connection_spec(snapshot: ServerSnapshot, lookup: CredentialLookup, *,
             headers[header] = str(spec.get("value", ""))
     env: dict[str, str] = {}
     for var, name in snapshot.env.items():
+        if env_name_refused(var):
+            raise McpUnavailable(f"variable {var}: organizations may no longer set it; remove "
+                                 "it from the server's environment")
         resolved = await _resolve(lookup, name, f"variable {var}")
         env[var] = env_value(resolved, var)
         secrets.extend(resolved.values.values())
@@ -418,8 +488,8 @@ async def connection_spec(snapshot: ServerSnapshot, lookup: CredentialLookup, *,
                           timeout_seconds=snapshot.timeout_seconds,
                           allow_private_network=allow_private_network, url=snapshot.url,
                           headers=headers, command=snapshot.command, args=snapshot.args,
-                          env=env, memory_mb=snapshot.memory_mb,
-                          secrets=tuple(s for s in secrets if s))
+                          env=env, memory_mb=snapshot.memory_mb, network=snapshot.network,
+                          stdio_user=stdio_user, secrets=tuple(s for s in secrets if s))
 
 
 async def _resolve(lookup: CredentialLookup, name: str, where: str) -> Resolved:
@@ -444,12 +514,54 @@ class RefreshPlan:
 @dataclass(frozen=True)
 class RefreshOutcome:
     tools: list[dict[str, Any]] | None
-    skipped: int = 0
+    left_out: dict[str, int] = field(default_factory=dict)
     error: str | None = None
 
 
+class _RefreshLimits:
+    def __init__(self) -> None:
+        self.slots = asyncio.Semaphore(REFRESH_CONCURRENCY)
+        self.busy: set[uuid.UUID] = set()
+
+
+_refresh_limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _RefreshLimits] = \
+    weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def refresh_slot(org_id: uuid.UUID, *,
+                       queue_seconds: float = REFRESH_QUEUE_SECONDS) -> AsyncIterator[None]:
+    """Hold the right to refresh one of ``org_id``'s servers for the block: one refresh per
+    organization at a time, REFRESH_CONCURRENCY per process (event loop). Raises
+    TooManyRequests (429, Retry-After) at once when the organization already refreshes, or
+    after ``queue_seconds`` when the process is busy with other organizations' refreshes.
+    Per process: replicas each have their own limits."""
+    limits = _refresh_limits.setdefault(asyncio.get_running_loop(), _RefreshLimits())
+    retry = {"Retry-After": str(REFRESH_RETRY_AFTER_SECONDS)}
+    if org_id in limits.busy:
+        raise TooManyRequests("Another refresh of this organization's MCP servers is running; "
+                              "refresh one server at a time and try again in a few seconds.",
+                              headers=retry)
+    limits.busy.add(org_id)
+    try:
+        try:
+            with anyio.fail_after(queue_seconds):
+                await limits.slots.acquire()
+        except TimeoutError:
+            raise TooManyRequests("The platform is refreshing many MCP servers right now; try "
+                                  f"again in {REFRESH_RETRY_AFTER_SECONDS} seconds.",
+                                  headers=retry) from None
+        try:
+            yield
+        finally:
+            limits.slots.release()
+    finally:
+        limits.busy.discard(org_id)
+
+
 async def prepare_refresh(db: AsyncSession, ctx: TenantContext, server_id: uuid.UUID, *,
-                          keyring: Keyring, allow_private_network: bool) -> RefreshPlan:
+                          keyring: Keyring, allow_private_network: bool,
+                          stdio_user: str = "nobody") -> RefreshPlan:
     """Resolve what connecting to the server needs. Each credential used is audited
     (``credential.used``, purpose ``mcp.refresh``). NotFound for another org's server; a
     credential problem is returned as the plan's error (the refresh reports it)."""
@@ -461,6 +573,12 @@ async def prepare_refresh(db: AsyncSession, ctx: TenantContext, server_id: uuid.
         credential = await credentials.get_by_name(name)
         if credential is None:
             raise McpUnavailable(f"no credential named '{name}' in this organization")
+        if server.transport == "http" and not credential_allows(credential, server.url or ""):
+            await record(db, ctx, "credential.use_refused", target_kind="credential",
+                         target_id=credential.id,
+                         details={"name": name, "purpose": "mcp.refresh",
+                                  "mcp_server": server.name, "reason": "host not allowed"})
+            raise McpUnavailable(refusal_message(name, server.url))
         try:
             values = await open_values(db, credential, keyring)
         except CredentialUnusable as exc:
@@ -473,7 +591,8 @@ async def prepare_refresh(db: AsyncSession, ctx: TenantContext, server_id: uuid.
 
     try:
         spec = await connection_spec(ServerSnapshot.of(server, entry), lookup,
-                                     allow_private_network=allow_private_network)
+                                     allow_private_network=allow_private_network,
+                                     stdio_user=stdio_user)
     except McpUnavailable as exc:
         return RefreshPlan(server_id, None, str(exc))
     return RefreshPlan(server_id, spec)
@@ -486,12 +605,22 @@ async def discover_tools(plan: RefreshPlan) -> RefreshOutcome:
     session = McpSession(plan.spec)
     try:
         await session.start()
-        tools, skipped = await session.list_tools()
+        tools, left_out = await session.list_tools()
     except McpUnavailable as exc:
         return RefreshOutcome(None, error=str(exc))
     finally:
         await session.aclose()
-    return RefreshOutcome(tools, skipped)
+    return RefreshOutcome(tools, left_out)
+
+
+def left_out_message(left_out: dict[str, int]) -> str | None:
+    """How many tools a refresh left out and why, or None if none was."""
+    parts = [f"{count} with {LEFT_OUT_REASONS[reason]}" for reason, count in left_out.items()
+             if count and reason in LEFT_OUT_REASONS]
+    if not parts:
+        return None
+    total = sum(left_out.values())
+    return f"{total} tool(s) were left out: {'; '.join(parts)}."
 
 
 async def store_refresh(db: AsyncSession, ctx: TenantContext, server_id: uuid.UUID,
@@ -503,7 +632,8 @@ async def store_refresh(db: AsyncSession, ctx: TenantContext, server_id: uuid.UU
     server = await access_server(db, ctx, server_id)
     message: str | None
     if outcome.tools is None:
-        ok, message = False, (outcome.error or "the tools could not be listed")[:2000]
+        error = redact_url_in(outcome.error or "the tools could not be listed", server.url)
+        ok, message = False, error[:2000]
         server.last_error = message
     else:
         previous = {t.get("name"): bool(t.get("enabled", True)) for t in server.tools}
@@ -511,9 +641,7 @@ async def store_refresh(db: AsyncSession, ctx: TenantContext, server_id: uuid.UU
         server.tools_refreshed_at = utcnow()
         server.last_error = None
         ok = True
-        message = (f"{outcome.skipped} tool(s) were left out: names must match "
-                   "[A-Za-z0-9_.-]{1,128} and a server may list at most 500."
-                   if outcome.skipped else None)
+        message = left_out_message(outcome.left_out)
     server.updated_at = utcnow()
     await db.flush()
     details: dict[str, Any] = {"name": server.name, "ok": ok, "tools": len(server.tools)}

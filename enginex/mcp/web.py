@@ -7,13 +7,13 @@
 * ``/admin/mcp-catalog`` (platform admin): the catalog of approved stdio servers; list, add,
   delete.
 
-Both call the same service functions as the API; errors re-render the page with the
-service's message.
+Both build the request body through the API's pydantic models (``ServerCreate``,
+``CatalogEntryCreate``) and call the same service functions, so the pages check exactly what
+the API checks; errors re-render the page with the message.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Annotated, Any
 
@@ -23,10 +23,10 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.credentials.api import keyring
-from enginex.kit.errors import AppError, NotFound, ValidationFailed
+from enginex.kit.errors import AppError, NotFound, TooManyRequests, ValidationFailed
 from enginex.mcp import service
-from enginex.mcp.api import allow_private
-from enginex.mcp.schemas import CatalogEntryCreate
+from enginex.mcp.api import allow_private, stdio_user
+from enginex.mcp.schemas import CatalogEntryCreate, ServerCreate
 from enginex.tenancy.guards import DB, make_router
 from enginex.tenancy.principal import UserPrincipal
 from enginex.tenancy.scopes import Scope
@@ -50,6 +50,12 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
+def _messages(exc: ValidationError) -> str:
+    """A pydantic error as one line per problem, ``field: what is wrong``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}"
+                     for e in exc.errors())
+
+
 def _pairs(text: str, field: str, separator: str = ":") -> dict[str, str]:
     """``Name: value`` lines as a mapping; AppError naming the line that does not fit."""
     pairs: dict[str, str] = {}
@@ -62,6 +68,9 @@ def _pairs(text: str, field: str, separator: str = ":") -> dict[str, str]:
             raise ValidationFailed(
                 f"{field}: line {number} should look like 'Name{separator} credential-name'.",
                 details={"field": field})
+        if name.strip() in pairs:
+            raise ValidationFailed(f"{field}: line {number} repeats '{name.strip()}'.",
+                                   details={"field": field})
         pairs[name.strip()] = value.strip()
     return pairs
 
@@ -97,21 +106,23 @@ async def add_server(request: Request, db: DB, web: Writer) -> Response:
                                                "catalog_entry", "env")}
     transport = kept["transport"]
     try:
+        fields: dict[str, Any] = {"name": kept["name"].strip(), "transport": transport}
         if transport == "http":
-            headers = {k: {"credential": v} for k, v in _pairs(kept["headers"], "headers").items()}
-            fields: dict[str, Any] = {"url": kept["url"].strip() or None, "headers": headers,
-                                      "catalog_entry": None, "env": {}}
+            fields["url"] = kept["url"].strip() or None
+            fields["headers"] = {k: {"credential": v}
+                                 for k, v in _pairs(kept["headers"], "headers").items()}
         else:
-            fields = {"url": None, "headers": {},
-                      "catalog_entry": kept["catalog_entry"].strip() or None,
-                      "env": _pairs(kept["env"], "env")}
-        name = kept["name"].strip()
-        if not re.match(r"^[A-Za-z0-9_-]{1,64}$", name):
-            raise ValidationFailed("name: 1-64 letters, digits, '-' or '_'.",
-                                           details={"field": "name"})
-        await service.create_server(db, web.ctx, name=name, transport=transport, enabled=True,
-                                    actor=web.principal,
-                                    allow_private_network=allow_private(request), **fields)
+            fields["catalog_entry"] = kept["catalog_entry"].strip() or None
+            fields["env"] = _pairs(kept["env"], "env")
+        try:
+            body = ServerCreate.model_validate(fields)
+        except ValidationError as exc:
+            raise ValidationFailed(_messages(exc)) from None
+        await service.create_server(
+            db, web.ctx, name=body.name, transport=body.transport, url=body.url,
+            headers={k: v.model_dump(exclude_none=True) for k, v in body.headers.items()},
+            catalog_entry=body.catalog_entry, env=dict(body.env), enabled=body.enabled,
+            actor=web.principal, allow_private_network=allow_private(request))
     except AppError as exc:
         await db.rollback()
         return await _page(request, db, web, status_code=exc.status_code, error=exc.message,
@@ -122,13 +133,23 @@ async def add_server(request: Request, db: DB, web: Writer) -> Response:
 @router.post("/o/{org}/settings/mcp/{server_id}/refresh", response_class=HTMLResponse)
 async def refresh_server(request: Request, server_id: uuid.UUID, db: DB,
                          web: Writer) -> Response:
-    """Connect and list the server's tools; a failure shows its reason."""
-    plan = await service.prepare_refresh(db, web.ctx, server_id, keyring=keyring(request),
-                                         allow_private_network=allow_private(request))
-    await db.commit()  # no transaction stays open while the server answers
-    outcome = await service.discover_tools(plan)
-    view, ok, message = await service.store_refresh(db, web.ctx, server_id, outcome,
-                                                    actor=web.principal)
+    """Connect and list the server's tools; a failure shows its reason. While another
+    refresh of the organization runs, the page says so (429)."""
+    try:
+        async with service.refresh_slot(web.ctx.org_id):
+            plan = await service.prepare_refresh(db, web.ctx, server_id,
+                                                 keyring=keyring(request),
+                                                 allow_private_network=allow_private(request),
+                                                 stdio_user=stdio_user(request))
+            await db.commit()  # no transaction stays open while the server answers
+            outcome = await service.discover_tools(plan)
+            view, ok, message = await service.store_refresh(db, web.ctx, server_id, outcome,
+                                                            actor=web.principal)
+    except TooManyRequests as exc:
+        await db.rollback()
+        page = await _page(request, db, web, status_code=exc.status_code, error=exc.message)
+        page.headers.update(exc.headers)
+        return page
     if not ok:
         return await _page(request, db, web, status_code=200,
                            result=f"{view.server.name}: the tools could not be listed: {message}")
@@ -183,7 +204,8 @@ async def add_catalog_entry(request: Request, db: DB, principal: Admin) -> Respo
     """Add a catalog entry: arguments and allowed variables one per line."""
     form = await _form(request)
     kept = {k: form.get(k, "")[:4000] for k in ("name", "description", "command", "args",
-                                               "allowed_env", "timeout_seconds", "memory_mb")}
+                                               "allowed_env", "timeout_seconds", "memory_mb",
+                                               "network")}
     try:
         body = CatalogEntryCreate.model_validate({
             "name": kept["name"], "description": kept["description"],
@@ -191,10 +213,10 @@ async def add_catalog_entry(request: Request, db: DB, principal: Admin) -> Respo
             "args": [a.strip() for a in kept["args"].splitlines() if a.strip()],
             "allowed_env": [a.strip() for a in kept["allowed_env"].splitlines() if a.strip()],
             "timeout_seconds": int(kept["timeout_seconds"] or 60),
-            "memory_mb": int(kept["memory_mb"] or 512)})
+            "memory_mb": int(kept["memory_mb"] or 512),
+            "network": kept["network"] == "1"})
     except (ValidationError, ValueError) as exc:
-        message = ("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             for e in exc.errors()) if isinstance(exc, ValidationError)
+        message = (_messages(exc) if isinstance(exc, ValidationError)
                    else "timeout_seconds and memory_mb must be whole numbers.")
         return await _catalog_page(request, db, principal, status_code=422, error=message,
                                    form=kept)
@@ -203,7 +225,7 @@ async def add_catalog_entry(request: Request, db: DB, principal: Admin) -> Respo
             db, name=body.name, description=body.description, command=body.command,
             args=list(body.args), allowed_env=list(body.allowed_env),
             timeout_seconds=body.timeout_seconds, memory_mb=body.memory_mb,
-            actor_id=principal.user_id)
+            network=body.network, actor_id=principal.user_id)
     except AppError as exc:
         await db.rollback()
         return await _catalog_page(request, db, principal, status_code=exc.status_code,

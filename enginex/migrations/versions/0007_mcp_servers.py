@@ -1,7 +1,7 @@
 """Per-organization MCP servers and the platform's stdio MCP catalog (issue 7).
 
 ``mcp_catalog`` is platform-wide (no tenant_id, no RLS): the stdio commands the platform admin
-approved. ``mcp_servers`` is tenant-owned: forced row-level security with the tenant policy.
+approved, with their bounds and ``network`` (off: the process gets no network at all). ``mcp_servers`` is tenant-owned: forced row-level security with the tenant policy.
 
 The platform admin may delete a catalog entry only while no organization's server uses it,
 and the refusal says how many servers do. Counting across tenants needs a narrow platform
@@ -46,6 +46,7 @@ def upgrade() -> None:
     sa.Column('allowed_env', sa.JSON(), nullable=False),
     sa.Column('timeout_seconds', sa.Integer(), nullable=False),
     sa.Column('memory_mb', sa.Integer(), nullable=False),
+    sa.Column('network', sa.Boolean(), nullable=False),
     sa.Column('created_at', enginex.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_mcp_catalog')),
     sa.UniqueConstraint('name', name=op.f('uq_mcp_catalog_name'))
