@@ -30,8 +30,10 @@ policy at the proxy and set ``allow_private``. Requests are not sent over Unix s
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -238,15 +240,28 @@ def _install_guard(transport: Any, *, allow_private: bool) -> None:
                                                   allow_private=allow_private)
 
 
+# One TLS context per process and library: building one loads the CA bundle (~20 ms of CPU),
+# and transports are created per step (LLM providers, http_request, MCP connections). An
+# SSLContext is safe to share; these verify certificates and ignore SSL_CERT_* variables.
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context(trust_env=False)
+
+
+@functools.cache
+def _sdk_tls_context() -> ssl.SSLContext:
+    return httpx2.create_ssl_context(trust_env=False)
+
+
 def guarded_transport(*, allow_private: bool) -> httpx.AsyncHTTPTransport:
     """An httpx transport whose every TCP connection passes the egress guard."""
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    transport = httpx.AsyncHTTPTransport(trust_env=False, verify=_tls_context())
     _install_guard(transport, allow_private=allow_private)
     return transport
 
 
 def guarded_sdk_transport(*, allow_private: bool) -> httpx2.AsyncHTTPTransport:
     """The same for httpx2, the HTTP client of the ``openai`` and ``anthropic`` SDKs."""
-    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    transport = httpx2.AsyncHTTPTransport(trust_env=False, verify=_sdk_tls_context())
     _install_guard(transport, allow_private=allow_private)
     return transport
