@@ -9,6 +9,7 @@ from enginex.config import Settings
 from enginex.credentials.runtime import CredentialRuntime, StepSecrets
 from enginex.db import Database
 from enginex.llm.base import LLMProvider
+from enginex.llm.providers import ScriptedProvider
 from enginex.llm.service import LLMKeyBox, provider_for, uses_quick_setup
 from enginex.mcp.runtime import mcp_tools_factory
 from enginex.reports.storage import ArtifactStorage
@@ -26,7 +27,9 @@ def build_engine(settings: Settings, db: Database, master_key: bytes) -> EngineD
                         node: LLMNode, secrets: StepSecrets | None) -> LLMProvider:
         provider = await provider_for(session, ctx, manifest, node, secrets, key_box=key_box,
                                       allow_private_network=settings.allow_private_network)
-        if secrets is not None and uses_quick_setup(provider):
+        # The scripted provider has no key: nothing to audit or redact.
+        if secrets is not None and uses_quick_setup(provider) and \
+                not isinstance(provider, ScriptedProvider):
             # The quick setup's key: audited and redacted here. A provider's credential was
             # through ``secrets`` already. ``session`` has only read; end its transaction
             # first (SQLite has one writer at a time).
