@@ -12,7 +12,6 @@ import json
 import os
 import pwd
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -40,7 +39,7 @@ from tests.factories import (
     sign_in,
     wait_for_status,
 )
-from tests.mcp_servers import serve_http_mcp, stdio_catalog_entry
+from tests.mcp_servers import greeting_listener, serve_http_mcp, stdio_catalog_entry
 
 EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
 
@@ -583,30 +582,8 @@ def test_the_catalog_page_is_for_the_platform_admin(root: Actor, acme: Org) -> N
 
 @pytest.fixture
 def greeter() -> Iterator[int]:
-    """A TCP listener on 127.0.0.1 that greets every connection with 'hello'."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b"hello")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
+    with greeting_listener() as port:
+        yield port
 
 
 def probe_run(org: Org, root: Actor, tmp_path: Path, *, network: bool,

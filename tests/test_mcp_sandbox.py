@@ -14,11 +14,9 @@ import asyncio
 import json
 import os
 import pwd
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +30,7 @@ from enginex.mcp.client import redact_url, redact_url_in
 from enginex.mcp.sandbox import REFUSED_EXIT
 from enginex.mcp.service import REFRESH_CONCURRENCY, env_name_refused, refresh_slot
 from tests.conftest import IN_CI
-from tests.mcp_servers import SITE_PACKAGES, STDIO_ACCOUNT, stdio_python
+from tests.mcp_servers import SITE_PACKAGES, STDIO_ACCOUNT, greeting_listener, stdio_python
 
 REPO = Path(__file__).resolve().parent.parent
 AS_ROOT = os.geteuid() == 0
@@ -71,30 +69,8 @@ def needs_root(reason: str) -> None:
 
 @pytest.fixture
 def listener() -> Iterator[int]:
-    """A TCP listener on 127.0.0.1 that greets every connection with 'hello'."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b"hello")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        server.close()
+    with greeting_listener() as port:
+        yield port
 
 
 @pytest.fixture

@@ -37,7 +37,6 @@ from enginex.approvals.models import Approval
 from enginex.db import Database, TenantContextMissing, set_tenant
 from enginex.kit.crypto import load_master_key
 from enginex.kit.time import utcnow
-from enginex.migrate import upgrade
 from enginex.runs.engine import EngineDeps, execute_step
 from enginex.runs.models import ACTIVE, Run
 from enginex.runs.repository import RunRepository
@@ -46,7 +45,7 @@ from enginex.runs.scheduler import Claim, claim_next, expire_approvals
 from enginex.runs.service import start_run
 from enginex.runs.worker import Worker
 from enginex.tenancy.context import TenantContext, system_context
-from tests.conftest import PgDatabase, _ServerThread, settings_for
+from tests.conftest import separate_deployment
 from tests.factories import (
     Actor,
     Org,
@@ -66,23 +65,10 @@ LEASE_SECONDS = 3  # short, yet a heartbeat (every second) may be late by two se
 
 @pytest.fixture(scope="module")
 def engine_server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    pg = PgDatabase() if backend == "postgres" else None
-    try:
-        settings = settings_for(backend, tmp_path_factory.mktemp(f"worker-{backend}"), pg)
-        settings = settings.model_copy(update={
-            "embedded_worker": False, "lease_seconds": LEASE_SECONDS,
-            "allow_private_network": True})
-        upgrade(settings)
-        thread = _ServerThread(settings)
-        thread.start()
-        try:
-            yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=settings,
-                         backend=backend, app=thread.app)
-        finally:
-            thread.stop()
-    finally:
-        if pg is not None:
-            pg.drop()
+    with separate_deployment(backend, tmp_path_factory.mktemp(f"worker-{backend}"),
+                             embedded_worker=False, lease_seconds=LEASE_SECONDS,
+                             allow_private_network=True) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")
