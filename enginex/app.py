@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from enginex.admin.api import router as admin_router
 from enginex.admin.web import router as admin_web_router
@@ -97,4 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityMiddleware, max_body=settings.max_body_bytes,
                        max_upload=settings.max_upload_bytes,
                        hsts=settings.base_url.startswith("https://"))
+    if settings.trusted_proxy_list:
+        # Outermost: the client address (sign-in throttling, logs) and scheme are taken from
+        # X-Forwarded-For / -Proto only when the connection comes from a trusted proxy, and
+        # then the rightmost address that is not itself a trusted proxy.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
@@ -41,6 +42,13 @@ class Settings(BaseSettings):
     lease_seconds: int = 30
     allow_private_network: bool = False
     mcp_stdio_user: str = "nobody"
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
+    # addresses or networks (CIDR). Empty: those headers are ignored.
+    trusted_proxies: str = ""
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
 
     @property
     def resolved_database_url(self) -> str:
@@ -85,6 +93,16 @@ class Settings(BaseSettings):
                 "default. Generate a key with `enginex keys generate` and set "
                 "ENGINEX_MASTER_KEY (or set ENGINEX_ALLOW_DEV_KEY=true for a throwaway setup)."
             )
+        for proxy in self.trusted_proxy_list:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise UnsafeConfigurationError(
+                    f"ENGINEX_TRUSTED_PROXIES: '{proxy}' is not an IP address or network "
+                    "(CIDR). List the addresses of your reverse proxies, e.g. "
+                    "'10.0.0.5,10.1.0.0/16'; '*' is not accepted (anyone could then choose "
+                    "the address that sign-in throttling counts)."
+                ) from None
         if self.base_url.startswith("https://") and self.cookie_secure is False:
             raise UnsafeConfigurationError(
                 "ENGINEX_BASE_URL is https:// but ENGINEX_COOKIE_SECURE=false: session cookies "
