@@ -235,6 +235,31 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     _print_demo(asyncio.run(_seed_demo(settings)), settings)
 
 
+def cmd_reports_sweep(args: argparse.Namespace, settings: Settings) -> None:
+    """Remove orphaned report files once (what every worker does every 10 minutes)."""
+    from datetime import timedelta
+
+    from enginex.reports.storage import ArtifactStorage
+    from enginex.reports.sweeper import sweep_orphans
+
+    if args.older_than_minutes < 1:
+        raise CliError("--older-than-minutes must be at least 1: a younger file may belong to "
+                       "a step that has not committed yet (default 60)")
+    storage = ArtifactStorage(settings.resolved_storage_dir)
+
+    async def work() -> int:
+        db = Database(settings)
+        try:
+            return await sweep_orphans(db.sessions, storage,
+                                       older_than=timedelta(minutes=args.older_than_minutes))
+        finally:
+            await db.dispose()
+
+    removed = asyncio.run(work())
+    print(f"removed {removed} orphaned report file(s) older than {args.older_than_minutes} "
+          f"minute(s) from {storage.root}")
+
+
 def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> None:
     print(generate_master_key())
 
@@ -287,7 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_keys_generate)
     add_keys_commands(keys)
     add_agents_commands(sub)
-    add_client_commands(sub)
+    client_groups = add_client_commands(sub)
+    # `enginex reports` (client_cli) reads through the API; `sweep` works on the server's files.
+    sweep = client_groups["reports"].add_parser(
+        "sweep", help="on the server: remove report files no report refers to (files of "
+        "steps that never committed)")
+    sweep.add_argument("--older-than-minutes", type=int, default=60, metavar="N",
+                       help="only files last written more than N minutes ago (default 60)")
+    sweep.set_defaults(func=cmd_reports_sweep)
     add_audit_commands(sub)
     return parser
 

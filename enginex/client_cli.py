@@ -631,8 +631,10 @@ def _command(actions: Any, name: str, func: Callable[[argparse.Namespace, Settin
     return parser
 
 
-def add_client_commands(subparsers: Any) -> None:
-    """Register ``enginex sessions|approvals|reports|api-keys ...`` on ``enginex``."""
+def add_client_commands(subparsers: Any) -> dict[str, Any]:
+    """Register ``enginex sessions|approvals|reports|api-keys ...`` on ``enginex``. Returns
+    each group's subcommand registry by group name (server-side commands join ``reports``)."""
+    groups: dict[str, Any] = {}
     sessions = subparsers.add_parser(
         "sessions", help="start, follow and cancel sessions (runs) through the API",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -685,7 +687,7 @@ def add_client_commands(subparsers: Any) -> None:
     decide.add_argument("--comment", default="", help="recorded with the decision")
 
     reports = subparsers.add_parser("reports", help="reports of sessions through the API")
-    actions = reports.add_subparsers(dest="action", required=True)
+    actions = groups["reports"] = reports.add_subparsers(dest="action", required=True)
     listing = _command(actions, "list", cmd_reports_list, "list reports, newest first")
     listing.add_argument("--session", metavar="ID", help="only reports of this session")
     listing.add_argument("--limit", type=int, default=None, help="at most this many (1-500)")
@@ -714,3 +716,4 @@ def add_client_commands(subparsers: Any) -> None:
     create.add_argument("--expires-in-days", type=int, default=None,
                         help="default: the server's (90 days)")
     create.set_defaults(func=cmd_api_keys_create)
+    return groups

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 
 from sqlalchemy import select
 
 from enginex.reports.models import Artifact
 from enginex.tenancy.repository import ScopedRepository
+
+_IN_BATCH = 500  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 
 
 class ArtifactRepository(ScopedRepository[Artifact]):
@@ -19,3 +22,14 @@ class ArtifactRepository(ScopedRepository[Artifact]):
             stmt = stmt.where(Artifact.run_id == run_id)
         stmt = stmt.order_by(Artifact.created_at.desc()).limit(limit)
         return list((await self.db.execute(stmt)).scalars())
+
+    async def existing_ids(self, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of ``ids`` are artifacts of this organization. Another organization's
+        artifact ids are absent from the answer, exactly like ids that exist nowhere."""
+        wanted = list(dict.fromkeys(ids))
+        found: set[uuid.UUID] = set()
+        for start in range(0, len(wanted), _IN_BATCH):
+            stmt = select(Artifact.id).where(Artifact.tenant_id == self.ctx.org_id,
+                                             Artifact.id.in_(wanted[start:start + _IN_BATCH]))
+            found.update((await self.db.execute(stmt)).scalars())
+        return found

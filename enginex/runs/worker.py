@@ -6,6 +6,9 @@ so the scheduler's fair choice is made again for the next step.
 
 Every worker also keeps a row in the global ``workers`` table fresh (name, start, last beat,
 slots, steps committed) for the platform admin's health panel; a clean stop removes it.
+
+Every worker also removes orphaned report files (reports/sweeper.py) older than
+``report_orphan_age`` every ``report_sweep_seconds``; concurrent sweeps are harmless.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import uuid
 from datetime import datetime, timedelta
@@ -23,6 +27,7 @@ from sqlalchemy import delete, func, make_url, update
 
 from enginex.db import Database, set_tenant
 from enginex.kit.time import utcnow
+from enginex.reports.sweeper import DEFAULT_OLDER_THAN, sweep_orphans
 from enginex.runs.engine import EngineDeps, execute_step
 from enginex.runs.models import WORKER_HEARTBEAT_SECONDS, WorkerPresence
 from enginex.runs.repository import RunRepository
@@ -32,12 +37,16 @@ from enginex.tenancy.context import system_context
 
 log = logging.getLogger("enginex.worker")
 
+REPORT_SWEEP_SECONDS = 600.0
+
 
 class Worker:
     def __init__(self, db: Database, deps: EngineDeps, *, slots: int = 4,
                  tenant_limit: int = 4, poll_seconds: float = 1.0,
                  database_url: str | None = None,
-                 heartbeat_seconds: float = WORKER_HEARTBEAT_SECONDS) -> None:
+                 heartbeat_seconds: float = WORKER_HEARTBEAT_SECONDS,
+                 report_sweep_seconds: float = REPORT_SWEEP_SECONDS,
+                 report_orphan_age: timedelta = DEFAULT_OLDER_THAN) -> None:
         self.db = db
         self.deps = deps
         self.slots = slots
@@ -47,6 +56,8 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.steps_committed = 0
         self.heartbeat_seconds = heartbeat_seconds
+        self.report_sweep_seconds = report_sweep_seconds
+        self.report_orphan_age = report_orphan_age
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -58,6 +69,7 @@ class Worker:
                  for i in range(self.slots)]
         tasks.append(asyncio.create_task(self._sweeper(), name="worker-sweeper"))
         tasks.append(asyncio.create_task(self._presence(), name="worker-presence"))
+        tasks.append(asyncio.create_task(self._report_sweeper(), name="worker-report-sweeper"))
         if self.database_url and self.database_url.startswith("postgresql"):
             tasks.append(asyncio.create_task(self._listen(), name="worker-listen"))
         try:
@@ -145,6 +157,19 @@ class Worker:
             except Exception:
                 log.exception("approval expiry sweep failed")
             await asyncio.sleep(max(self.poll_seconds * 5, 1.0))
+
+    async def _report_sweeper(self) -> None:
+        """Remove orphaned report files at a low frequency, first after a random part of the
+        period (so workers started together do not sweep together). Failures are logged and
+        retried at the next period."""
+        await asyncio.sleep(self.report_sweep_seconds * random.uniform(0.1, 1.0))  # noqa: S311
+        while True:
+            try:
+                await sweep_orphans(self.deps.sessions, self.deps.storage,
+                                    older_than=self.report_orphan_age)
+            except Exception:
+                log.exception("orphaned report sweep failed")
+            await asyncio.sleep(self.report_sweep_seconds)
 
     async def _presence(self) -> None:
         """Register this worker in ``workers`` and refresh its row every heartbeat. A failed
