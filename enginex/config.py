@@ -41,14 +41,24 @@ class Settings(BaseSettings):
     tenant_concurrency: int = 4
     lease_seconds: int = 30
     allow_private_network: bool = False
-    mcp_stdio_user: str = "nobody"
+    mcp_stdio_user: str = "auto"
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
     # addresses or networks (CIDR). Empty: those headers are ignored.
     trusted_proxies: str = ""
 
     @property
     def trusted_proxy_list(self) -> list[str]:
-        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
+        """The proxies as networks (``10.0.0.5/16`` -> ``10.0.0.0/16``, an address -> ``/32``
+        or ``/128``): the middleware parses strictly and would ignore a host-bits form.
+        Entries that are not addresses are kept as written; ``check_safe`` refuses them."""
+        found = []
+        for entry in (p.strip() for p in self.trusted_proxies.split(",")):
+            if entry:
+                try:
+                    found.append(str(ipaddress.ip_network(entry, strict=False)))
+                except ValueError:
+                    found.append(entry)
+        return found
 
     @property
     def resolved_database_url(self) -> str:

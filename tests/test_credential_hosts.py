@@ -529,6 +529,8 @@ def test_an_llm_provider_key_bound_to_another_host_fails_the_step(
         assert tested.status_code == 200 and tested.json()["ok"] is False
         assert "may not be sent to 127.0.0.1" in tested.json()["message"]
         assert fake.requests == []
+        assert [e["details"].get("purpose") for e in audit(tenant, "credential.use_refused")
+                if e["details"].get("name") == name].count("llm_provider.test") == 1
 
         # Bound to the provider's host: the run reaches it.
         patch(tenant, created["id"], allowed_hosts=[host])

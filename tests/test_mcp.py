@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import secrets
 import threading
 import time
@@ -26,6 +25,7 @@ from enginex.agents.cli import zip_directory
 from enginex.kit.crypto import load_master_key
 from enginex.kit.errors import NOT_FOUND_MESSAGE
 from enginex.kit.process import is_dumpable
+from enginex.mcp.sandbox import AUTO_IDS
 from tests.conftest import IN_CI, separate_deployment
 from tests.factories import (
     Actor,
@@ -617,7 +617,8 @@ def test_a_stdio_server_cannot_read_the_platforms_environment_or_reach_the_netwo
     # ... and so is every network, the platform's own ports on 127.0.0.1 included.
     assert reached["ok"] is False, reached
     if os.geteuid() == 0:
-        assert identity["uid"] == identity["euid"] == pwd.getpwnam("nobody").pw_uid, identity
+        # ENGINEX_MCP_STDIO_USER's default 'auto': an unprivileged uid of the server's own.
+        assert identity["uid"] == identity["euid"] and identity["uid"] in AUTO_IDS, identity
     # With network allowed by the platform admin, the same probe connects.
     reached, environ = probe_run(acme, root, tmp_path, network=True, calls=[
         ("connect", {"host": "127.0.0.1", "port": greeter}), ("parent_environ", {})])

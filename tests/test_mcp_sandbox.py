@@ -27,7 +27,7 @@ import pytest
 from enginex.kit.errors import TooManyRequests
 from enginex.kit.process import protect_process
 from enginex.mcp.client import redact_url, redact_url_in
-from enginex.mcp.sandbox import REFUSED_EXIT
+from enginex.mcp.sandbox import AUTO_IDS, AUTO_USER, REFUSED_EXIT
 from enginex.mcp.service import REFRESH_CONCURRENCY, env_name_refused, refresh_slot
 from tests.conftest import IN_CI
 from tests.mcp_servers import SITE_PACKAGES, STDIO_ACCOUNT, greeting_listener, stdio_python
@@ -106,6 +106,25 @@ def test_without_network_the_server_reaches_nothing_and_cannot_read_its_parent(
     if AS_ROOT:
         nobody = pwd.getpwnam(STDIO_ACCOUNT)
         assert seen["ids"] == [nobody.pw_uid] * 3 and seen["groups"] in ([], [nobody.pw_gid])
+
+
+def test_by_default_each_server_gets_an_account_of_its_own(listener: int) -> None:
+    """``auto``: two servers (say of two organizations) never share a uid, so neither can
+    write the other's home, read its files or signal it."""
+    needs_root("only root can switch the server to another account")
+    seen = []
+    for _ in range(2):
+        with tempfile.TemporaryDirectory(prefix="enginex-mcp-") as path:
+            (Path(path) / "home").mkdir(mode=0o700)
+            done = launch(Path(path), "none", [stdio_python(), "-c", PROBE, str(listener)],
+                          user=AUTO_USER)
+            assert done.returncode == 0, done.stderr
+            seen.append(json.loads(done.stdout))
+            assert (Path(path) / "home").stat().st_uid == seen[-1]["ids"][0]
+    for ids in (s["ids"] for s in seen):
+        assert len(set(ids)) == 1 and ids[0] in AUTO_IDS, seen
+    assert seen[0]["ids"] != seen[1]["ids"], seen
+    assert all(s["environ"] == "Permission denied" for s in seen), seen
 
 
 def test_with_network_the_server_connects_and_still_cannot_read_its_parent(

@@ -17,9 +17,11 @@ LIMIT = 3
 
 @pytest.fixture(scope="module")
 def proxied(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A deployment that trusts the proxy at 127.0.0.2 only, with a low per-address limit."""
+    """A deployment that trusts the proxies 127.0.0.2-3 (written with host bits, as
+    operators do: 127.0.0.3/31 means 127.0.0.2-127.0.0.3, so the untrusted peer below is
+    127.0.0.4), with a low per-address limit."""
     with separate_deployment(backend, tmp_path_factory.mktemp(f"proxy-{backend}"),
-                             trusted_proxies="127.0.0.2", embedded_worker=False,
+                             trusted_proxies="127.0.0.3/31", embedded_worker=False,
                              login_max_failures_per_address=LIMIT) as deployment:
         yield deployment
 
@@ -44,9 +46,9 @@ def test_a_trusted_proxy_forwards_the_client_address(proxied: Server) -> None:
 
 def test_an_untrusted_peer_cannot_choose_its_address(proxied: Server) -> None:
     # Not from the proxy: the header is ignored, the connection's own address is counted.
-    statuses = fail_sign_ins(proxied, "127.0.0.3", "203.0.113.99", LIMIT)
+    statuses = fail_sign_ins(proxied, "127.0.0.4", "203.0.113.99", LIMIT)
     assert statuses == [401] * LIMIT
-    assert fail_sign_ins(proxied, "127.0.0.3", "203.0.113.100", 1) == [429]
+    assert fail_sign_ins(proxied, "127.0.0.4", "203.0.113.100", 1) == [429]
 
 
 @pytest.mark.parametrize("value", ["*", "10.0.0.0/33", "proxy.internal", "10.0.0.1, nope"])
@@ -57,5 +59,5 @@ def test_unusable_proxy_lists_are_refused_at_startup(value: str) -> None:
 
 def test_no_proxy_is_trusted_by_default() -> None:
     assert Settings().trusted_proxy_list == []
-    assert Settings(trusted_proxies=" 10.0.0.5 , 10.1.0.0/16,").trusted_proxy_list == [
-        "10.0.0.5", "10.1.0.0/16"]
+    assert Settings(trusted_proxies=" 10.0.0.5 , 10.1.2.3/16,::1").trusted_proxy_list == [
+        "10.0.0.5/32", "10.1.0.0/16", "::1/128"]

@@ -640,8 +640,13 @@ async def _open_credential(db: AsyncSession, ctx: TenantContext, resolution: Res
         raise LLMError(f"The LLM provider '{resolution.provider}' names the credential "
                        f"'{name}', which this organization does not have. Create it, or "
                        f"change the provider on {SETTINGS_PAGE}.")
-    if not credential_allows(credential, resolution.base_url or ANTHROPIC_DEFAULT_BASE_URL):
-        raise LLMError(refusal_message(name, resolution.base_url or ANTHROPIC_DEFAULT_BASE_URL))
+    target = resolution.base_url or ANTHROPIC_DEFAULT_BASE_URL
+    if not credential_allows(credential, target):
+        await record(db, ctx, "credential.use_refused", target_kind="credential",
+                     target_id=credential.id,
+                     details={"name": name, "purpose": purpose, "provider": resolution.provider,
+                              "reason": "host not allowed"})
+        raise LLMError(refusal_message(name, target))
     try:
         values = await open_values(db, credential, keyring)
     except CredentialUnusable as exc:

@@ -51,7 +51,7 @@ def allow_private(request: Request) -> bool:
 
 def stdio_user(request: Request) -> str:
     """The account stdio servers run as when the platform runs as root."""
-    return str(getattr(request.app.state.settings, "mcp_stdio_user", "nobody"))
+    return str(getattr(request.app.state.settings, "mcp_stdio_user", "auto"))
 
 
 def server_out(view: service.ServerView) -> ServerOut:

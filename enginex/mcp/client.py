@@ -81,7 +81,7 @@ class ConnectionSpec:
     env: dict[str, str] = field(default_factory=dict)
     memory_mb: int = 512
     network: bool = False
-    stdio_user: str = "nobody"
+    stdio_user: str = "auto"
     secrets: tuple[str, ...] = ()
 
     def redact(self, text: str) -> str:
@@ -145,7 +145,10 @@ async def connect(spec: ConnectionSpec) -> AsyncIterator[Client]:
             home = workdir / "home"
             home.mkdir(mode=0o700)
             # Read back through this handle, never by path: the server may own its directory.
-            errlog = stack.enter_context((workdir / "stderr.log").open("w+", encoding="utf-8"))
+            # 0600: the server's own account (and every other server) must not read it.
+            errlog = stack.enter_context(os.fdopen(
+                os.open(workdir / "stderr.log", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600),
+                "w+", encoding="utf-8"))
             argv = sandbox_argv(spec, workdir)
             env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": str(home), **spec.env}
             params = StdioServerParameters(command=argv[0], args=argv[1:], env=env,

@@ -44,7 +44,7 @@ class _Connections:
     """The step's connections, one per server, opened on first use."""
 
     def __init__(self, secrets: StepSecrets | None, allow_private_network: bool,
-                 stdio_user: str = "nobody") -> None:
+                 stdio_user: str = "auto") -> None:
         self.secrets = secrets
         self.allow_private_network = allow_private_network
         self.stdio_user = stdio_user
@@ -124,7 +124,7 @@ async def mcp_tools_for(db: AsyncSession, ctx: TenantContext, manifest: AgentMan
                         node: LLMNode | ToolNode, secrets: StepSecrets | None, *,
                         builtin: ToolRegistry | None = None,
                         allow_private_network: bool = False,
-                        stdio_user: str = "nobody") -> ToolRegistry:
+                        stdio_user: str = "auto") -> ToolRegistry:
     """The step's registry (see the module docstring). ``db`` is bound to ``ctx``'s tenant.
     Raises ToolError for a tool node naming an unusable MCP tool."""
     registry = (builtin or builtin_registry()).copy()

@@ -43,16 +43,27 @@ import contextlib
 import os
 import pwd
 import resource
+import secrets
 import sys
 from pathlib import Path
 
-from enginex.kit.process import CLONE_NEWNET, CLONE_NEWUSER, PR_SET_NO_NEW_PRIVS, prctl, unshare
+from enginex.kit.process import (
+    CLONE_NEWNET,
+    CLONE_NEWUSER,
+    PR_SET_DUMPABLE,
+    PR_SET_NO_NEW_PRIVS,
+    prctl,
+    unshare,
+)
 
 MAX_OPEN_FILES = 256
 MAX_FILE_BYTES = 64 * 1024 * 1024
 CPU_GRACE_SECONDS = 5
 CAP_SETUID = 7
 REFUSED_EXIT = 126  # like a shell's "found but cannot run"
+AUTO_USER = "auto"
+# uids/gids handed out by ``auto``: far above any account of a normal host (and below 2**31).
+AUTO_IDS = range(1_600_000_000, 1_700_000_000)
 
 
 class SandboxRefused(Exception):
@@ -73,8 +84,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--memory-mb", type=int, required=True)
     parser.add_argument("--cpu-seconds", type=int, required=True)
     parser.add_argument("--keep-env", default="PATH,LANG,HOME")
-    parser.add_argument("--user", default="nobody",
-                        help="the account to run as when started as root")
+    parser.add_argument("--user", default=AUTO_USER,
+                        help="the account to run as when started as root ('auto': a uid of "
+                             "its own)")
     parser.add_argument("--network", choices=("none", "host"), default="none")
     parser.add_argument("--workdir", default=None,
                         help="the server's directory; its 'home' is handed to --user")
@@ -103,7 +115,15 @@ def can_change_user() -> bool:
 
 
 def target_account(name: str) -> tuple[int, int]:
-    """(uid, gid) of the account to run as; SandboxRefused for an unknown account or root."""
+    """(uid, gid) of the account to run as; SandboxRefused for an unknown account or root.
+
+    ``auto`` (the default): a uid and gid of their own for this server, drawn at random from
+    AUTO_IDS, which no account on the host uses. Two servers -- of two organizations, or two
+    steps of one -- then cannot write each other's home, read each other's files or signal
+    each other, as they could when both ran as one shared account."""
+    if name == AUTO_USER:
+        uid = AUTO_IDS.start + secrets.randbelow(len(AUTO_IDS))
+        return uid, uid
     try:
         entry = pwd.getpwnam(name)
         uid, gid = entry.pw_uid, entry.pw_gid
@@ -143,11 +163,17 @@ def drop_privileges(uid: int, gid: int) -> None:
 
 
 def _map_ids(uid: int, gid: int) -> None:
-    """Inside a new user namespace, be the same uid/gid (only for what the server sees)."""
+    """Inside a new user namespace, be the same uid/gid (an unmapped uid could not create
+    files). After the switch from root the process is not dumpable, which makes its
+    /proc/self files root's: it becomes dumpable for the writes (execve decides afresh)."""
     with contextlib.suppress(OSError):
-        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1\n")
-        Path("/proc/self/setgroups").write_text("deny\n")
-        Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1\n")
+        prctl(PR_SET_DUMPABLE, 1)
+        try:
+            Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1\n")
+            Path("/proc/self/setgroups").write_text("deny\n")
+            Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1\n")
+        finally:
+            prctl(PR_SET_DUMPABLE, 0)
 
 
 def confine(args: argparse.Namespace) -> None:

@@ -457,7 +457,7 @@ class ServerSnapshot:
 
 async def connection_spec(snapshot: ServerSnapshot, lookup: CredentialLookup, *,
                           allow_private_network: bool,
-                          stdio_user: str = "nobody") -> ConnectionSpec:
+                          stdio_user: str = "auto") -> ConnectionSpec:
     """Resolve the server's credential references through ``lookup`` (which audits them).
     ``stdio_user``: the account a stdio server runs as when the platform runs as root
     (ENGINEX_MCP_STDIO_USER). Raises McpUnavailable naming the header or variable whose
@@ -561,7 +561,7 @@ async def refresh_slot(org_id: uuid.UUID, *,
 
 async def prepare_refresh(db: AsyncSession, ctx: TenantContext, server_id: uuid.UUID, *,
                           keyring: Keyring, allow_private_network: bool,
-                          stdio_user: str = "nobody") -> RefreshPlan:
+                          stdio_user: str = "auto") -> RefreshPlan:
     """Resolve what connecting to the server needs. Each credential used is audited
     (``credential.used``, purpose ``mcp.refresh``). NotFound for another org's server; a
     credential problem is returned as the plan's error (the refresh reports it)."""
