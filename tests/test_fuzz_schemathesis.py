@@ -22,7 +22,9 @@ Checks on every response:
 
 * ``not_a_server_error``: no 5xx, whatever the input;
 * ``negative_data_rejection``: input that violates the documented schema is refused with 4xx
-  (a validation gap, such as lax coercion, fails);
+  (a validation gap, such as lax coercion, fails); 413 counts as a refusal: a document that
+  breaks a ``maxLength`` (a skill's SKILL.md, say) can exceed the 1 MiB body limit, which
+  refuses it before validation with the documented ``payload_too_large`` error;
 * ``response_schema_conformance``, ``content_type_conformance``,
   ``response_headers_conformance``: documented responses match their schema;
 * ``unsupported_method``, ``allow_header_conformance``, ``missing_required_header``: methods
@@ -252,7 +254,11 @@ def _load_schema(server: Server, org: Org, parameters: dict[str, str]) -> Any:
                        "dictionaries": {"string": {"dictionary": "nul",
                                                    "probability": NUL_PROBABILITY}}},
         "checks": {"status_code_conformance": {"enabled": False},
-                   "positive_data_acceptance": {"enabled": False}},
+                   "positive_data_acceptance": {"enabled": False},
+                   # schemathesis's default refusals, plus 413 (see the module docstring)
+                   "negative_data_rejection": {"expected-statuses": [
+                       "400", "401", "403", "404", "405", "406", "409", "413", "415", "422",
+                       "428", "429", "5xx"]}},
     })
     return schemathesis.openapi.from_url(f"{server.base_url}/openapi.json", config=config,
                                          timeout=30)
