@@ -43,7 +43,8 @@ from enginex.credentials.service import CredentialUnusable, open_values, reseal
 from enginex.credentials.vault import Keyring, verify_master_key
 from enginex.db import on_commit, set_tenant
 from enginex.kit.errors import NotFound
-from enginex.llm.service import KeyDecryptionError, LLMKeyBox, LLMSettingsRepository
+from enginex.llm.repository import LLMSettingsRepository
+from enginex.llm.service import KeyDecryptionError, LLMKeyBox
 from enginex.orgs import repository as org_repo
 from enginex.orgs.models import Organization
 from enginex.reports.storage import ArtifactStorage

@@ -11,7 +11,7 @@ import uuid
 
 from sqlalchemy import select
 
-from enginex.llm.models import LLMProviderConfig, ModelAlias
+from enginex.llm.models import LLMProviderConfig, LLMSettings, ModelAlias
 from enginex.tenancy.repository import ScopedRepository
 
 
@@ -62,3 +62,13 @@ class AliasRepository(ScopedRepository[ModelAlias]):
 
     async def delete(self, alias: ModelAlias) -> None:
         await self.db.delete(alias)
+
+
+class LLMSettingsRepository(ScopedRepository[LLMSettings]):
+    """The organization's one settings row (keyed by tenant_id alone)."""
+
+    model = LLMSettings
+
+    async def get_settings(self) -> LLMSettings | None:
+        stmt = select(LLMSettings).where(LLMSettings.tenant_id == self.ctx.org_id)
+        return (await self.db.execute(stmt)).scalar_one_or_none()

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 
@@ -53,11 +52,10 @@ from enginex.llm.providers import (
     OpenAICompatibleProvider,
     ScriptedProvider,
 )
-from enginex.llm.repository import AliasRepository, ProviderRepository
+from enginex.llm.repository import AliasRepository, LLMSettingsRepository, ProviderRepository
 from enginex.llm.schemas import ALIAS_NAME_PATTERN, ALIAS_NAME_RULE, PROVIDER_NAME_PATTERN
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import Principal
-from enginex.tenancy.repository import ScopedRepository
 from enginex.tools.base import ToolError
 from enginex.tools.egress import EgressRefused, check_url_async
 
@@ -134,16 +132,6 @@ class LLMKeyBox:
             except InvalidTag:
                 continue
         raise KeyDecryptionError("the stored API key does not decrypt for this organization")
-
-
-class LLMSettingsRepository(ScopedRepository[LLMSettings]):
-    """The organization's one settings row (keyed by tenant_id alone)."""
-
-    model = LLMSettings
-
-    async def get_settings(self) -> LLMSettings | None:
-        stmt = select(LLMSettings).where(LLMSettings.tenant_id == self.ctx.org_id)
-        return (await self.db.execute(stmt)).scalar_one_or_none()
 
 
 async def get_llm_settings(db: AsyncSession, ctx: TenantContext) -> LLMSettings | None:
