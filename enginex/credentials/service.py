@@ -28,7 +28,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
 from enginex.credentials.crypto import Binding, VaultError
-from enginex.credentials.hosts import HostPatternError, normalize_patterns
+from enginex.credentials.hosts import (
+    HostPatternError,
+    credential_allows,
+    normalize_patterns,
+    refusal_message,
+)
 from enginex.credentials.models import Credential
 from enginex.credentials.repository import CredentialRepository
 from enginex.credentials.vault import Keyring
@@ -194,6 +199,30 @@ async def open_values(db: AsyncSession, credential: Credential,
     values = json.loads(plaintext)
     assert isinstance(values, dict)
     return {str(k): str(v) for k, v in values.items()}
+
+
+async def open_for_admin_use(db: AsyncSession, ctx: TenantContext, credential: Credential, *,
+                             keyring: Keyring, url: str | None,
+                             details: dict[str, Any]) -> dict[str, str]:
+    """Decrypt ``credential`` of ``ctx``'s organization for a use outside a run step (an
+    admin's connection test or tool discovery), in the caller's transaction.
+
+    ``url``: where the value will be sent; the credential's allowed hosts are checked against
+    it first (None: nothing is sent to a host). A refusal is audited as
+    ``credential.use_refused`` and raised as CredentialUnusable with the fix; an opened value
+    is audited as ``credential.used`` (``details`` say for what; never values) and marks the
+    credential used. Run steps use ``credentials.runtime.StepSecrets`` instead.
+    """
+    details = {"name": credential.name, **details}
+    if url is not None and not credential_allows(credential, url):
+        await record(db, ctx, "credential.use_refused", target_kind="credential",
+                     target_id=credential.id, details={**details, "reason": "host not allowed"})
+        raise CredentialUnusable(refusal_message(credential.name, url))
+    values = await open_values(db, credential, keyring)
+    credential.last_used_at = utcnow()
+    await record(db, ctx, "credential.used", target_kind="credential", target_id=credential.id,
+                 details=details)
+    return values
 
 
 async def reseal(db: AsyncSession, credential: Credential, values: dict[str, str],

@@ -35,9 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 from enginex.agents.manifest import AgentManifest, LLMNode
 from enginex.audit.service import record
 from enginex.credentials.crypto import Binding, VaultError, is_sealed
-from enginex.credentials.hosts import credential_allows, refusal_message
 from enginex.credentials.repository import CredentialRepository
-from enginex.credentials.service import CredentialUnusable, open_values
+from enginex.credentials.service import CredentialUnusable, open_for_admin_use
 from enginex.credentials.vault import Keyring, previous_master_key
 from enginex.kit.crypto import derive_key
 from enginex.kit.errors import Conflict, NotFound, ValidationFailed
@@ -628,24 +627,15 @@ async def _open_credential(db: AsyncSession, ctx: TenantContext, resolution: Res
         raise LLMError(f"The LLM provider '{resolution.provider}' names the credential "
                        f"'{name}', which this organization does not have. Create it, or "
                        f"change the provider on {SETTINGS_PAGE}.")
-    target = resolution.base_url or ANTHROPIC_DEFAULT_BASE_URL
-    if not credential_allows(credential, target):
-        await record(db, ctx, "credential.use_refused", target_kind="credential",
-                     target_id=credential.id,
-                     details={"name": name, "purpose": purpose, "provider": resolution.provider,
-                              "reason": "host not allowed"})
-        raise LLMError(refusal_message(name, target))
     try:
-        values = await open_values(db, credential, keyring)
+        values = await open_for_admin_use(
+            db, ctx, credential, keyring=keyring,
+            url=resolution.base_url or ANTHROPIC_DEFAULT_BASE_URL,
+            details={"purpose": purpose, "provider": resolution.provider,
+                     "provider_id": str(resolution.provider_id), "model": resolution.model})
     except CredentialUnusable as exc:
         raise LLMError(str(exc)) from None
     key = _key_of(resolution.provider, name, credential.kind, values)
-    credential.last_used_at = utcnow()
-    await record(db, ctx, "credential.used", target_kind="credential",
-                 target_id=credential.id,
-                 details={"name": name, "purpose": purpose, "provider": resolution.provider,
-                          "provider_id": str(resolution.provider_id),
-                          "model": resolution.model})
     return key
 
 

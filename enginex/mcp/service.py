@@ -42,10 +42,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
-from enginex.credentials.hosts import credential_allows, refusal_message
 from enginex.credentials.repository import CredentialRepository
 from enginex.credentials.runtime import Resolved, header_value
-from enginex.credentials.service import CredentialUnusable, check_token_url, open_values
+from enginex.credentials.service import CredentialUnusable, check_token_url, open_for_admin_use
 from enginex.credentials.vault import Keyring
 from enginex.kit.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
 from enginex.kit.ids import new_id
@@ -573,20 +572,13 @@ async def prepare_refresh(db: AsyncSession, ctx: TenantContext, server_id: uuid.
         credential = await credentials.get_by_name(name)
         if credential is None:
             raise McpUnavailable(f"no credential named '{name}' in this organization")
-        if server.transport == "http" and not credential_allows(credential, server.url or ""):
-            await record(db, ctx, "credential.use_refused", target_kind="credential",
-                         target_id=credential.id,
-                         details={"name": name, "purpose": "mcp.refresh",
-                                  "mcp_server": server.name, "reason": "host not allowed"})
-            raise McpUnavailable(refusal_message(name, server.url))
+        url = (server.url or "") if server.transport == "http" else None
         try:
-            values = await open_values(db, credential, keyring)
+            values = await open_for_admin_use(
+                db, ctx, credential, keyring=keyring, url=url,
+                details={"purpose": "mcp.refresh", "mcp_server": server.name})
         except CredentialUnusable as exc:
             raise McpUnavailable(str(exc)) from None
-        credential.last_used_at = utcnow()
-        await record(db, ctx, "credential.used", target_kind="credential",
-                     target_id=credential.id,
-                     details={"name": name, "purpose": "mcp.refresh", "mcp_server": server.name})
         return Resolved(name, credential.kind, values)
 
     try:
