@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import platform
-import secrets
 import shutil
 import signal
 import sqlite3
@@ -50,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
+from benchmarks.pgdb import PG_ADMIN_DSN, BenchError, PgDatabase, pg_problem
 from enginex.agents.models import Agent, AgentVersion
 from enginex.agents.package import LoadedPackage, load_directory
 from enginex.agents.service import deploy_package, known_tool_names
@@ -67,9 +66,6 @@ from enginex.runs.scheduler import claim_next
 from enginex.runs.service import notify_workers, start_run
 from enginex.tenancy.context import TenantContext
 
-PG_ADMIN_DSN = (os.environ.get("ENGINEX_BENCH_PG_ADMIN")
-                or os.environ.get("ENGINEX_TEST_PG_ADMIN")
-                or "postgresql://postgres@127.0.0.1:5432/postgres")
 AGENT_KEY = "noop-three"
 STEPS_PER_RUN = 3
 DURABLE_COMMITS_PER_RUN = 2 * STEPS_PER_RUN  # each step: its claim, then its guarded commit
@@ -90,10 +86,6 @@ MANIFEST: dict[str, Any] = {
 }
 
 
-class BenchError(RuntimeError):
-    """The benchmark could not run (not: a figure was low)."""
-
-
 def log(message: str) -> None:
     print(f"  .. {message}", flush=True)
 
@@ -101,51 +93,10 @@ def log(message: str) -> None:
 # --- throwaway databases -------------------------------------------------------------------------
 
 
-def pg_problem() -> str | None:
-    try:
-        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-class PgDatabase:
-    """A database owned by a fresh owner role plus a fresh app role (no RLS bypass); all of it
-    created with unique names by this run and dropped by ``drop()``."""
-
-    def __init__(self) -> None:
-        tag = secrets.token_hex(4)
-        self.name = f"enginex_bench_engine_{tag}"
-        self.owner = f"enginex_bench_{tag}_owner"
-        self.app = f"enginex_bench_{tag}_app"
-        params = conninfo_to_dict(PG_ADMIN_DSN)
-        self.host = params.get("host") or "127.0.0.1"
-        self.port = params.get("port") or "5432"
-        try:
-            with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-                for role in (self.owner, self.app):
-                    admin.execute(
-                        f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB')
-                admin.execute(f'CREATE DATABASE "{self.name}" OWNER "{self.owner}"')
-        except psycopg.Error as exc:
-            with contextlib.suppress(psycopg.Error):
-                self.drop()
-            raise BenchError(f"could not create the benchmark database: {exc}") from exc
-
-    def url(self, role: str, driver: str = "postgresql+psycopg") -> str:
-        return f"{driver}://{role}@{self.host}:{self.port}/{self.name}"
-
-    def drop(self) -> None:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-            for role in (self.app, self.owner):
-                admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-
-
 @contextlib.contextmanager
 def backend_settings(backend: str) -> Iterator[tuple[Settings, PgDatabase | None]]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"enginex-bench-engine-{backend}-"))
-    pg = PgDatabase() if backend == "postgres" else None
+    pg = PgDatabase("enginex_bench_engine") if backend == "postgres" else None
     try:
         values: dict[str, Any] = {"data_dir": data_dir, "master_key": generate_master_key(),
                                   "base_url": "http://127.0.0.1", "log_level": "WARNING",

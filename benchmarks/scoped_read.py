@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import secrets
 import shutil
 import socket
 import statistics
@@ -52,22 +50,16 @@ from typing import Any
 
 import httpx
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+
+from benchmarks.pgdb import PG_ADMIN_DSN, BenchError, PgDatabase, pg_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 0.8
 ORG_SLUG = "bench"
 PASSWORD = "bench-pass-phrase-42"
-PG_ADMIN_DSN = (os.environ.get("ENGINEX_BENCH_PG_ADMIN")
-                or os.environ.get("ENGINEX_TEST_PG_ADMIN")
-                or "postgresql://postgres@127.0.0.1:5432/postgres")
 UNSCOPED_PATH = "/bench/unscoped/members"
 ROUTE_LABELS = {"unscoped": "unscoped (public route)", "cookie": "scoped, session cookie",
                 "api_key": "scoped, API key"}
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run (setup failed, or the server answered errors)."""
 
 
 def log(message: str) -> None:
@@ -81,50 +73,6 @@ def free_port() -> int:
 
 
 # --- databases -------------------------------------------------------------------------------
-
-
-def pg_problem() -> str | None:
-    """None when PostgreSQL answers at PG_ADMIN_DSN, else why not."""
-    try:
-        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-class PgDatabase:
-    """A throwaway database owned by a fresh owner role, plus a fresh app role (no RLS bypass).
-
-    Everything is created by this run with unique names and dropped by ``drop()``.
-    """
-
-    def __init__(self) -> None:
-        tag = secrets.token_hex(4)
-        self.name = f"enginex_bench_{tag}"
-        self.owner = f"enginex_bench_{tag}_owner"
-        self.app = f"enginex_bench_{tag}_app"
-        params = conninfo_to_dict(PG_ADMIN_DSN)
-        self.host = params.get("host") or "127.0.0.1"
-        self.port = params.get("port") or "5432"
-        try:
-            with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-                for role in (self.owner, self.app):
-                    admin.execute(
-                        f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB')
-                admin.execute(f'CREATE DATABASE "{self.name}" OWNER "{self.owner}"')
-        except psycopg.Error as exc:
-            with contextlib.suppress(psycopg.Error):
-                self.drop()
-            raise BenchError(f"could not create the benchmark database: {exc}") from exc
-
-    def url(self, role: str) -> str:
-        return f"postgresql+psycopg://{role}@{self.host}:{self.port}/{self.name}"
-
-    def drop(self) -> None:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-            for role in (self.app, self.owner):
-                admin.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 def enginex_env(backend: str, data_dir: Path, pg: PgDatabase | None) -> dict[str, str]:

@@ -66,7 +66,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ``benchmarks`
 
 from sqlalchemy import select
 
-from benchmarks.engine import PG_ADMIN_DSN, BenchError, backend_settings, machine_line, pg_problem
+from benchmarks.engine import backend_settings, machine_line
+from benchmarks.pgdb import PG_ADMIN_DSN, BenchError, pg_problem
 from enginex.agents.package import LoadedPackage, load_directory
 from enginex.agents.service import deploy_package, known_tool_names
 from enginex.config import Settings
