@@ -19,10 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from enginex.credentials import service
 from enginex.credentials.api import keyring
 from enginex.credentials.models import Credential
-from enginex.kit.errors import AppError, NotFound
+from enginex.kit.errors import AppError
 from enginex.orgs.web import app_error_fields, paginate
 from enginex.tenancy.guards import DB, make_router
 from enginex.tenancy.scopes import Scope
+from enginex.web.errors import rollback_for_page
 from enginex.web.templating import render
 from enginex.web.tenant import WebContext, WebTenant
 
@@ -158,9 +159,7 @@ async def replace_values(request: Request, credential_id: uuid.UUID, db: DB,
             values=values, **({"allowed_hosts": _hosts(form)}
                               if "allowed_hosts" in form else {}))
     except AppError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        await db.rollback()
+        await rollback_for_page(db, exc)
         return await _page(request, db, web, status_code=exc.status_code,
                            error=f"{name}: {exc.message}")
     return RedirectResponse(f"/o/{web.ctx.org_slug}/settings/credentials?notice=replaced",

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.credentials.service import list_credentials
-from enginex.kit.errors import AppError, NotFound
+from enginex.kit.errors import AppError
 from enginex.llm import api as llm_api
 from enginex.llm import service
 from enginex.llm.models import LLMSettings
@@ -26,6 +26,7 @@ from enginex.llm.schemas import AliasSet, LLMSettingsUpdate, LLMTestResult, Prov
 from enginex.orgs.web import app_error_fields, field_errors
 from enginex.tenancy.guards import DB, make_router
 from enginex.tenancy.scopes import Scope
+from enginex.web.errors import rollback_for_page
 from enginex.web.templating import render
 from enginex.web.tenant import WebContext, WebTenant
 
@@ -208,9 +209,7 @@ async def delete_provider(request: Request, provider_id: uuid.UUID, db: DB,
     try:
         await service.delete_provider(db, web.ctx, provider_id, actor=web.principal)
     except AppError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        await db.rollback()
+        await rollback_for_page(db, exc)
         return await _page(request, db, web, status_code=exc.status_code,
                            section_error=exc.message)
     return _redirect(web, "provider-deleted", "llm-providers")
@@ -226,9 +225,7 @@ async def test_provider(request: Request, provider_id: uuid.UUID, db: DB,
     try:
         result = await llm_api.test_provider(provider_id, request, db, web.ctx, model=None)
     except AppError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        await db.rollback()
+        await rollback_for_page(db, exc)
         return await _page(request, db, web, status_code=exc.status_code,
                            provider_test=(provider_id, None, exc.message))
     return await _page(request, db, web, provider_test=(provider_id, result, None))

@@ -30,6 +30,7 @@ from enginex.mcp.schemas import CatalogEntryCreate, ServerCreate
 from enginex.tenancy.guards import DB, make_router
 from enginex.tenancy.principal import UserPrincipal
 from enginex.tenancy.scopes import Scope
+from enginex.web.errors import rollback_for_page
 from enginex.web.templating import render
 from enginex.web.tenant import WebContext, WebPlatformAdmin, WebTenant
 
@@ -240,9 +241,7 @@ async def delete_catalog_entry(request: Request, entry_id: uuid.UUID, db: DB,
     try:
         await service.delete_catalog_entry(db, entry_id, actor_id=principal.user_id)
     except AppError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        await db.rollback()
+        await rollback_for_page(db, exc)
         return await _catalog_page(request, db, principal, status_code=exc.status_code,
                                    error=exc.message)
     return RedirectResponse("/admin/mcp-catalog?notice=catalog_deleted", status_code=303)

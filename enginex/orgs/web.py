@@ -34,6 +34,7 @@ from enginex.orgs.schemas import InvitationCreate, MemberUpdate
 from enginex.runs.repository import RunRepository
 from enginex.tenancy.guards import DB, make_router
 from enginex.tenancy.scopes import Role, Scope
+from enginex.web.errors import rollback_for_page
 from enginex.web.templating import render
 from enginex.web.tenant import WebContext, WebTenant
 
@@ -185,9 +186,7 @@ async def change_member_role(request: Request, user_id: uuid.UUID, db: DB,
         return await _members_page(request, db, web, status_code=422,
                                    error=f"Choose one of the roles: {', '.join(ROLES)}.")
     except AppError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        await db.rollback()
+        await rollback_for_page(db, exc)
         return await _members_page(request, db, web, status_code=exc.status_code,
                                    error=exc.message)
     return _after_member_change(web, user_id, Role(body.role))
@@ -200,9 +199,7 @@ async def remove_member(request: Request, user_id: uuid.UUID, db: DB,
     try:
         await service.remove_member(db, web.ctx, user_id)
     except AppError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        await db.rollback()
+        await rollback_for_page(db, exc)
         return await _members_page(request, db, web, status_code=exc.status_code,
                                    error=exc.message)
     return _after_member_change(web, user_id, None)
@@ -248,9 +245,7 @@ async def revoke_invitation(request: Request, invitation_id: uuid.UUID, db: DB,
     try:
         await service.revoke_invitation(db, web.ctx, invitation_id)
     except AppError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        await db.rollback()
+        await rollback_for_page(db, exc)
         return await _members_page(request, db, web, status_code=exc.status_code,
                                    error=exc.message)
     return RedirectResponse(f"/o/{web.ctx.org_slug}/members#invitations", status_code=303)

@@ -16,12 +16,13 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from enginex.kit.errors import AppError, NotFound
+from enginex.kit.errors import AppError
 from enginex.orgs.web import paginate
 from enginex.skills import service
 from enginex.skills.models import Skill
 from enginex.tenancy.guards import DB, make_router
 from enginex.tenancy.scopes import Scope
+from enginex.web.errors import rollback_for_page
 from enginex.web.templating import render
 from enginex.web.tenant import WebContext, WebTenant
 
@@ -124,9 +125,7 @@ async def save_skill(request: Request, skill_id: uuid.UUID, db: DB,
     try:
         await service.update_skill(db, web.ctx, skill_id, skill_md=text, actor=web.principal)
     except AppError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        await db.rollback()
+        await rollback_for_page(db, exc)
         skill = await service.access_skill(db, web.ctx, skill_id)
         return await _skill_page(request, web, skill, status_code=exc.status_code,
                                  error=exc.message, draft=text)

@@ -11,10 +11,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from enginex.kit.errors import NOT_FOUND_MESSAGE, AppError
+from enginex.kit.errors import NOT_FOUND_MESSAGE, AppError, NotFound
 
 log = logging.getLogger("enginex.errors")
 
@@ -27,6 +28,15 @@ class LoginRequired(Exception):
 
     def __init__(self, next_path: str) -> None:
         self.next_path = next_path[:2000]
+
+
+async def rollback_for_page(db: AsyncSession, exc: AppError) -> None:
+    """A dashboard form's service call raised ``exc``: NotFound propagates (the one not-found
+    page, the same for another organization's ids); anything else ends the failed
+    transaction so that the handler can re-render its page with ``exc.message``."""
+    if isinstance(exc, NotFound):
+        raise exc
+    await db.rollback()
 
 
 def _json(status: int, code: str, message: str, details: dict[str, Any] | None = None,
