@@ -651,8 +651,8 @@ async def provider_from_resolution(db: AsyncSession, ctx: TenantContext,
     The base URL passes the egress guard again (DNS may have changed since it was saved). The
     key comes from the credential ``credential_name``: through ``secrets`` in a run step (its
     transaction audits ``credential.used`` with run and node, and the step redacts the value
-    from everything it stores; ``db``'s transaction, which has only read, is committed first:
-    SQLite has one writer at a time), otherwise opened in ``db`` and audited there as
+    from everything it stores; in a step ``db`` is the engine's read-only prepare session,
+    which never holds SQLite's write lock), otherwise opened in ``db`` and audited there as
     ``credential.used`` with ``purpose``. Raises LLMError with a message safe to store.
     """
     if resolution.kind == "scripted":
@@ -666,7 +666,6 @@ async def provider_from_resolution(db: AsyncSession, ctx: TenantContext,
     api_key: str | None = None
     if resolution.credential_name:
         if secrets is not None:
-            await db.commit()
             try:
                 resolved = await secrets.credential(
                     resolution.credential_name,

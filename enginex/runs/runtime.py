@@ -30,10 +30,9 @@ def build_engine(settings: Settings, db: Database, master_key: bytes) -> EngineD
         # The scripted provider has no key: nothing to audit or redact.
         if secrets is not None and uses_quick_setup(provider) and \
                 not isinstance(provider, ScriptedProvider):
-            # The quick setup's key: audited and redacted here. A provider's credential was
-            # through ``secrets`` already. ``session`` has only read; end its transaction
-            # first (SQLite has one writer at a time).
-            await session.commit()
+            # The quick setup's key: audited and redacted here (a provider's credential went
+            # through ``secrets`` already). ``session`` is the engine's read-only prepare
+            # session, so the audit's own write transaction does not wait on it.
             await secrets.note_llm_key_use()
         return provider
 
