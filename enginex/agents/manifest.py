@@ -43,6 +43,18 @@ ShortText = Annotated[str, StringConstraints(max_length=200)]
 LongText = Annotated[str, StringConstraints(max_length=20_000)]
 
 
+# Names a package may not give its inputs and outputs: the run's data (inputs, tool results,
+# model outputs) shares one namespace, and ``__`` names are kept out of it so that nothing a
+# package, an operator or a model writes can look like the engine's own bookkeeping. Refused at
+# upload (``package.reserved_name_problems``) and at session start; versions stored before the
+# rule still load (the engine keeps no control state in the run's data either way).
+RESERVED_PREFIX = "__"
+
+
+def is_reserved(name: str) -> bool:
+    return name.startswith(RESERVED_PREFIX)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -44,7 +44,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from enginex.agents.manifest import AgentManifest
+from enginex.agents.manifest import RESERVED_PREFIX, AgentManifest, is_reserved
 from enginex.kit.expressions import ExpressionError
 from enginex.kit.expressions import parse as parse_expression
 from enginex.skills.skill_md import NAME_PATTERN as SKILL_NAME_PATTERN
@@ -794,6 +794,38 @@ class _Checker:
         return adjacency
 
 
+_RESERVED_RULE = f"names starting with '{RESERVED_PREFIX}' are reserved for the engine; rename it"
+
+
+def reserved_name_problems(raw: dict[str, Any]) -> list[PackageProblem]:
+    """One problem per input or output name starting with ``__`` (see
+    ``manifest.RESERVED_PREFIX``): input names, llm ``input_keys`` and ``output_keys``, the
+    ``output_key`` of tool, approval and report nodes, and node ids (a node's id names its
+    output when it has no ``output_key``). Defensive over the raw manifest, like _Checker."""
+    problems: list[PackageProblem] = []
+
+    def check(path: str, name: Any, why: str = "") -> None:
+        if isinstance(name, str) and is_reserved(name):
+            problems.append(PackageProblem(path, f"'{name[:80]}': {_RESERVED_RULE}{why}"))
+
+    inputs = raw.get("inputs")
+    for name in inputs if isinstance(inputs, dict) else ():
+        check(f"inputs.{name}", name)
+    graph = raw.get("graph")
+    nodes = _list(graph.get("nodes")) if isinstance(graph, dict) else []
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict):
+            continue
+        path = f"graph.nodes[{i}]"
+        check(f"{path}.id", node.get("id"), " (a node's id names its output when it has no "
+                                              "output_key)")
+        for key in ("input_keys", "output_keys"):
+            for j, name in enumerate(_list(node.get(key))):
+                check(f"{path}.{key}[{j}]", name)
+        check(f"{path}.output_key", node.get("output_key"))
+    return problems
+
+
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -836,7 +868,8 @@ def validate_entries(entries: dict[str, bytes], *, known_tools: set[str],
         servers = _mcp_servers(texts, problems)
         checker = _Checker(raw, texts, known_tools, servers, known_mcp_servers)
         known = {(p.path, p.message) for p in problems}
-        problems.extend(p for p in checker.run() if (p.path, p.message) not in known)
+        problems.extend(p for p in [*checker.run(), *reserved_name_problems(raw)]
+                        if (p.path, p.message) not in known)
     if problems or manifest is None:
         raise PackageInvalid(problems or [PackageProblem(MANIFEST_NAME, "not valid")])
     return LoadedPackage(manifest=manifest, files=texts, content_hash=content_hash(entries),

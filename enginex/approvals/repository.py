@@ -38,6 +38,17 @@ class ApprovalRepository(ScopedRepository[Approval]):
                 .execution_options(synchronize_session=False))
         return bool((await self.db.execute(stmt)).rowcount)  # type: ignore[attr-defined]
 
+    async def requested_at(self, run_id: uuid.UUID, node_id: str, step: int) -> Approval | None:
+        """The approval that node ``node_id`` of run ``run_id`` requested at ``step``, or None.
+
+        The only way the engine and the pages find the approval a run is parked on: the row is
+        the source of truth, never a value in the run's state (which inputs, tools and models
+        can write). At most one exists (unique on tenant, run and step)."""
+        stmt = select(Approval).where(Approval.tenant_id == self.ctx.org_id,
+                                      Approval.run_id == run_id, Approval.node_id == node_id,
+                                      Approval.step == step)
+        return (await self.db.execute(stmt)).scalar_one_or_none()
+
     async def pending_for_run(self, run_id: uuid.UUID) -> list[Approval]:
         stmt = select(Approval).where(Approval.tenant_id == self.ctx.org_id,
                                       Approval.run_id == run_id, Approval.status == "pending")

@@ -4,7 +4,9 @@ A decision is recorded once (a second one gets Conflict), only by a member with
 ``approvals:decide`` whose role is the approval's ``approver_role`` or admin. The decision, the
 decider and the comment go into the approval row, the run's event log (immediately) and the
 audit log; the run becomes claimable and a worker applies the decision to the run's state in
-its next checkpoint. Other organizations' approval ids raise NotFound.
+its next checkpoint -- only to the run, node and step the approval was requested for (the
+engine finds it by those, never by an id in the run's state). Other organizations' approval
+ids raise NotFound.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from enginex.approvals.models import Approval
 from enginex.approvals.repository import ApprovalRepository
 from enginex.audit.service import record
 from enginex.kit.errors import Conflict, Forbidden, ValidationFailed
+from enginex.runs.models import Run
 from enginex.runs.repository import RunRepository
 from enginex.runs.service import notify_workers
 from enginex.tenancy.context import TenantContext
@@ -32,6 +35,15 @@ async def list_approvals(db: AsyncSession, ctx: TenantContext, *, status: str | 
 async def access_approval(db: AsyncSession, ctx: TenantContext,
                           approval_id: uuid.UUID) -> Approval:
     return await ApprovalRepository(db, ctx).access(approval_id)
+
+
+async def awaited_by(db: AsyncSession, ctx: TenantContext, run: Run) -> Approval | None:
+    """The approval ``run`` is waiting for, or None when it is not waiting: the one its current
+    node requested at its last committed step (the engine's own lookup; nothing in the run's
+    state is read)."""
+    if run.status != "waiting_approval" or run.next_node is None:
+        return None
+    return await ApprovalRepository(db, ctx).requested_at(run.id, run.next_node, run.step)
 
 
 def can_decide(ctx: TenantContext, approval: Approval) -> bool:

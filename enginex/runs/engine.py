@@ -54,7 +54,10 @@ from enginex.tools.base import ToolContext, ToolError, ToolRegistry
 log = logging.getLogger("enginex.engine")
 
 MAX_EVENT_TEXT = 4000
-PENDING_APPROVAL = "__pending_approval__"
+# Checkpoints written before the engine kept its control state out of the run's data carry the
+# pending approval's id under this key. It is dropped on load and never read: the approval a run
+# is parked on is found by run, node and step (``_parked_approval``).
+LEGACY_PENDING_APPROVAL = "__pending_approval__"
 
 Event = tuple[str, str | None, dict[str, Any]]
 # The LLM provider an llm node uses in the run's organization (its model alias resolved).
@@ -155,13 +158,22 @@ async def _load(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
         manifest = AgentManifest.model_validate(version.manifest)
         checkpoint = await RunRepository(db, ctx).latest_checkpoint(run_id)
         state = dict(checkpoint.state) if checkpoint else initial_state(run.inputs)
+        state.pop(LEGACY_PENDING_APPROVAL, None)  # data, not control state: never trusted
         path = list(checkpoint.path) if checkpoint else []
         node_id = run.next_node or manifest.graph.entry_node
-        approval = None
-        if PENDING_APPROVAL in state:
-            approval = await ApprovalRepository(db, ctx).get(uuid.UUID(state[PENDING_APPROVAL]))
+        approval = await _parked_approval(db, ctx, manifest, run, node_id)
         db.expunge_all()  # keep loaded values usable after the session closes
         return _Loaded(ctx, run, manifest, dict(version.files), state, path, node_id, approval)
+
+
+async def _parked_approval(db: AsyncSession, ctx: TenantContext, manifest: AgentManifest,
+                           run: Run, node_id: str) -> Approval | None:
+    """The approval the run is parked on: the one its approval node ``node_id`` requested at
+    the run's last committed step. Found through the tenant-scoped repository by run, node and
+    step; nothing in the run's state (which inputs, tools and models write) takes part."""
+    if not any(n.id == node_id and isinstance(n, ApprovalNode) for n in manifest.graph.nodes):
+        return None
+    return await ApprovalRepository(db, ctx).requested_at(run.id, node_id, run.step)
 
 
 def _uses_org_resources(deps: EngineDeps, node: LLMNode | ToolNode) -> bool:
@@ -314,8 +326,16 @@ async def _run_tool(deps: EngineDeps, loaded: _Loaded, node: ToolNode, result: _
     loaded.state[node.output_key or node.id] = value
 
 
+DECIDED = frozenset({"approved", "rejected", "expired"})
+
+
 def _run_approval(loaded: _Loaded, node: ApprovalNode, step: int, result: _Result) -> bool:
-    """Request a decision, or apply one. Returns True when the node is complete."""
+    """Request a decision, or apply one. Returns True when the node is complete.
+
+    The request is a row (run, node, step ``step``, approver role), committed with the step;
+    the run's state gets nothing. On resume the decision applied is that row's (see
+    ``_parked_approval``), and only if it matches this run, node, step and approver role:
+    anything else fails the step rather than pass the gate."""
     approval = loaded.approval
     if approval is None:
         approval = Approval(
@@ -323,22 +343,26 @@ def _run_approval(loaded: _Loaded, node: ApprovalNode, step: int, result: _Resul
             step=step, question=render(node.question, loaded.state), options=list(node.options),
             approver_role=node.approver_role, status="pending",
             expires_at=utcnow() + timedelta(minutes=node.expires_in_minutes))
-        loaded.state[PENDING_APPROVAL] = str(approval.id)
         result.waiting_approval = approval
         result.events.append(("approval_requested", node.id, {
             "approval_id": str(approval.id), "question": _clip(approval.question),
             "options": approval.options, "approver_role": approval.approver_role,
             "expires_at": approval.expires_at.isoformat()}))
         return False
+    if (approval.tenant_id, approval.run_id, approval.node_id, approval.step,
+            approval.approver_role) != (loaded.ctx.org_id, loaded.run.id, node.id,
+                                        loaded.run.step, node.approver_role):
+        raise ToolError(f"approval {approval.id} was not requested by this step; refused")
     if approval.status == "pending":
         raise _NotReady
+    if approval.status not in DECIDED:
+        raise ToolError(f"approval {approval.id} was {approval.status}, not decided")
     if approval.status == "expired":
         # A decision through the API logs its own approval_decided event; the expiry sweep
         # (platform-wide, outside any tenant) does not, so the step records it here.
         result.events.append(("approval_decided", node.id, {
             "approval_id": str(approval.id), "decision": approval.decision,
             "comment": approval.comment or "", "decided_by": None, "status": "expired"}))
-    loaded.state.pop(PENDING_APPROVAL, None)
     loaded.state[node.output_key or node.id] = {
         "decision": approval.decision, "comment": approval.comment or "",
         "status": approval.status,

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from enginex.agents.manifest import AgentManifest, InputSpec
+from enginex.agents.manifest import RESERVED_PREFIX, AgentManifest, InputSpec, is_reserved
 from enginex.agents.models import Agent, AgentVersion
 from enginex.agents.repository import AgentRepository, AgentVersionRepository
 from enginex.approvals.repository import ApprovalRepository
@@ -25,7 +25,7 @@ from enginex.audit.service import record
 from enginex.db import Notifier, on_commit
 from enginex.kit.errors import Conflict, NotFound, ValidationFailed
 from enginex.kit.time import utcnow
-from enginex.runs.engine import initial_state
+from enginex.runs.engine import LEGACY_PENDING_APPROVAL, initial_state
 from enginex.runs.models import FINISHED, Checkpoint, Run, RunEvent
 from enginex.runs.repository import RunFilter, RunRepository
 from enginex.tenancy.context import TenantContext
@@ -51,14 +51,24 @@ _TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "number": (int, float),
 
 
 def validate_inputs(specs: dict[str, InputSpec], inputs: dict[str, Any]) -> dict[str, Any]:
-    """Check ``inputs`` against the agent's declared inputs; every problem is reported."""
+    """Check ``inputs`` against the agent's declared inputs; every problem is reported.
+
+    Names starting with ``__`` are refused even when an agent version stored before uploads
+    refused them declares one (``manifest.RESERVED_PREFIX``); such a declared input is never
+    filled, not even with its default."""
     problems: list[dict[str, str]] = []
     for name in inputs:
-        if name not in specs:
+        if is_reserved(name):
+            problems.append({"field": f"inputs.{name}",
+                             "message": f"names starting with '{RESERVED_PREFIX}' are reserved "
+                                        "for the engine; rename the input"})
+        elif name not in specs:
             problems.append({"field": f"inputs.{name}",
                              "message": f"unknown input; this agent takes {sorted(specs)}"})
     result: dict[str, Any] = {}
     for name, spec in specs.items():
+        if is_reserved(name):
+            continue
         if name not in inputs:
             if spec.required:
                 problems.append({"field": f"inputs.{name}", "message": "required"})
@@ -160,7 +170,7 @@ async def fork_run(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID, *, s
     if following is None:
         raise Conflict(f"Checkpoint {step} is the end of the session; fork from an earlier "
                        "one.", code="nothing_to_replay")
-    state.pop("__pending_approval__", None)
+    state.pop(LEGACY_PENDING_APPROVAL, None)
     run = repo.add(Run(
         agent_id=source.agent_id, agent_version_id=source.agent_version_id,
         agent_key=source.agent_key, agent_version=source.agent_version, status="queued",

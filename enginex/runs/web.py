@@ -37,7 +37,7 @@ from enginex.kit.errors import AppError, NotFound, ValidationFailed
 from enginex.reports import service as reports_service
 from enginex.reports.web import parse_id, render_markdown
 from enginex.runs import service
-from enginex.runs.engine import PENDING_APPROVAL
+from enginex.runs.engine import LEGACY_PENDING_APPROVAL
 from enginex.runs.models import ACTIVE, FINISHED, Checkpoint, Run, RunEvent
 from enginex.runs.repository import RunFilter
 from enginex.tenancy.context import TenantContext
@@ -469,7 +469,7 @@ def build_graph(manifest: dict[str, Any], path: list[str], current: str | None
 
 
 def _state_preview(state: dict[str, Any]) -> str:
-    text = json.dumps({k: v for k, v in state.items() if k != PENDING_APPROVAL},
+    text = json.dumps({k: v for k, v in state.items() if k != LEGACY_PENDING_APPROVAL},
                       indent=2, default=str, ensure_ascii=False)
     if len(text) > STATE_PREVIEW_CHARS:
         return text[:STATE_PREVIEW_CHARS] + "\n… (truncated)"
@@ -512,16 +512,8 @@ async def load_session(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID
         graph = build_graph(version.manifest, path, current)
     except NotFound:
         graph = []
-    approval = None
-    if run.status == "waiting_approval" and latest is not None and ctx.has(
-            Scope.APPROVALS_READ):
-        pending_id = latest.state.get(PENDING_APPROVAL)
-        if pending_id:
-            try:
-                approval = await approvals_service.access_approval(db, ctx,
-                                                                   uuid.UUID(str(pending_id)))
-            except (NotFound, ValueError):
-                approval = None
+    approval = (await approvals_service.awaited_by(db, ctx, run)
+                if ctx.has(Scope.APPROVALS_READ) else None)
     reports = (await reports_service.list_reports(db, ctx, run_id=run.id, limit=20)
                if ctx.has(Scope.REPORTS_READ) else [])
     can_decide = ctx.has(Scope.APPROVALS_DECIDE)
