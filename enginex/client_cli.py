@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ SESSION_STATUSES = ("queued", "running", "waiting_approval", "succeeded", "faile
 APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired", "cancelled")
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_WAITING_APPROVAL, EXIT_INTERRUPTED = 0, 1, 3, 130
 TIMEOUT = httpx.Timeout(30.0)
+CREATE_ATTEMPTS = 3
+RETRY_STATUSES = frozenset({502, 503, 504})
 # The server sends a keep-alive comment every 15 s on an idle stream; a read that waits much
 # longer than that means the connection is gone, and the watch reconnects.
 STREAM_TIMEOUT = httpx.Timeout(30.0, read=60.0)
@@ -121,8 +124,29 @@ class Api:
             raise CliError(error_message(response, api_key_env=self.api_key_env))
         return response
 
+    def create(self, path: str, body: dict[str, Any]) -> Any:
+        """POST that creates something, sent with a fresh ``Idempotency-Key`` and retried with
+        the same key when the connection fails or a proxy answers 502/503/504: the server
+        then answers the first attempt's result instead of creating twice."""
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                response = self.client.post(path, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                if attempt + 1 == CREATE_ATTEMPTS:
+                    raise CliError(f"could not reach {self.base_url}: {exc}") from exc
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt + 1 == CREATE_ATTEMPTS:
+                    break
+            time.sleep(0.5 * 2 ** attempt)
+        if response.status_code >= 400:
+            raise CliError(error_message(response, api_key_env=self.api_key_env))
+        return self._json(response, path)
+
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.response(method, path, **kwargs)
+        return self._json(self.response(method, path, **kwargs), path)
+
+    def _json(self, response: httpx.Response, path: str) -> Any:
         try:
             return response.json()
         except ValueError as exc:
@@ -213,7 +237,7 @@ def cmd_sessions_start(args: argparse.Namespace, settings: Settings) -> None:
     body: dict[str, Any] = {"agent": args.agent, "inputs": inputs}
     if args.version:
         body["version"] = args.version
-    session = api.call("POST", "/sessions", json=body)
+    session = api.create("/sessions", body)
     if args.json and args.watch:
         print(json.dumps(session, ensure_ascii=False), flush=True)  # JSON Lines, as watch
     elif args.json:

@@ -7,12 +7,13 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from enginex.db import Database, set_tenant
+from enginex.idempotency import service as idempotency
 from enginex.kit.schemas import DateTimeParam
 from enginex.runs import service
 from enginex.runs.models import FINISHED
@@ -30,6 +31,10 @@ from enginex.tenancy.guards import DB, Require, make_router
 from enginex.tenancy.scopes import Scope
 
 router = make_router(prefix="/api/v1", tags=["sessions"])
+IdempotencyKey = Annotated[str | None, Header(
+    alias=idempotency.HEADER, description="Optional: the same value on every retry of one "
+    "request makes the retries answer the first request's result instead of creating "
+    "again (kept 24 hours).")]
 Status = Literal["queued", "running", "waiting_approval", "succeeded", "failed", "cancelled"]
 SSE_POLL_SECONDS = 0.5
 SSE_KEEPALIVE_SECONDS = 15.0
@@ -38,11 +43,19 @@ SSE_KEEPALIVE_SECONDS = 15.0
 @router.post("/orgs/{org}/sessions", response_model=SessionOut,
              status_code=status.HTTP_201_CREATED)
 async def start_session(body: SessionCreate, db: DB,
-                        ctx: Annotated[TenantContext, Require(Scope.RUNS_WRITE)]) -> SessionOut:
-    """Queue a session of an agent with inputs (validated against the agent's inputs)."""
-    run = await service.start_run(db, ctx, agent_key=body.agent, version=body.version,
-                                  inputs=body.inputs, actor=ctx.principal)
-    return SessionOut.model_validate(run)
+                        ctx: Annotated[TenantContext, Require(Scope.RUNS_WRITE)],
+                        idempotency_key: IdempotencyKey = None) -> Any:
+    """Queue a session of an agent with inputs (validated against the agent's inputs).
+
+    With ``Idempotency-Key``, a retry of the same request answers the first result (header
+    ``Idempotent-Replayed: true``) instead of starting a second session."""
+    async def start() -> SessionOut:
+        run = await service.start_run(db, ctx, agent_key=body.agent, version=body.version,
+                                      inputs=body.inputs, actor=ctx.principal)
+        return SessionOut.model_validate(run)
+
+    return await idempotency.create_once(db, ctx, idempotency.parse_key(idempotency_key),
+                                         operation="sessions.start", body=body, create=start)
 
 
 @router.get("/orgs/{org}/sessions", response_model=SessionPage)
@@ -78,10 +91,17 @@ async def cancel_session(run_id: uuid.UUID, db: DB,
 @router.post("/orgs/{org}/sessions/{run_id}/fork", response_model=SessionOut,
              status_code=status.HTTP_201_CREATED)
 async def fork_session(run_id: uuid.UUID, body: SessionFork, db: DB,
-                       ctx: Annotated[TenantContext, Require(Scope.RUNS_WRITE)]) -> SessionOut:
-    """Replay: start a new session from checkpoint ``step`` (0 = from the start)."""
-    return SessionOut.model_validate(await service.fork_run(db, ctx, run_id, step=body.step,
-                                                            actor=ctx.principal))
+                       ctx: Annotated[TenantContext, Require(Scope.RUNS_WRITE)],
+                       idempotency_key: IdempotencyKey = None) -> Any:
+    """Replay: start a new session from checkpoint ``step`` (0 = from the start). Takes
+    ``Idempotency-Key`` like starting a session."""
+    async def fork() -> SessionOut:
+        return SessionOut.model_validate(await service.fork_run(db, ctx, run_id, step=body.step,
+                                                                actor=ctx.principal))
+
+    return await idempotency.create_once(db, ctx, idempotency.parse_key(idempotency_key),
+                                         operation=f"sessions.fork:{run_id}", body=body,
+                                         create=fork)
 
 
 @router.get("/orgs/{org}/sessions/{run_id}/checkpoints", response_model=list[CheckpointOut])

@@ -50,9 +50,10 @@ class Run(TenantOwned, Base):
     __table_args__ = (
         ForeignKeyConstraint(["tenant_id", "agent_version_id"],
                              ["agent_versions.tenant_id", "agent_versions.id"]),
-        Index("ix_runs_tenant_id_created_at", "tenant_id", "created_at"),
+        Index("ix_runs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         Index("ix_runs_tenant_id_status_queued_at", "tenant_id", "status", "queued_at"),
-        Index("ix_runs_tenant_id_agent_key_created_at", "tenant_id", "agent_key", "created_at"),
+        Index("ix_runs_tenant_id_agent_key_created_at_id", "tenant_id", "agent_key", "created_at",
+              "id"),
     )
 
 

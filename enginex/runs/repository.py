@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.kit.time import utcnow
@@ -44,7 +44,9 @@ class RunRepository(ScopedRepository[Run]):
             stmt = stmt.where(Run.created_at < filters.created_before)
         if before:
             at, last_id = before
-            stmt = stmt.where((Run.created_at < at) | ((Run.created_at == at) & (Run.id < last_id)))
+            # A row-value comparison: an index range scan on (tenant_id, created_at, id), so
+            # a deep page costs what the first page does (the OR form filtered after the scan).
+            stmt = stmt.where(tuple_(Run.created_at, Run.id) < tuple_(at, last_id))
         stmt = stmt.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
         return list((await self.db.execute(stmt)).scalars())
 
