@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,6 +11,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.auth.models import ApiKey, AuthSession, LoginFailure, User
+from enginex.kit.errors import NotFound
 from enginex.tenancy.repository import ScopedRepository
 
 
@@ -75,6 +77,24 @@ class ApiKeyRepository(ScopedRepository[ApiKey]):
                 .order_by(ApiKey.created_at.desc()))
         return list((await self.db.execute(stmt)).scalars())
 
+    async def access_for_update(self, key_id: uuid.UUID) -> ApiKey:
+        """The key, row-locked until the transaction ends (PostgreSQL; SQLite's transactions
+        already hold the write lock), freshly read. NotFound for a missing or foreign id."""
+        stmt = (select(ApiKey).where(ApiKey.tenant_id == self.ctx.org_id, ApiKey.id == key_id)
+                .with_for_update().execution_options(populate_existing=True))
+        found = (await self.db.execute(stmt)).scalar_one_or_none()
+        if found is None:
+            raise NotFound()
+        return found
+
+    async def children_for_update(self, parent_ids: Sequence[uuid.UUID]) -> list[ApiKey]:
+        """Keys created by any of ``parent_ids``, row-locked, freshly read."""
+        stmt = (select(ApiKey).where(ApiKey.tenant_id == self.ctx.org_id,
+                                     ApiKey.parent_key_id.in_(list(parent_ids)))
+                .order_by(ApiKey.created_at).with_for_update()
+                .execution_options(populate_existing=True))
+        return list((await self.db.execute(stmt)).scalars())
+
 
 @dataclass(frozen=True)
 class KeyForAuth:
@@ -102,3 +122,13 @@ async def get_api_key_for_auth(db: AsyncSession, tenant_id: uuid.UUID, digest: b
     if row is None:
         return None
     return KeyForAuth(row[0], row[1], bool(row[2]), row[3], row[4])
+
+
+async def get_parent_key_state(db: AsyncSession, tenant_id: uuid.UUID, parent_id: uuid.UUID
+                               ) -> tuple[datetime | None, datetime | None] | None:
+    """Kernel-only: ``(revoked_at, expires_at)`` of key ``parent_id`` (a primary-key read),
+    None when there is no such key. The session must already be bound to ``tenant_id``."""
+    stmt = select(ApiKey.revoked_at, ApiKey.expires_at).where(ApiKey.tenant_id == tenant_id,
+                                                              ApiKey.id == parent_id)
+    row = (await db.execute(stmt)).first()
+    return (row[0], row[1]) if row else None

@@ -232,6 +232,14 @@ class OrgAccess:
     role: Role | None  # None: not a member (for API keys: the key belongs to another org)
 
 
+def _parent_alive(state: tuple[datetime | None, datetime | None] | None,
+                  now: datetime) -> bool:
+    if state is None:
+        return False
+    revoked_at, expires_at = state
+    return revoked_at is None and (expires_at is None or expires_at > now)
+
+
 async def _authenticate_api_key(db: AsyncSession, token: str,
                                 slug: str | None = None) -> tuple[ApiKeyPrincipal, OrgAccess]:
     tenant_id = parse_api_key(token)
@@ -246,6 +254,14 @@ async def _authenticate_api_key(db: AsyncSession, token: str,
     key = found.key
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthenticated("This API key has expired. Create a new key.", code="key_expired")
+    # Revocation cascades to descendants and a child's expiry is capped at its parent's when
+    # they are written, so the key's own columns already say it all. Defence in depth for
+    # keys made by keys only: one primary-key read of the parent (never an ancestor walk).
+    if key.parent_key_id is not None and not _parent_alive(
+            await repo.get_parent_key_state(db, tenant_id, key.parent_key_id), now):
+        raise Unauthenticated("The API key that created this key was revoked or has expired, "
+                              "so this key stopped working too. Create a new key.",
+                              code="key_parent_gone")
     # A key never outlives its creator's access: removed or disabled creator -> the key stops
     # working; a demoted creator -> the key is capped at the creator's current role.
     if found.creator_role is None or found.creator_disabled:
@@ -368,23 +384,43 @@ async def create_api_key(db: AsyncSession, ctx: TenantContext, *, name: str, rol
                          expires_at: datetime | None, actor: Principal) -> tuple[str, ApiKey]:
     """Create a key for ``ctx``'s organization; the token is returned once, never stored.
 
-    Raises Forbidden when ``role`` carries more than the creator's own role. Audited.
+    Raises Forbidden (``role_escalation``) when ``role`` carries more than the caller's role
+    in ``ctx`` (for a key: the key's own role, already capped at its creator's current role).
+    A key created with an API key records that key as ``parent_key_id`` and the parent's
+    person as ``created_by``, and expires no later than the parent (``expires_at`` is capped;
+    None means the parent's expiry). The parent is re-read under a row lock, so a concurrent
+    revocation either sees the child (and revokes it) or is seen here (Unauthenticated).
+    Audited.
     """
     if not can_grant(ctx.role, role):
         raise Forbidden(f"You cannot create a key with role '{role}': it is above your own "
                         f"role '{ctx.role}'.", code="role_escalation")
-    if expires_at is not None and expires_at <= utcnow():
+    now = utcnow()
+    if expires_at is not None and expires_at <= now:
         raise ValidationFailed("expires_at: must be in the future.",
                                details={"field": "expires_at"})
+    keys = repo.ApiKeyRepository(db, ctx)
+    parent: ApiKey | None = None
+    if isinstance(actor, ApiKeyPrincipal):
+        parent = await keys.access_for_update(actor.key_id)
+        if parent.revoked_at is not None or (parent.expires_at is not None
+                                             and parent.expires_at <= now):
+            raise Unauthenticated("This API key was revoked or has expired. Create a new key.")
+        if parent.expires_at is not None and (expires_at is None
+                                              or expires_at > parent.expires_at):
+            expires_at = parent.expires_at
     token = f"{API_KEY_PREFIX}{ctx.org_id.hex}_{new_token()}"
-    key = repo.ApiKeyRepository(db, ctx).add(ApiKey(
+    key = keys.add(ApiKey(
         token_digest=token_digest(token), hint=token[-4:], name=name, role=str(role),
-        created_by=acting_user_id(actor),
-        expires_at=expires_at,
+        created_by=acting_user_id(actor), expires_at=expires_at,
+        parent_key_id=parent.id if parent is not None else None,
     ))
     await db.flush()
+    details: dict[str, str] = {"name": name, "role": str(role)}
+    if parent is not None:
+        details["parent_key_id"] = str(parent.id)
     await record(db, ctx, "api_key.created", target_kind="api_key", target_id=key.id,
-                 details={"name": name, "role": str(role)})
+                 details=details)
     return token, key
 
 
@@ -392,11 +428,38 @@ async def list_api_keys(db: AsyncSession, ctx: TenantContext) -> list[ApiKey]:
     return await repo.ApiKeyRepository(db, ctx).list()
 
 
+async def get_api_key(db: AsyncSession, ctx: TenantContext, key_id: uuid.UUID) -> ApiKey:
+    """One key of ``ctx``'s organization (NotFound for another org's id)."""
+    return await repo.ApiKeyRepository(db, ctx).access(key_id)
+
+
 async def revoke_api_key(db: AsyncSession, ctx: TenantContext, key_id: uuid.UUID, *,
-                         actor: Principal) -> ApiKey:
-    """Revoke a key of ``ctx``'s organization (NotFound for another org's id). Audited."""
-    key = await repo.ApiKeyRepository(db, ctx).access(key_id)
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        await record(db, ctx, "api_key.revoked", target_kind="api_key", target_id=key.id)
-    return key
+                         actor: Principal) -> list[ApiKey]:
+    """Revoke a key of ``ctx``'s organization and every key descended from it, in this
+    transaction (NotFound for another org's id). Returns the keys revoked now (empty when
+    all were already revoked).
+
+    Audited: one ``api_key.revoked`` entry per key revoked; a descendant's entry carries
+    ``details.revoked_with`` (the key whose revocation took it along). Each level of
+    descendants is read under row locks after the level above was updated, so a key being
+    created by one of them concurrently is either seen here or refused there.
+    """
+    keys = repo.ApiKeyRepository(db, ctx)
+    root = await keys.access_for_update(key_id)
+    now = utcnow()
+    revoked: list[ApiKey] = []
+    level = [root]
+    seen = {root.id}
+    while level:
+        for key in level:
+            if key.revoked_at is None:
+                key.revoked_at = now
+                revoked.append(key)
+                await record(db, ctx, "api_key.revoked", target_kind="api_key",
+                             target_id=key.id,
+                             details=None if key is root else {"revoked_with": str(root.id)})
+        await db.flush()
+        children = await keys.children_for_update([k.id for k in level])
+        level = [k for k in children if k.id not in seen]
+        seen.update(k.id for k in level)
+    return revoked
