@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,23 +45,52 @@ async def touch_session(db: AsyncSession, session_id: uuid.UUID, now: datetime) 
                      .values(last_seen_at=now))
 
 
-async def count_failures(db: AsyncSession, key: str,
-                         since: datetime) -> tuple[int, datetime | None]:
-    stmt = select(func.count(), func.min(LoginFailure.at)).where(
-        LoginFailure.key == key, LoginFailure.at >= since)
-    count, oldest = (await db.execute(stmt)).one()
-    if oldest is not None and oldest.tzinfo is None:
-        from datetime import UTC
-        oldest = oldest.replace(tzinfo=UTC)
-    return int(count), oldest
+async def add_failures(db: AsyncSession, keys: Sequence[str], at: datetime) -> list[uuid.UUID]:
+    """One ``login_failures`` row per key, all at ``at``; returns their ids (flushed)."""
+    rows = [LoginFailure(key=key, at=at) for key in keys]
+    db.add_all(rows)
+    await db.flush()
+    return [row.id for row in rows]
 
 
-async def clear_failures(db: AsyncSession, key: str) -> None:
-    await db.execute(delete(LoginFailure).where(LoginFailure.key == key))
+@dataclass(frozen=True)
+class FailureCount:
+    count: int
+    oldest: datetime | None
+
+
+async def count_failures(db: AsyncSession, keys: Sequence[str],
+                         since: datetime) -> dict[str, FailureCount]:
+    """Rows per key since ``since`` (one statement); keys without rows count 0."""
+    stmt = (select(LoginFailure.key, func.count(), func.min(LoginFailure.at))
+            .where(LoginFailure.key.in_(list(keys)), LoginFailure.at >= since)
+            .group_by(LoginFailure.key))
+    found = {key: FailureCount(int(count), _aware(oldest))
+             for key, count, oldest in (await db.execute(stmt)).all()}
+    return {key: found.get(key, FailureCount(0, None)) for key in keys}
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # An aggregate loses the column type: SQLite gives back a naive UTC datetime.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+async def delete_failures(db: AsyncSession, ids: Sequence[uuid.UUID]) -> None:
+    await db.execute(delete(LoginFailure).where(LoginFailure.id.in_(list(ids))))
+
+
+async def clear_failures(db: AsyncSession, *keys: str) -> None:
+    await db.execute(delete(LoginFailure).where(LoginFailure.key.in_(keys)))
 
 
 async def prune_failures(db: AsyncSession, before: datetime) -> None:
-    await db.execute(delete(LoginFailure).where(LoginFailure.at < before))
+    """Delete rows older than ``before``, skipping rows another transaction is deleting (so
+    concurrent sign-ins never wait on, or deadlock over, the same old rows)."""
+    old = (select(LoginFailure.id).where(LoginFailure.at < before).limit(1000)
+           .with_for_update(skip_locked=True))
+    await db.execute(delete(LoginFailure).where(LoginFailure.id.in_(old)))
 
 
 class ApiKeyRepository(ScopedRepository[ApiKey]):

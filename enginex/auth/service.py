@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
 from enginex.auth import repository as repo
-from enginex.auth.models import ApiKey, AuthSession, LoginFailure, User
+from enginex.auth.models import ApiKey, AuthSession, User
 from enginex.auth.passwords import (
     check_password_policy,
     hash_password_off_loop,
@@ -74,20 +74,91 @@ def _address_key(address: str) -> str:
     return "addr:" + hashlib.sha256(address.encode()).hexdigest()[:40]
 
 
-async def _check_throttle(db: AsyncSession, settings: Settings,
-                          keys: list[tuple[str, int]]) -> None:
+def _pair_key(address: str, email: str) -> str:
+    """One account from one address (see ``_admit``)."""
+    joined = f"{address}\n{email.strip().lower()}"
+    return "pair:" + hashlib.sha256(joined.encode()).hexdigest()[:40]
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """A sign-in attempt, counted before its password is verified.
+
+    ``ids`` are its committed ``login_failures`` rows, one per key: they are the failure if
+    the password turns out wrong, and are deleted if it is right or the attempt is refused.
+    """
+
+    ids: list[uuid.UUID]
+    account: str
+    address: str | None = None
+    pair: str | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for k in (self.account, self.address, self.pair) if k is not None]
+
+
+def _too_many(oldest: datetime | None, now: datetime, window: timedelta) -> TooManyRequests:
+    retry = max(int(((oldest or now) + window - now).total_seconds()) + 1, 1)
+    return TooManyRequests(
+        f"Too many failed sign-in attempts. Wait {retry} seconds and try again; "
+        "the pause protects the account from password guessing.",
+        details={"retry_after_seconds": retry},
+        headers={"Retry-After": str(retry)},
+    )
+
+
+async def _reserve(db: AsyncSession, settings: Settings, email: str,
+                   client_address: str | None) -> _Attempt:
+    """Count the attempt under its keys in a transaction of its own, committed at once.
+
+    Committing before the count that decides (``_admit``) is what makes the limits hold under
+    concurrency: an attempt's row is visible to every attempt that counts after it, so the
+    k-th attempt to be admitted sees at least k rows and no more than ``limit`` are admitted,
+    on SQLite and PostgreSQL alike, without locks held across the password check.
+    """
     now = utcnow()
     window = timedelta(minutes=settings.login_window_minutes)
-    for key, limit in keys:
-        count, oldest = await repo.count_failures(db, key, now - window)
-        if count >= limit:
-            retry = int(((oldest or now) + window - now).total_seconds()) + 1
-            raise TooManyRequests(
-                f"Too many failed sign-in attempts. Wait {max(retry, 1)} seconds and try again; "
-                "the pause protects the account from password guessing.",
-                details={"retry_after_seconds": max(retry, 1)},
-                headers={"Retry-After": str(max(retry, 1))},
-            )
+    keys = _Attempt([], _account_key(email))
+    if client_address is not None:
+        keys = _Attempt([], keys.account, _address_key(client_address),
+                        _pair_key(client_address, email))
+    # Keep the table small: rows older than the window no longer count.
+    await repo.prune_failures(db, now - window)
+    ids = await repo.add_failures(db, keys.keys, now)
+    await db.commit()
+    return _Attempt(ids, keys.account, keys.address, keys.pair)
+
+
+async def _admit(db: AsyncSession, settings: Settings, attempt: _Attempt) -> None:
+    """Decide on a reserved attempt, counting it: raise TooManyRequests (429, with
+    Retry-After) and forget the attempt when a limit is exceeded.
+
+    * Account: more than ``login_max_failures_per_account`` rows in the window -> refused, from
+      any address.
+    * Address: more than ``login_max_failures_per_address`` rows -> the address is throttled;
+      from it, an account may still try only if it has not failed from this address in the
+      window (its pair key has no row but this attempt's). Guessing from the address stops
+      (at most one more guess per account per window), while the other people behind the same
+      address (an office NAT, a proxy) still sign in with their own password.
+    """
+    now = utcnow()
+    window = timedelta(minutes=settings.login_window_minutes)
+    counts = await repo.count_failures(db, attempt.keys, now - window)
+    refused: TooManyRequests | None = None
+    account = counts[attempt.account]
+    if account.count > settings.login_max_failures_per_account:
+        refused = _too_many(account.oldest, now, window)
+    elif attempt.address is not None and attempt.pair is not None:
+        address, pair = counts[attempt.address], counts[attempt.pair]
+        if address.count > settings.login_max_failures_per_address and pair.count > 1:
+            refused = _too_many(pair.oldest, now, window)
+    if refused is not None:
+        # A refused attempt verified nothing, so it is not a failure: forget it (committed,
+        # since the request boundary rolls back on the error).
+        await repo.delete_failures(db, attempt.ids)
+        await db.commit()
+        raise refused
 
 
 @dataclass(frozen=True)
@@ -98,7 +169,7 @@ class LoginResult:
 
 
 class LoginFailed(Unauthenticated):
-    """Wrong email or password. The request boundary commits the recorded failure first.
+    """Wrong email or password. The failure is already committed when this is raised.
 
     ``user_id`` names the account when the email exists (for the audit log only; the
     response is the same either way)."""
@@ -125,26 +196,29 @@ async def login(db: AsyncSession, settings: Settings, *, email: str, password: s
                 client_address: str, user_agent: str = "") -> LoginResult:
     """Verify a password and open a new browser session (a fresh token at every sign-in).
 
-    Raises TooManyRequests (429) when the account or the address is throttled, LoginFailed
-    (401) for a wrong email or password (the same message and cost for both).
+    The attempt is counted (and committed) before the password is verified, so concurrent
+    guesses cannot overshoot the limits (``_reserve``, ``_admit``); no transaction is open
+    while argon2 runs. Raises TooManyRequests (429) when the account or the address is
+    throttled, LoginFailed (401) for a wrong email or password (the same message and cost for
+    both), Forbidden (403) for a disabled account with the right password.
     """
-    account, address = _account_key(email), _address_key(client_address)
-    await _check_throttle(db, settings, [(account, settings.login_max_failures_per_account),
-                                         (address, settings.login_max_failures_per_address)])
+    attempt = await _reserve(db, settings, email, client_address)
+    await _admit(db, settings, attempt)
     user = await repo.get_user_by_email(db, email)
+    await db.commit()
     ok = await verify_password_off_loop(user.password_hash if user else None, password)
     if not ok or user is None:
-        db.add_all([LoginFailure(key=account), LoginFailure(key=address)])
-        # Keep the table small: failures older than the window no longer count.
-        await repo.prune_failures(db, utcnow() - timedelta(minutes=settings.login_window_minutes))
         failed = LoginFailed("Wrong email or password. Check both and try again.",
                              code="invalid_credentials")
         failed.user_id = user.id if user is not None else None
         raise failed
+    await repo.delete_failures(db, attempt.ids)
     if user.disabled:
+        await db.commit()
         raise Forbidden("This account is disabled. Ask an organization admin to re-enable it.",
                         code="account_disabled")
-    await repo.clear_failures(db, account)
+    assert attempt.pair is not None
+    await repo.clear_failures(db, attempt.account, attempt.pair)
     return await open_session(db, settings, user, user_agent=user_agent)
 
 
@@ -178,20 +252,22 @@ async def change_password(db: AsyncSession, settings: Settings, principal: UserP
     """Replace the password, revoke every session of the user, and open a fresh one.
 
     Raises TooManyRequests (429) while the account is throttled, WrongCurrentPassword (422)
-    for a wrong current password (recorded like a failed sign-in), ValidationFailed (422) when
-    the new password breaks the policy.
+    for a wrong current password (counted like a failed sign-in, before it is verified, as in
+    ``login``; committed), ValidationFailed (422) when the new password breaks the policy.
     """
-    account = _account_key(principal.email)
-    await _check_throttle(db, settings, [(account, settings.login_max_failures_per_account)])
+    attempt = await _reserve(db, settings, principal.email, None)
+    await _admit(db, settings, attempt)
     user = await repo.get_user(db, principal.user_id)
+    await db.commit()
     if user is None or not await verify_password_off_loop(user.password_hash, current_password):
-        db.add(LoginFailure(key=account))
         raise WrongCurrentPassword("current_password: this is not your current password.",
                                    details={"field": "current_password"})
+    await repo.delete_failures(db, attempt.ids)
+    await db.commit()  # the right password is no failure, even if the new one is refused
     check_password_policy(new_password, email=user.email, field="new_password")
     user.password_hash = await hash_password_off_loop(new_password)
     user.password_changed_at = utcnow()
-    await repo.clear_failures(db, account)
+    await repo.clear_failures(db, attempt.account)
     await repo.delete_user_sessions(db, user.id)
     return await open_session(db, settings, user, user_agent=user_agent)
 
