@@ -132,12 +132,23 @@ async def list_api_keys(db: DB, ctx: Annotated[TenantContext, Require(Scope.APIK
     return [ApiKeyOut.model_validate(k) for k in await service.list_api_keys(db, ctx)]
 
 
+@router.get("/orgs/{org}/api-keys/{key_id}", response_model=ApiKeyOut)
+async def get_api_key(key_id: uuid.UUID, db: DB,
+                      ctx: Annotated[TenantContext, Require(Scope.APIKEYS_READ)]) -> ApiKeyOut:
+    """One API key (never the key itself), with its lineage: ``created_by`` and
+    ``parent_key_id``."""
+    return ApiKeyOut.model_validate(await service.get_api_key(db, ctx, key_id))
+
+
 @router.post("/orgs/{org}/api-keys", response_model=ApiKeyCreated,
              status_code=status.HTTP_201_CREATED)
 async def create_api_key(body: ApiKeyCreate, db: DB,
                          ctx: Annotated[TenantContext, Require(Scope.APIKEYS_WRITE)]
                          ) -> ApiKeyCreated:
-    """Create an API key for this organization. The token is in this response only."""
+    """Create an API key for this organization. The token is in this response only.
+
+    Created with an API key: the new key records it as ``parent_key_id``, expires no later
+    than it, and is revoked with it."""
     assert ctx.principal is not None
     expires = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     token, key = await service.create_api_key(db, ctx, name=body.name, role=Role(body.role),
@@ -149,7 +160,8 @@ async def create_api_key(body: ApiKeyCreate, db: DB,
 @router.delete("/orgs/{org}/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_api_key(key_id: uuid.UUID, db: DB,
                          ctx: Annotated[TenantContext, Require(Scope.APIKEYS_WRITE)]) -> Response:
-    """Revoke a key: it stops working on the next request."""
+    """Revoke a key and the keys created with it (and theirs): they stop working on the next
+    request."""
     assert ctx.principal is not None
     await service.revoke_api_key(db, ctx, key_id, actor=ctx.principal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, func
+from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, LargeBinary, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from enginex.db import Base, TenantOwned
@@ -46,7 +46,13 @@ class AuthSession(Base):
 
 
 class ApiKey(TenantOwned, Base):
-    """An org-scoped API key (``enx_...``). Useless on any other organization."""
+    """An org-scoped API key (``enx_...``). Useless on any other organization.
+
+    ``created_by`` is always a person; ``parent_key_id`` names the key (same organization)
+    that created this one, None when a person created it in the dashboard or with a cookie.
+    A child never outlives its parent: revocation cascades to descendants at write time and
+    the child's ``expires_at`` is capped at the parent's when it is created.
+    """
 
     __tablename__ = "api_keys"
 
@@ -61,10 +67,16 @@ class ApiKey(TenantOwned, Base):
     expires_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    parent_key_id: Mapped[uuid.UUID | None]
 
     __table_args__ = (
         Index("uq_api_keys_tenant_id_token_digest", "tenant_id", "token_digest", unique=True),
         Index("ix_api_keys_tenant_id_created_at", "tenant_id", "created_at"),
+        # Keys are revoked, never deleted one by one; the cascade only matters when the whole
+        # organization is deleted.
+        ForeignKeyConstraint(["tenant_id", "parent_key_id"], ["api_keys.tenant_id", "api_keys.id"],
+                             ondelete="CASCADE"),
+        Index("ix_api_keys_tenant_id_parent_key_id", "tenant_id", "parent_key_id"),
     )
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.auth.models import ApiKey, AuthSession, LoginFailure, User
+from enginex.kit.errors import NotFound
 from enginex.tenancy.repository import ScopedRepository
 
 
@@ -43,23 +45,52 @@ async def touch_session(db: AsyncSession, session_id: uuid.UUID, now: datetime) 
                      .values(last_seen_at=now))
 
 
-async def count_failures(db: AsyncSession, key: str,
-                         since: datetime) -> tuple[int, datetime | None]:
-    stmt = select(func.count(), func.min(LoginFailure.at)).where(
-        LoginFailure.key == key, LoginFailure.at >= since)
-    count, oldest = (await db.execute(stmt)).one()
-    if oldest is not None and oldest.tzinfo is None:
-        from datetime import UTC
-        oldest = oldest.replace(tzinfo=UTC)
-    return int(count), oldest
+async def add_failures(db: AsyncSession, keys: Sequence[str], at: datetime) -> list[uuid.UUID]:
+    """One ``login_failures`` row per key, all at ``at``; returns their ids (flushed)."""
+    rows = [LoginFailure(key=key, at=at) for key in keys]
+    db.add_all(rows)
+    await db.flush()
+    return [row.id for row in rows]
 
 
-async def clear_failures(db: AsyncSession, key: str) -> None:
-    await db.execute(delete(LoginFailure).where(LoginFailure.key == key))
+@dataclass(frozen=True)
+class FailureCount:
+    count: int
+    oldest: datetime | None
+
+
+async def count_failures(db: AsyncSession, keys: Sequence[str],
+                         since: datetime) -> dict[str, FailureCount]:
+    """Rows per key since ``since`` (one statement); keys without rows count 0."""
+    stmt = (select(LoginFailure.key, func.count(), func.min(LoginFailure.at))
+            .where(LoginFailure.key.in_(list(keys)), LoginFailure.at >= since)
+            .group_by(LoginFailure.key))
+    found = {key: FailureCount(int(count), _aware(oldest))
+             for key, count, oldest in (await db.execute(stmt)).all()}
+    return {key: found.get(key, FailureCount(0, None)) for key in keys}
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # An aggregate loses the column type: SQLite gives back a naive UTC datetime.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+async def delete_failures(db: AsyncSession, ids: Sequence[uuid.UUID]) -> None:
+    await db.execute(delete(LoginFailure).where(LoginFailure.id.in_(list(ids))))
+
+
+async def clear_failures(db: AsyncSession, *keys: str) -> None:
+    await db.execute(delete(LoginFailure).where(LoginFailure.key.in_(keys)))
 
 
 async def prune_failures(db: AsyncSession, before: datetime) -> None:
-    await db.execute(delete(LoginFailure).where(LoginFailure.at < before))
+    """Delete rows older than ``before``, skipping rows another transaction is deleting (so
+    concurrent sign-ins never wait on, or deadlock over, the same old rows)."""
+    old = (select(LoginFailure.id).where(LoginFailure.at < before).limit(1000)
+           .with_for_update(skip_locked=True))
+    await db.execute(delete(LoginFailure).where(LoginFailure.id.in_(old)))
 
 
 class ApiKeyRepository(ScopedRepository[ApiKey]):
@@ -73,6 +104,24 @@ class ApiKeyRepository(ScopedRepository[ApiKey]):
     async def list(self) -> list[ApiKey]:
         stmt = (select(ApiKey).where(ApiKey.tenant_id == self.ctx.org_id)
                 .order_by(ApiKey.created_at.desc()))
+        return list((await self.db.execute(stmt)).scalars())
+
+    async def access_for_update(self, key_id: uuid.UUID) -> ApiKey:
+        """The key, row-locked until the transaction ends (PostgreSQL; SQLite's transactions
+        already hold the write lock), freshly read. NotFound for a missing or foreign id."""
+        stmt = (select(ApiKey).where(ApiKey.tenant_id == self.ctx.org_id, ApiKey.id == key_id)
+                .with_for_update().execution_options(populate_existing=True))
+        found = (await self.db.execute(stmt)).scalar_one_or_none()
+        if found is None:
+            raise NotFound()
+        return found
+
+    async def children_for_update(self, parent_ids: Sequence[uuid.UUID]) -> list[ApiKey]:
+        """Keys created by any of ``parent_ids``, row-locked, freshly read."""
+        stmt = (select(ApiKey).where(ApiKey.tenant_id == self.ctx.org_id,
+                                     ApiKey.parent_key_id.in_(list(parent_ids)))
+                .order_by(ApiKey.created_at).with_for_update()
+                .execution_options(populate_existing=True))
         return list((await self.db.execute(stmt)).scalars())
 
 
@@ -102,3 +151,13 @@ async def get_api_key_for_auth(db: AsyncSession, tenant_id: uuid.UUID, digest: b
     if row is None:
         return None
     return KeyForAuth(row[0], row[1], bool(row[2]), row[3], row[4])
+
+
+async def get_parent_key_state(db: AsyncSession, tenant_id: uuid.UUID, parent_id: uuid.UUID
+                               ) -> tuple[datetime | None, datetime | None] | None:
+    """Kernel-only: ``(revoked_at, expires_at)`` of key ``parent_id`` (a primary-key read),
+    None when there is no such key. The session must already be bound to ``tenant_id``."""
+    stmt = select(ApiKey.revoked_at, ApiKey.expires_at).where(ApiKey.tenant_id == tenant_id,
+                                                              ApiKey.id == parent_id)
+    row = (await db.execute(stmt)).first()
+    return (row[0], row[1]) if row else None

@@ -53,7 +53,11 @@ class ApiKeyOut(ResponseBody):
     name: str
     role: str
     hint: str = Field(description="Last 4 characters of the key, to recognise it.")
-    created_by: uuid.UUID | None
+    created_by: uuid.UUID | None = Field(
+        description="The person who created the key (directly, or through parent_key_id).")
+    parent_key_id: uuid.UUID | None = Field(
+        description="The API key that created this key; null when a person created it. "
+                    "Revoking a key revokes the keys it created, and theirs.")
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
 from enginex.auth import repository as repo
-from enginex.auth.models import ApiKey, AuthSession, LoginFailure, User
+from enginex.auth.models import ApiKey, AuthSession, User
 from enginex.auth.passwords import (
     check_password_policy,
     hash_password_off_loop,
@@ -74,20 +74,91 @@ def _address_key(address: str) -> str:
     return "addr:" + hashlib.sha256(address.encode()).hexdigest()[:40]
 
 
-async def _check_throttle(db: AsyncSession, settings: Settings,
-                          keys: list[tuple[str, int]]) -> None:
+def _pair_key(address: str, email: str) -> str:
+    """One account from one address (see ``_admit``)."""
+    joined = f"{address}\n{email.strip().lower()}"
+    return "pair:" + hashlib.sha256(joined.encode()).hexdigest()[:40]
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """A sign-in attempt, counted before its password is verified.
+
+    ``ids`` are its committed ``login_failures`` rows, one per key: they are the failure if
+    the password turns out wrong, and are deleted if it is right or the attempt is refused.
+    """
+
+    ids: list[uuid.UUID]
+    account: str
+    address: str | None = None
+    pair: str | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for k in (self.account, self.address, self.pair) if k is not None]
+
+
+def _too_many(oldest: datetime | None, now: datetime, window: timedelta) -> TooManyRequests:
+    retry = max(int(((oldest or now) + window - now).total_seconds()) + 1, 1)
+    return TooManyRequests(
+        f"Too many failed sign-in attempts. Wait {retry} seconds and try again; "
+        "the pause protects the account from password guessing.",
+        details={"retry_after_seconds": retry},
+        headers={"Retry-After": str(retry)},
+    )
+
+
+async def _reserve(db: AsyncSession, settings: Settings, email: str,
+                   client_address: str | None) -> _Attempt:
+    """Count the attempt under its keys in a transaction of its own, committed at once.
+
+    Committing before the count that decides (``_admit``) is what makes the limits hold under
+    concurrency: an attempt's row is visible to every attempt that counts after it, so the
+    k-th attempt to be admitted sees at least k rows and no more than ``limit`` are admitted,
+    on SQLite and PostgreSQL alike, without locks held across the password check.
+    """
     now = utcnow()
     window = timedelta(minutes=settings.login_window_minutes)
-    for key, limit in keys:
-        count, oldest = await repo.count_failures(db, key, now - window)
-        if count >= limit:
-            retry = int(((oldest or now) + window - now).total_seconds()) + 1
-            raise TooManyRequests(
-                f"Too many failed sign-in attempts. Wait {max(retry, 1)} seconds and try again; "
-                "the pause protects the account from password guessing.",
-                details={"retry_after_seconds": max(retry, 1)},
-                headers={"Retry-After": str(max(retry, 1))},
-            )
+    keys = _Attempt([], _account_key(email))
+    if client_address is not None:
+        keys = _Attempt([], keys.account, _address_key(client_address),
+                        _pair_key(client_address, email))
+    # Keep the table small: rows older than the window no longer count.
+    await repo.prune_failures(db, now - window)
+    ids = await repo.add_failures(db, keys.keys, now)
+    await db.commit()
+    return _Attempt(ids, keys.account, keys.address, keys.pair)
+
+
+async def _admit(db: AsyncSession, settings: Settings, attempt: _Attempt) -> None:
+    """Decide on a reserved attempt, counting it: raise TooManyRequests (429, with
+    Retry-After) and forget the attempt when a limit is exceeded.
+
+    * Account: more than ``login_max_failures_per_account`` rows in the window -> refused, from
+      any address.
+    * Address: more than ``login_max_failures_per_address`` rows -> the address is throttled;
+      from it, an account may still try only if it has not failed from this address in the
+      window (its pair key has no row but this attempt's). Guessing from the address stops
+      (at most one more guess per account per window), while the other people behind the same
+      address (an office NAT, a proxy) still sign in with their own password.
+    """
+    now = utcnow()
+    window = timedelta(minutes=settings.login_window_minutes)
+    counts = await repo.count_failures(db, attempt.keys, now - window)
+    refused: TooManyRequests | None = None
+    account = counts[attempt.account]
+    if account.count > settings.login_max_failures_per_account:
+        refused = _too_many(account.oldest, now, window)
+    elif attempt.address is not None and attempt.pair is not None:
+        address, pair = counts[attempt.address], counts[attempt.pair]
+        if address.count > settings.login_max_failures_per_address and pair.count > 1:
+            refused = _too_many(pair.oldest, now, window)
+    if refused is not None:
+        # A refused attempt verified nothing, so it is not a failure: forget it (committed,
+        # since the request boundary rolls back on the error).
+        await repo.delete_failures(db, attempt.ids)
+        await db.commit()
+        raise refused
 
 
 @dataclass(frozen=True)
@@ -98,7 +169,7 @@ class LoginResult:
 
 
 class LoginFailed(Unauthenticated):
-    """Wrong email or password. The request boundary commits the recorded failure first.
+    """Wrong email or password. The failure is already committed when this is raised.
 
     ``user_id`` names the account when the email exists (for the audit log only; the
     response is the same either way)."""
@@ -125,26 +196,29 @@ async def login(db: AsyncSession, settings: Settings, *, email: str, password: s
                 client_address: str, user_agent: str = "") -> LoginResult:
     """Verify a password and open a new browser session (a fresh token at every sign-in).
 
-    Raises TooManyRequests (429) when the account or the address is throttled, LoginFailed
-    (401) for a wrong email or password (the same message and cost for both).
+    The attempt is counted (and committed) before the password is verified, so concurrent
+    guesses cannot overshoot the limits (``_reserve``, ``_admit``); no transaction is open
+    while argon2 runs. Raises TooManyRequests (429) when the account or the address is
+    throttled, LoginFailed (401) for a wrong email or password (the same message and cost for
+    both), Forbidden (403) for a disabled account with the right password.
     """
-    account, address = _account_key(email), _address_key(client_address)
-    await _check_throttle(db, settings, [(account, settings.login_max_failures_per_account),
-                                         (address, settings.login_max_failures_per_address)])
+    attempt = await _reserve(db, settings, email, client_address)
+    await _admit(db, settings, attempt)
     user = await repo.get_user_by_email(db, email)
+    await db.commit()
     ok = await verify_password_off_loop(user.password_hash if user else None, password)
     if not ok or user is None:
-        db.add_all([LoginFailure(key=account), LoginFailure(key=address)])
-        # Keep the table small: failures older than the window no longer count.
-        await repo.prune_failures(db, utcnow() - timedelta(minutes=settings.login_window_minutes))
         failed = LoginFailed("Wrong email or password. Check both and try again.",
                              code="invalid_credentials")
         failed.user_id = user.id if user is not None else None
         raise failed
+    await repo.delete_failures(db, attempt.ids)
     if user.disabled:
+        await db.commit()
         raise Forbidden("This account is disabled. Ask an organization admin to re-enable it.",
                         code="account_disabled")
-    await repo.clear_failures(db, account)
+    assert attempt.pair is not None
+    await repo.clear_failures(db, attempt.account, attempt.pair)
     return await open_session(db, settings, user, user_agent=user_agent)
 
 
@@ -178,20 +252,22 @@ async def change_password(db: AsyncSession, settings: Settings, principal: UserP
     """Replace the password, revoke every session of the user, and open a fresh one.
 
     Raises TooManyRequests (429) while the account is throttled, WrongCurrentPassword (422)
-    for a wrong current password (recorded like a failed sign-in), ValidationFailed (422) when
-    the new password breaks the policy.
+    for a wrong current password (counted like a failed sign-in, before it is verified, as in
+    ``login``; committed), ValidationFailed (422) when the new password breaks the policy.
     """
-    account = _account_key(principal.email)
-    await _check_throttle(db, settings, [(account, settings.login_max_failures_per_account)])
+    attempt = await _reserve(db, settings, principal.email, None)
+    await _admit(db, settings, attempt)
     user = await repo.get_user(db, principal.user_id)
+    await db.commit()
     if user is None or not await verify_password_off_loop(user.password_hash, current_password):
-        db.add(LoginFailure(key=account))
         raise WrongCurrentPassword("current_password: this is not your current password.",
                                    details={"field": "current_password"})
+    await repo.delete_failures(db, attempt.ids)
+    await db.commit()  # the right password is no failure, even if the new one is refused
     check_password_policy(new_password, email=user.email, field="new_password")
     user.password_hash = await hash_password_off_loop(new_password)
     user.password_changed_at = utcnow()
-    await repo.clear_failures(db, account)
+    await repo.clear_failures(db, attempt.account)
     await repo.delete_user_sessions(db, user.id)
     return await open_session(db, settings, user, user_agent=user_agent)
 
@@ -232,6 +308,14 @@ class OrgAccess:
     role: Role | None  # None: not a member (for API keys: the key belongs to another org)
 
 
+def _parent_alive(state: tuple[datetime | None, datetime | None] | None,
+                  now: datetime) -> bool:
+    if state is None:
+        return False
+    revoked_at, expires_at = state
+    return revoked_at is None and (expires_at is None or expires_at > now)
+
+
 async def _authenticate_api_key(db: AsyncSession, token: str,
                                 slug: str | None = None) -> tuple[ApiKeyPrincipal, OrgAccess]:
     tenant_id = parse_api_key(token)
@@ -246,6 +330,14 @@ async def _authenticate_api_key(db: AsyncSession, token: str,
     key = found.key
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthenticated("This API key has expired. Create a new key.", code="key_expired")
+    # Revocation cascades to descendants and a child's expiry is capped at its parent's when
+    # they are written, so the key's own columns already say it all. Defence in depth for
+    # keys made by keys only: one primary-key read of the parent (never an ancestor walk).
+    if key.parent_key_id is not None and not _parent_alive(
+            await repo.get_parent_key_state(db, tenant_id, key.parent_key_id), now):
+        raise Unauthenticated("The API key that created this key was revoked or has expired, "
+                              "so this key stopped working too. Create a new key.",
+                              code="key_parent_gone")
     # A key never outlives its creator's access: removed or disabled creator -> the key stops
     # working; a demoted creator -> the key is capped at the creator's current role.
     if found.creator_role is None or found.creator_disabled:
@@ -368,23 +460,43 @@ async def create_api_key(db: AsyncSession, ctx: TenantContext, *, name: str, rol
                          expires_at: datetime | None, actor: Principal) -> tuple[str, ApiKey]:
     """Create a key for ``ctx``'s organization; the token is returned once, never stored.
 
-    Raises Forbidden when ``role`` carries more than the creator's own role. Audited.
+    Raises Forbidden (``role_escalation``) when ``role`` carries more than the caller's role
+    in ``ctx`` (for a key: the key's own role, already capped at its creator's current role).
+    A key created with an API key records that key as ``parent_key_id`` and the parent's
+    person as ``created_by``, and expires no later than the parent (``expires_at`` is capped;
+    None means the parent's expiry). The parent is re-read under a row lock, so a concurrent
+    revocation either sees the child (and revokes it) or is seen here (Unauthenticated).
+    Audited.
     """
     if not can_grant(ctx.role, role):
         raise Forbidden(f"You cannot create a key with role '{role}': it is above your own "
                         f"role '{ctx.role}'.", code="role_escalation")
-    if expires_at is not None and expires_at <= utcnow():
+    now = utcnow()
+    if expires_at is not None and expires_at <= now:
         raise ValidationFailed("expires_at: must be in the future.",
                                details={"field": "expires_at"})
+    keys = repo.ApiKeyRepository(db, ctx)
+    parent: ApiKey | None = None
+    if isinstance(actor, ApiKeyPrincipal):
+        parent = await keys.access_for_update(actor.key_id)
+        if parent.revoked_at is not None or (parent.expires_at is not None
+                                             and parent.expires_at <= now):
+            raise Unauthenticated("This API key was revoked or has expired. Create a new key.")
+        if parent.expires_at is not None and (expires_at is None
+                                              or expires_at > parent.expires_at):
+            expires_at = parent.expires_at
     token = f"{API_KEY_PREFIX}{ctx.org_id.hex}_{new_token()}"
-    key = repo.ApiKeyRepository(db, ctx).add(ApiKey(
+    key = keys.add(ApiKey(
         token_digest=token_digest(token), hint=token[-4:], name=name, role=str(role),
-        created_by=acting_user_id(actor),
-        expires_at=expires_at,
+        created_by=acting_user_id(actor), expires_at=expires_at,
+        parent_key_id=parent.id if parent is not None else None,
     ))
     await db.flush()
+    details: dict[str, str] = {"name": name, "role": str(role)}
+    if parent is not None:
+        details["parent_key_id"] = str(parent.id)
     await record(db, ctx, "api_key.created", target_kind="api_key", target_id=key.id,
-                 details={"name": name, "role": str(role)})
+                 details=details)
     return token, key
 
 
@@ -392,11 +504,38 @@ async def list_api_keys(db: AsyncSession, ctx: TenantContext) -> list[ApiKey]:
     return await repo.ApiKeyRepository(db, ctx).list()
 
 
+async def get_api_key(db: AsyncSession, ctx: TenantContext, key_id: uuid.UUID) -> ApiKey:
+    """One key of ``ctx``'s organization (NotFound for another org's id)."""
+    return await repo.ApiKeyRepository(db, ctx).access(key_id)
+
+
 async def revoke_api_key(db: AsyncSession, ctx: TenantContext, key_id: uuid.UUID, *,
-                         actor: Principal) -> ApiKey:
-    """Revoke a key of ``ctx``'s organization (NotFound for another org's id). Audited."""
-    key = await repo.ApiKeyRepository(db, ctx).access(key_id)
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        await record(db, ctx, "api_key.revoked", target_kind="api_key", target_id=key.id)
-    return key
+                         actor: Principal) -> list[ApiKey]:
+    """Revoke a key of ``ctx``'s organization and every key descended from it, in this
+    transaction (NotFound for another org's id). Returns the keys revoked now (empty when
+    all were already revoked).
+
+    Audited: one ``api_key.revoked`` entry per key revoked; a descendant's entry carries
+    ``details.revoked_with`` (the key whose revocation took it along). Each level of
+    descendants is read under row locks after the level above was updated, so a key being
+    created by one of them concurrently is either seen here or refused there.
+    """
+    keys = repo.ApiKeyRepository(db, ctx)
+    root = await keys.access_for_update(key_id)
+    now = utcnow()
+    revoked: list[ApiKey] = []
+    level = [root]
+    seen = {root.id}
+    while level:
+        for key in level:
+            if key.revoked_at is None:
+                key.revoked_at = now
+                revoked.append(key)
+                await record(db, ctx, "api_key.revoked", target_kind="api_key",
+                             target_id=key.id,
+                             details=None if key is root else {"revoked_with": str(root.id)})
+        await db.flush()
+        children = await keys.children_for_update([k.id for k in level])
+        level = [k for k in children if k.id not in seen]
+        seen.update(k.id for k in level)
+    return revoked

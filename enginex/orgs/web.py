@@ -282,7 +282,8 @@ async def _api_keys_page(request: Request, db: AsyncSession, web: WebContext, *,
     return render(request, "settings/api_keys.html", principal=web.principal, ctx=ctx,
                   status_code=status_code, error=error,
                   keys=paginate(keys, request, base=f"/o/{ctx.org_slug}/settings/api-keys"),
-                  creators=_user_emails(members), now=utcnow(), roles=ROLES,
+                  creators=_user_emails(members), key_names={k.id: k.name for k in keys},
+                  now=utcnow(), roles=ROLES,
                   expiry_choices=EXPIRY_CHOICES,
                   key_form=key_form or {"name": "", "role": "viewer", "expires_in_days": "90"},
                   key_errors=key_errors or {}, created_token=created_token,
@@ -293,7 +294,8 @@ async def _api_keys_page(request: Request, db: AsyncSession, web: WebContext, *,
 async def api_keys_page(request: Request, db: DB,
                         web: Annotated[WebContext, WebTenant(Scope.APIKEYS_READ)]
                         ) -> HTMLResponse:
-    """The organization's API keys: name, role, last characters, last use, expiry."""
+    """The organization's API keys: name, role, last characters, who created them (and
+    through which key), last use, expiry."""
     return await _api_keys_page(request, db, web)
 
 
@@ -333,6 +335,6 @@ async def create_api_key(request: Request, db: DB,
 async def revoke_api_key(request: Request, key_id: uuid.UUID, db: DB,
                          web: Annotated[WebContext, WebTenant(Scope.APIKEYS_WRITE)]
                          ) -> Response:
-    """Revoke a key: it stops working on its next request."""
+    """Revoke a key and the keys created with it: they stop working on their next request."""
     await auth_service.revoke_api_key(db, web.ctx, key_id, actor=web.principal)
     return RedirectResponse(f"/o/{web.ctx.org_slug}/settings/api-keys", status_code=303)
