@@ -5,7 +5,7 @@ table gets forced row-level security with the tenant policy (docs/ARCHITECTURE.m
 "Idempotent starts").
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-07 18:00:00.000000
 """
 
@@ -16,7 +16,7 @@ import enginex.db
 from enginex.migrations.rls import disable_tenant_rls, enable_tenant_rls
 
 revision = '0011'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
