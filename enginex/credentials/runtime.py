@@ -6,7 +6,9 @@ per step and uses it three ways:
 * ``render_arguments``: a tool node's arguments with ``{{credentials.NAME.FIELD}}`` filled in.
   Only placeholders written in the agent package are resolved -- never text that reached the
   arguments from the run's state (inputs, model output), which could otherwise name any
-  credential and send it anywhere.
+  credential and send it anywhere. In an ``http_request`` call a placeholder is refused,
+  before anything is resolved, outside the URL's path and query, header values and the body
+  (``placeholders``): a value in a host would be transformed (lower-cased, IDNA) and quoted.
 * ``prepare`` + ``resolve``: the ``credential`` argument of a tool call (``http_request``);
   ``prepare`` loads it (async) before the call, the tool's synchronous
   ``ToolContext.resolve_credential`` returns the header value, and
@@ -16,7 +18,8 @@ per step and uses it three ways:
   server's header (url: the server's URL) or environment variable (url None: not sent to a
   host).
 * ``redact``: every value resolved in the step (and what tools add to ``ToolContext.secrets``)
-  is replaced by ``[redacted]`` in the events, error and state the step commits; log records
+  is replaced by ``[redacted]`` in the events, error and state the step commits, in every form
+  ``variants`` lists (case-folded, encoded, base64, hex, IDNA), ignoring case; log records
   created while the step holds secrets are redacted too (see ``install_log_redaction``).
 
 Resolution happens at the moment of use, for the run's own organization only (the session is

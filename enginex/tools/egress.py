@@ -13,7 +13,8 @@ stay refused.
 Two layers, both needed:
 
 * ``check_url`` / ``check_url_async`` validate a URL before use (scheme, no credentials in the
-  URL, every address the host resolves to) and give a clear message.
+  URL, every address the host resolves to) and give a clear message (``EgressRefused``; its
+  ``reason`` says the same without the host, for a URL that carries a secret).
 * ``guarded_transport`` (httpx) and ``guarded_sdk_transport`` (httpx2, used by the ``openai``
   and ``anthropic`` SDKs) re-check at connect time: the connection layer resolves the host
   once, refuses if ANY resolved address is refused, and opens the TCP connection to one of
