@@ -316,4 +316,9 @@ def test_redaction_matches_transformed_forms_and_leaves_other_text_alone() -> No
         assert redacted.startswith("before ") and redacted.endswith(" after"), redacted
         assert "[redacted]" in redacted and value.lower()[7:] not in redacted.lower(), copy
     assert redact_text("an ordinary sentence", forms) == "an ordinary sentence"
+    # A character whose lower case is two characters (İ -> i + combining dot) still matches.
+    dotted = f"İstanbul-Key-{secrets.token_hex(4)}"
+    dotted_forms = sorted(variants(dotted), key=len, reverse=True)
+    for copy in (dotted, dotted.lower(), dotted.upper(), f"{dotted} and {dotted.lower()}"):
+        assert "stanbul" not in redact_text(copy, dotted_forms).lower(), copy
     assert variants("abc") == set()  # too short to redact without mangling text

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import re
 
-from enginex.kit.templates import _PLACEHOLDER as _STATE_PLACEHOLDER
-
 PLACEHOLDER = re.compile(r"\{\{\s*credentials\.([a-z0-9][a-z0-9_-]*)\.([a-z][a-z0-9_]*)\s*\}\}")
 HTTP_REQUEST = "http_request"
 # http_request arguments where a placeholder may be anywhere ("headers": its values only).
 FREE_ARGUMENTS = frozenset({"headers", "json", "body"})
 URL_ARGUMENT = "url"
+# Any other placeholder ({{ inputs.x }}), taken as unknown text: stricter than the template
+# syntax (kit/templates.py), which leaves some braces literal.
+_ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}", re.DOTALL)
 # A URL's scheme and authority, up to and including the character that ends the authority
 # (the parse of httpx and RFC 3986: the authority is everything after '//' up to '/?#').
 _SCHEME_AND_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*[/?#]")
@@ -49,7 +50,7 @@ def template_url_allows(prefix: str) -> bool:
     * a ``/`` right after a character other than ``:`` and ``/`` (so not one of the two
       slashes of ``scheme://``, which puts it after the authority's start).
     """
-    literal = _STATE_PLACEHOLDER.sub("\x00", prefix)
+    literal = _ANY_PLACEHOLDER.sub("\x00", prefix)
     if "?" in literal or "#" in literal:
         return True
     scheme_end = literal.find("://")

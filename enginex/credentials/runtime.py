@@ -159,7 +159,7 @@ def variants(value: str) -> set[str]:
     data = value.encode()
     encoded = _base64_forms(data) | _idna_forms(value) | {data.hex()}
     forms.update(f for f in encoded if len(f) >= MIN_ENCODED_CHARS)
-    return set({f.lower(): f for f in sorted(forms)}.values())
+    return set({_lower_in_place(f): f for f in sorted(forms)}.values())
 
 
 def _lower_in_place(text: str) -> str:
@@ -172,8 +172,8 @@ def _lower_in_place(text: str) -> str:
 
 
 def _needles(secret_values: Iterable[str]) -> list[str]:
-    """The lower-cased forms to search for, longest first."""
-    return sorted({s.lower() for s in secret_values if s}, key=len, reverse=True)
+    """The forms to search for, lower-cased as the text is, longest first."""
+    return sorted({_lower_in_place(s) for s in secret_values if s}, key=len, reverse=True)
 
 
 def _redact_text(text: str, needles: list[str]) -> str:
@@ -561,6 +561,7 @@ class StepSecrets:
         self._variants: dict[str, set[str]] = {}
         self._forms_of: tuple[str, ...] = ()
         self._forms: list[str] = []
+        self._needles: list[str] = []
 
     def _add_secret(self, value: str) -> None:
         if value not in self.values:
@@ -577,6 +578,7 @@ class StepSecrets:
             forms = set(itertools.chain.from_iterable(self._variants[v] for v in values))
             self._forms_of = values
             self._forms = sorted(forms, key=len, reverse=True)
+            self._needles = _needles(self._forms)
             _ACTIVE[id(self)] = tuple(self._forms)
         return self._forms
 
@@ -752,7 +754,9 @@ class StepSecrets:
             await db.commit()
 
     def redact(self, value: T) -> T:
-        return redact(value, self.secret_forms())
+        """A copy of ``value`` without any form of the step's secrets (``redact``)."""
+        self.secret_forms()
+        return _redact(value, self._needles) if self._needles else value
 
     def close(self) -> None:
         """Forget the step's plaintext (and stop redacting it from logs)."""
@@ -761,4 +765,4 @@ class StepSecrets:
         self._refusals.clear()
         self.values.clear()
         self._variants.clear()
-        self._forms_of, self._forms = (), []
+        self._forms_of, self._forms, self._needles = (), [], []
