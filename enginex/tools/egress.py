@@ -222,7 +222,7 @@ class GuardedNetworkBackend:
             infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise EgressRefused(f"cannot resolve host '{host}': {exc}",
-                            reason="the host cannot be resolved") from None
+                                reason="the host cannot be resolved") from None
         addresses = _addresses(infos)
         check_addresses(host, addresses, allow_private=self._allow_private)
         last_error: Exception | None = None
