@@ -45,6 +45,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from enginex.agents.manifest import RESERVED_PREFIX, AgentManifest, is_reserved
+from enginex.credentials import placeholders
 from enginex.kit.expressions import ExpressionError
 from enginex.kit.expressions import parse as parse_expression
 from enginex.skills.skill_md import NAME_PATTERN as SKILL_NAME_PATTERN
@@ -841,6 +842,51 @@ def _reachable(start: str, adjacency: dict[str, set[str]]) -> set[str]:
     return seen
 
 
+def credential_placeholder_problems(raw: dict[str, Any]) -> list[PackageProblem]:
+    """``{{credentials.NAME.FIELD}}`` placeholders an ``http_request`` tool node may not hold
+    (``credentials/placeholders.py``): in the URL's scheme or authority (user info, host,
+    port), a header name, or an argument other than the URL, ``headers``, ``json`` and
+    ``body``. The run-time check (``StepSecrets.render_arguments``) repeats it on the
+    rendered URL, for versions deployed before this one existed."""
+    graph = raw.get("graph")
+    nodes = _list(graph.get("nodes")) if isinstance(graph, dict) else []
+    problems: list[PackageProblem] = []
+    for i, node in enumerate(nodes):
+        if not (isinstance(node, dict) and node.get("node_type") == "tool"
+                and node.get("tool") == placeholders.HTTP_REQUEST
+                and isinstance(node.get("arguments"), dict)):
+            continue
+        path = f"graph.nodes[{i}].arguments"
+        for name, value in node["arguments"].items():
+            if name == "headers" and isinstance(value, dict):
+                for header in value:
+                    found = placeholders.PLACEHOLDER.search(str(header))
+                    if found:
+                        problems.append(PackageProblem(
+                            f"{path}.headers", f"the header name '{header}' holds the "
+                            f"credential placeholder {found.group(0)}; "
+                            f"{placeholders.RULE}"))
+                continue
+            texts = [value] if isinstance(value, str) else \
+                [t for t in _json_texts(value) if placeholders.PLACEHOLDER.search(t)]
+            for text in texts[:1]:
+                message = placeholders.template_placement_problem(str(name), text)
+                if message is not None:
+                    problems.append(PackageProblem(f"{path}.{name}", message))
+    return problems
+
+
+def _json_texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _json_texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _json_texts(item)
+
+
 def validate_entries(entries: dict[str, bytes], *, known_tools: set[str],
                      known_mcp_servers: set[str] | None = None,
                      problems: list[PackageProblem] | None = None) -> LoadedPackage:
@@ -870,6 +916,7 @@ def validate_entries(entries: dict[str, bytes], *, known_tools: set[str],
         known = {(p.path, p.message) for p in problems}
         problems.extend(p for p in [*checker.run(), *reserved_name_problems(raw)]
                         if (p.path, p.message) not in known)
+        problems.extend(credential_placeholder_problems(raw))
     if problems or manifest is None:
         raise PackageInvalid(problems or [PackageProblem(MANIFEST_NAME, "not valid")])
     return LoadedPackage(manifest=manifest, files=texts, content_hash=content_hash(entries),

@@ -6,7 +6,9 @@ per step and uses it three ways:
 * ``render_arguments``: a tool node's arguments with ``{{credentials.NAME.FIELD}}`` filled in.
   Only placeholders written in the agent package are resolved -- never text that reached the
   arguments from the run's state (inputs, model output), which could otherwise name any
-  credential and send it anywhere.
+  credential and send it anywhere. In an ``http_request`` call a placeholder is refused,
+  before anything is resolved, outside the URL's path and query, header values and the body
+  (``placeholders``): a value in a host would be transformed (lower-cased, IDNA) and quoted.
 * ``prepare`` + ``resolve``: the ``credential`` argument of a tool call (``http_request``);
   ``prepare`` loads it (async) before the call, the tool's synchronous
   ``ToolContext.resolve_credential`` returns the header value, and
@@ -16,7 +18,8 @@ per step and uses it three ways:
   server's header (url: the server's URL) or environment variable (url None: not sent to a
   host).
 * ``redact``: every value resolved in the step (and what tools add to ``ToolContext.secrets``)
-  is replaced by ``[redacted]`` in the events, error and state the step commits; log records
+  is replaced by ``[redacted]`` in the events, error and state the step commits, in every form
+  ``variants`` lists (case-folded, encoded, base64, hex, IDNA), ignoring case; log records
   created while the step holds secrets are redacted too (see ``install_log_redaction``).
 
 Resolution happens at the moment of use, for the run's own organization only (the session is
@@ -51,16 +54,17 @@ import secrets
 import traceback
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from enginex.audit.service import record
-from enginex.credentials import hosts
+from enginex.credentials import hosts, placeholders
 from enginex.credentials.models import Credential
 from enginex.credentials.oauth2 import TOKEN_TIMEOUT_SECONDS, TokenRefreshFailed, refresh_tokens
 from enginex.credentials.repository import CredentialRepository
@@ -76,52 +80,163 @@ log = logging.getLogger("enginex.credentials")
 
 REDACTED = "[redacted]"
 MIN_REDACTED_CHARS = 4  # shorter values cannot be redacted without mangling ordinary text
+# Encoded forms (base64, hex, IDNA) shorter than this would match ordinary text.
+MIN_ENCODED_CHARS = 8
 REFRESH_MARGIN = timedelta(seconds=60)
-_PLACEHOLDER = re.compile(r"\{\{\s*credentials\.([a-z0-9][a-z0-9_-]*)\.([a-z][a-z0-9_]*)\s*\}\}")
 _CLIPPED = re.compile(r"\.\.\. \[\d+ more characters\]$")
 T = TypeVar("T")
 
 
 # --- redaction -----------------------------------------------------------------------------------
 
+_PRINTABLE = "".join(chr(i) for i in range(0x21, 0x7F))
+# Characters kept unescaped when a value is percent-encoded: urllib's (none, or '/') and the
+# HTTP client's (httpx, after WHATWG) in a path, a query and a fragment.
+_URL_SAFE_SETS = ("", "/", *("".join(c for c in _PRINTABLE if c not in excluded)
+                             for excluded in ('"#<>?`{}', '"#<>', '"<>`')))
+_URLSAFE_BASE64 = str.maketrans("+/", "-_")
+# Leading base64 characters that still depend on the bytes before the value, by its offset.
+_BASE64_LEAD = (0, 2, 3)
+
+
+def _text_forms(text: str) -> set[str]:
+    """``text`` as is, percent-encoded (each common safe set, and as a form field) and
+    JSON-escaped (ASCII-only or not)."""
+    forms = {text, quote_plus(text), json.dumps(text)[1:-1],
+             json.dumps(text, ensure_ascii=False)[1:-1]}
+    forms.update(quote(text, safe=safe) for safe in _URL_SAFE_SETS)
+    return forms
+
+
+def _base64_forms(data: bytes) -> set[str]:
+    """``data`` in base64 (standard and URL-safe, padded or not), and the characters of its
+    encoding that do not depend on what surrounds it at each offset (a value inside a larger
+    encoded text: a JSON web token, ``user:pass``)."""
+    whole = base64.b64encode(data).decode()
+    forms = {whole, whole.rstrip("=")}
+    for offset, lead in enumerate(_BASE64_LEAD):
+        encoded = base64.b64encode(bytes(offset) + data).decode().rstrip("=")
+        forms.add(encoded[lead:-1] if (offset + len(data)) % 3 else encoded[lead:])
+    return forms | {f.translate(_URLSAFE_BASE64) for f in forms}
+
+
+def _idna_forms(value: str) -> set[str]:
+    """The forms a non-ASCII value takes in a host name: the whole value and each of its
+    labels IDNA-encoded (as the HTTP client does, and as the resolver's IDNA 2003 codec),
+    their punycode, and the ASCII characters of each, which punycode copies first whatever
+    else the label holds."""
+    if value.isascii():
+        return set()  # an ASCII host is only lower-cased: matching ignores case anyway
+    lowered = value.lower()
+    forms: set[str] = set()
+    for piece in {lowered, *lowered.split(".")}:
+        if piece.isascii():
+            continue
+        forms.add("".join(c for c in piece if c.isascii()))
+        try:
+            forms.add(httpx.URL(f"http://{piece}/").raw_host.decode("ascii"))
+        except (httpx.InvalidURL, UnicodeError, ValueError):
+            pass
+        for codec in ("idna", "punycode"):
+            try:
+                encoded = piece.encode(codec).decode("ascii")
+            except UnicodeError:
+                continue
+            forms.add(encoded if codec == "idna" else f"xn--{encoded}")
+    return forms
+
 
 def variants(value: str) -> set[str]:
-    """The forms a secret may take in stored text: as is, URL-encoded, JSON-escaped."""
-    forms = {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
-    return {f for f in forms if len(f) >= MIN_REDACTED_CHARS}
+    """The forms a secret may take in stored text, to be matched ignoring case (see
+    ``redact_text``): as is, lower-, upper- and case-folded, each percent-encoded and
+    JSON-escaped; base64 (standard and URL-safe, padded or not, and at any offset inside a
+    larger encoding) and hex of its UTF-8 bytes; IDNA and punycode (``_idna_forms``). Forms
+    shorter than MIN_REDACTED_CHARS (encodings: MIN_ENCODED_CHARS) are left out; one form is
+    kept per spelling that differs only in case."""
+    forms: set[str] = set()
+    for text in {value, value.lower(), value.upper(), value.casefold()}:
+        forms.update(f for f in _text_forms(text) if len(f) >= MIN_REDACTED_CHARS)
+    data = value.encode()
+    encoded = _base64_forms(data) | _idna_forms(value) | {data.hex()}
+    forms.update(f for f in encoded if len(f) >= MIN_ENCODED_CHARS)
+    return set({_lower_in_place(f): f for f in sorted(forms)}.values())
 
 
-def redact_text(text: str, secret_values: list[str]) -> str:
-    """``text`` with every secret replaced; ``secret_values`` longest first. A text cut short
-    by the engine (``... [N more characters]``) also loses a secret's beginning at the cut."""
-    for secret in secret_values:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    clipped = _CLIPPED.search(text)
+def _lower_in_place(text: str) -> str:
+    """``text`` lower-cased character by character, so that every position stays the same
+    (``str.lower`` turns a few characters into two)."""
+    lowered = text.lower()
+    if len(lowered) == len(text):  # lower() never shortens: no character grew
+        return lowered
+    return "".join(low if len(low := c.lower()) == 1 else c for c in text)
+
+
+def _needles(secret_values: Iterable[str]) -> list[str]:
+    """The forms to search for, lower-cased as the text is, longest first."""
+    return sorted({_lower_in_place(s) for s in secret_values if s}, key=len, reverse=True)
+
+
+def _redact_text(text: str, needles: list[str]) -> str:
+    lowered = _lower_in_place(text)
+    spans: list[tuple[int, int]] = []
+    for needle in needles:
+        at = lowered.find(needle)
+        while at != -1:
+            spans.append((at, at + len(needle)))
+            at = lowered.find(needle, at + 1)
+    if spans:
+        spans.sort()
+        pieces: list[str] = []
+        done = 0
+        start, end = spans[0]
+        for s, e in spans[1:]:
+            if s < end:  # overlapping matches become one
+                end = max(end, e)
+                continue
+            pieces += [text[done:start], REDACTED]
+            done, start, end = end, s, e
+        pieces += [text[done:start], REDACTED, text[end:]]
+        text = "".join(pieces)
+    clipped = _CLIPPED.search(text) if text.endswith(" more characters]") else None
     if clipped:
         head, tail = text[:clipped.start()], text[clipped.start():]
-        for secret in secret_values:
-            cut = next((n for n in range(len(secret) - 1, 0, -1) if head.endswith(secret[:n])),
-                       0)
+        lowered_head = _lower_in_place(head)
+        for needle in needles:
+            cut = next((n for n in range(len(needle) - 1, 0, -1)
+                        if lowered_head.endswith(needle[:n])), 0)
             if cut:
                 head = head[:-cut] + REDACTED
+                lowered_head = lowered_head[:-cut] + REDACTED
         text = head + tail
     return text
 
 
-def redact(value: T, secret_values: list[str]) -> T:
-    """A copy of a JSON-like value (dicts, lists, strings) with every secret replaced."""
-    if not secret_values:
-        return value
+def redact_text(text: str, secret_values: Iterable[str]) -> str:
+    """``text`` with every occurrence of a secret form replaced, ignoring case (a host name
+    or a hex digest is lower-cased on the way; a server may echo a value upper-cased). A
+    text cut short by the engine (``... [N more characters]``) also loses a secret's
+    beginning at the cut."""
+    needles = _needles(secret_values)
+    return _redact_text(text, needles) if needles else text
+
+
+def _redact(value: T, needles: list[str]) -> T:
     if isinstance(value, str):
-        return redact_text(value, secret_values)  # type: ignore[return-value]
+        return _redact_text(value, needles)  # type: ignore[return-value]
     if isinstance(value, Mapping):
-        return {redact(k, secret_values): redact(v, secret_values)  # type: ignore[return-value]
+        return {_redact(k, needles): _redact(v, needles)  # type: ignore[return-value]
                 for k, v in value.items()}
     if isinstance(value, list | tuple):
-        items = [redact(v, secret_values) for v in value]
+        items = [_redact(v, needles) for v in value]
         return (tuple(items) if isinstance(value, tuple) else items)  # type: ignore[return-value]
     return value
+
+
+def redact(value: T, secret_values: Iterable[str]) -> T:
+    """A copy of a JSON-like value (dicts, lists, strings) with every secret form replaced
+    (``redact_text``)."""
+    needles = _needles(secret_values)
+    return _redact(value, needles) if needles else value
 
 
 # Secrets of the steps running in this process, for the log record factory.
@@ -135,17 +250,19 @@ def _active_secrets() -> list[str]:
 
 
 def _scrub_record(record: logging.LogRecord) -> None:
-    secret_values = _active_secrets()
+    needles = _needles(_active_secrets())
     try:
         message = record.getMessage()
     except Exception:  # a malformed log call: leave it to the handler
         return
-    if any(s in message for s in secret_values):
-        record.msg, record.args = redact_text(message, secret_values), None
+    redacted = _redact_text(message, needles)
+    if redacted != message:
+        record.msg, record.args = redacted, None
     if record.exc_info and record.exc_info[1] is not None:
         text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-        if any(s in text for s in secret_values):
-            record.exc_text = redact_text(text, secret_values)
+        redacted = _redact_text(text, needles)
+        if redacted != text:
+            record.exc_text = redacted
 
 
 def install_log_redaction() -> None:
@@ -214,13 +331,53 @@ def header_value(resolved: Resolved, header: str) -> str:
                     f"'value' to send in the {header} header")
 
 
-HTTP_REQUEST = "http_request"
+HTTP_REQUEST = placeholders.HTTP_REQUEST
 
 
 def _request_url(arguments: Any) -> str | None:
     """The ``url`` argument of an ``http_request`` call, if it is a text."""
     url = arguments.get("url") if isinstance(arguments, Mapping) else None
     return url if isinstance(url, str) else None
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _texts(item)
+
+
+def _refuse_misplaced(rendered: Mapping[str, Any], marker: str,
+                      found: Mapping[tuple[str, str], str]) -> None:
+    """Raise ToolError if an ``http_request`` call's rendered arguments (placeholders still
+    ``marker`` tokens) put a credential anywhere but the URL's path, query or fragment, a
+    header value or the body (``placeholders``). Runs before anything is resolved; the
+    message names the placeholder and the argument, never the URL."""
+    spelled = {token: f"{{{{credentials.{name}.{field}}}}}"
+               for (name, field), token in found.items()}
+
+    def refuse(argument: str, text: str, at: int) -> ToolError:
+        token = next((t for t in spelled if text.startswith(t, at)), None)
+        placeholder = spelled[token] if token else "{{credentials...}}"
+        return ToolError("http_request: "
+                         + placeholders.misplaced_message(placeholder, argument))
+
+    for argument, value in rendered.items():
+        if argument in placeholders.FREE_ARGUMENTS:
+            continue
+        if argument == placeholders.URL_ARGUMENT and isinstance(value, str):
+            at = value.find(marker)
+            if at != -1 and not placeholders.rendered_url_allows(value[:at]):
+                raise refuse(argument, value, at)
+            continue
+        for text in _texts(value):
+            at = text.find(marker)
+            if at != -1:
+                raise refuse(argument, text, at)
 
 
 class CredentialRuntime:
@@ -400,19 +557,30 @@ class StepSecrets:
         self._failures: dict[str, str] = {}
         # The last refusal (allowed hosts) per credential name, for the synchronous hooks.
         self._refusals: dict[str, str] = {}
-        self._forms: set[str] = set()
+        # Forms of each value (computed once per value), and all of them for self.values.
+        self._variants: dict[str, set[str]] = {}
+        self._forms_of: tuple[str, ...] = ()
+        self._forms: list[str] = []
+        self._needles: list[str] = []
 
     def _add_secret(self, value: str) -> None:
         if value not in self.values:
             self.values.append(value)
 
     def secret_forms(self) -> list[str]:
-        """Every form of every value to redact, longest first."""
-        forms = set(itertools.chain.from_iterable(variants(v) for v in self.values))
-        if forms != self._forms:
-            self._forms = forms
-            _ACTIVE[id(self)] = tuple(forms)
-        return sorted(forms, key=len, reverse=True)
+        """Every form of every value to redact (``variants``), longest first. Computed once
+        per value; tools may add values to ``self.values`` (``ToolContext.secrets``)."""
+        values = tuple(self.values)
+        if values != self._forms_of:
+            for value in values:
+                if value not in self._variants:
+                    self._variants[value] = variants(value)
+            forms = set(itertools.chain.from_iterable(self._variants[v] for v in values))
+            self._forms_of = values
+            self._forms = sorted(forms, key=len, reverse=True)
+            self._needles = _needles(self._forms)
+            _ACTIVE[id(self)] = tuple(self._forms)
+        return self._forms
 
     async def _get(self, name: str, url: str | None = None, *,
                    host_bound: bool = False) -> Resolved:
@@ -442,6 +610,10 @@ class StepSecrets:
                 self._resolved[name] = resolved
                 for value in resolved.values.values():
                     self._add_secret(value)
+                if resolved.kind == "basic_auth":  # as sent in an Authorization header
+                    values = resolved.values
+                    self._add_secret(f"{values.get('username', '')}:"
+                                     f"{values.get('password', '')}")
                 self.secret_forms()
                 return resolved
         raise ToolError(self._failures[name])
@@ -462,7 +634,7 @@ class StepSecrets:
                     ref = (match.group(1), match.group(2))
                     found.setdefault(ref, f"{marker}{len(found)}@@")
                     return found[ref]
-                return _PLACEHOLDER.sub(sub, value)
+                return placeholders.PLACEHOLDER.sub(sub, value)
             if isinstance(value, Mapping):
                 return {k: mark(v) for k, v in value.items()}
             if isinstance(value, list | tuple):
@@ -473,6 +645,8 @@ class StepSecrets:
         if not found:
             return render_value(arguments, state)
         rendered = render_value(marked, state)
+        if tool == HTTP_REQUEST:
+            _refuse_misplaced(rendered, marker, found)
         url = _request_url(rendered) if tool == HTTP_REQUEST else None
         fills: dict[str, str] = {}
         for (name, field), token in found.items():
@@ -580,7 +754,9 @@ class StepSecrets:
             await db.commit()
 
     def redact(self, value: T) -> T:
-        return redact(value, self.secret_forms())
+        """A copy of ``value`` without any form of the step's secrets (``redact``)."""
+        self.secret_forms()
+        return _redact(value, self._needles) if self._needles else value
 
     def close(self) -> None:
         """Forget the step's plaintext (and stop redacting it from logs)."""
@@ -588,4 +764,5 @@ class StepSecrets:
         self._resolved.clear()
         self._refusals.clear()
         self.values.clear()
-        self._forms = set()
+        self._variants.clear()
+        self._forms_of, self._forms, self._needles = (), [], []

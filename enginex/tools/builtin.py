@@ -98,6 +98,15 @@ def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
+_NOT_SHOWN = "details not shown: the URL carries a credential"
+
+
+def _carries_secret(url: str, secrets: list[str]) -> bool:
+    """Whether ``url`` holds one of the step's credential values (ignoring case)."""
+    lowered = url.lower()
+    return any(s.lower() in lowered for s in secrets if len(s) >= MIN_SECRET_CHARS)
+
+
 def _redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         if secret:
@@ -117,7 +126,8 @@ class HttpRequestTool:
     resend a body holding a credential value to another origin is refused. The response body
     is read up to ``max_response_bytes`` (``truncated`` tells whether more was sent);
     ``Accept-Encoding: identity`` is asked for so that the cap applies to what the server
-    sends.
+    sends. When the URL holds a credential value, errors name what failed (the egress
+    guard's reason, the error class) but never the URL, its host or the HTTP stack's message.
     """
 
     spec = HTTP_REQUEST_SPEC
@@ -145,17 +155,29 @@ class HttpRequestTool:
                 secrets.append(token)
             ctx.secrets.extend(secrets)
             headers[credential_header] = value
+        # A URL holding a credential value (a placeholder in its path or query) is never
+        # quoted in an error, nor is anything the HTTP stack derived from it.
+        hidden = _carries_secret(args.url, ctx.secrets)
         try:
             async with asyncio.timeout(args.timeout):
-                result = await self._send(ctx, args, headers, credential_header)
+                result = await self._send(ctx, args, headers, credential_header, hidden)
         except TimeoutError:
             raise ToolError(f"http_request: no complete answer within {args.timeout:g} s "
                             "(raise 'timeout', at most 30)") from None
         except EgressRefused as exc:
+            if hidden:
+                raise ToolError(f"http_request refused the URL of argument 'url': "
+                                f"{exc.reason} ({_NOT_SHOWN})") from None
             raise ToolError(f"http_request refused: {exc}") from None
         except httpx.InvalidURL as exc:
+            if hidden:
+                raise ToolError("http_request: the URL of argument 'url' is not a valid URL "
+                                f"({_NOT_SHOWN})") from None
             raise ToolError(f"http_request: not a valid URL: {exc}") from None
         except httpx.HTTPError as exc:
+            if hidden:
+                raise ToolError("http_request: the request to the URL of argument 'url' "
+                                f"failed: {type(exc).__name__} ({_NOT_SHOWN})") from None
             raise ToolError(_redact(f"http_request failed: {type(exc).__name__}: {exc}",
                                     secrets)) from None
         result["body"] = _redact(result["body"], secrets)
@@ -206,7 +228,7 @@ class HttpRequestTool:
         return value
 
     async def _send(self, ctx: ToolContext, args: HttpRequestArgs, headers: dict[str, str],
-                    credential_header: str | None) -> dict[str, Any]:
+                    credential_header: str | None, hidden: bool) -> dict[str, Any]:
         allow_private = ctx.allow_private_network
         method = args.method
         content: bytes | None = None
@@ -247,10 +269,11 @@ class HttpRequestTool:
                             if content is not None and any(
                                     form.encode() in content for s in step_secrets
                                     for form in (s, json.dumps(s)[1:-1])):
+                                target = ("a redirect" if hidden else
+                                          f"the redirect to {url.scheme}://{url.host}")
                                 raise ToolError(
-                                    f"http_request: refused to follow the redirect to "
-                                    f"{url.scheme}://{url.host}: it would resend a body "
-                                    "holding a credential to another origin")
+                                    f"http_request: refused to follow {target}: it would "
+                                    "resend a body holding a credential to another origin")
                         continue
                     body, truncated = await self._read(response)
                     return {

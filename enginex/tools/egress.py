@@ -13,7 +13,8 @@ stay refused.
 Two layers, both needed:
 
 * ``check_url`` / ``check_url_async`` validate a URL before use (scheme, no credentials in the
-  URL, every address the host resolves to) and give a clear message.
+  URL, every address the host resolves to) and give a clear message (``EgressRefused``; its
+  ``reason`` says the same without the host, for a URL that carries a secret).
 * ``guarded_transport`` (httpx) and ``guarded_sdk_transport`` (httpx2, used by the ``openai``
   and ``anthropic`` SDKs) re-check at connect time: the connection layer resolves the host
   once, refuses if ANY resolved address is refused, and opens the TCP connection to one of
@@ -62,7 +63,13 @@ ALWAYS_REFUSED_HINT = ("cloud metadata, link-local, multicast and unspecified ad
 
 
 class EgressRefused(Exception):
-    """A URL or address the egress policy refuses. The message is safe to show and store."""
+    """A URL or address the egress policy refuses. The message is safe to show and store; it
+    may name the URL's host. ``reason`` says the same without the host or any part of the URL,
+    for a caller whose URL carries a secret (a credential in its path or query)."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
 
 
 def _always_refused(ip: IPAddress) -> str | None:
@@ -133,10 +140,11 @@ def _parse(url: str) -> tuple[str, int]:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise EgressRefused(f"not a valid URL: {exc}") from None
+        raise EgressRefused(f"not a valid URL: {exc}", reason="not a valid URL") from None
     if parsed.scheme not in ALLOWED_SCHEMES:
         raise EgressRefused(f"only http:// and https:// URLs are allowed, not "
-                            f"'{parsed.scheme or 'no scheme'}'")
+                            f"'{parsed.scheme or 'no scheme'}'",
+                            reason="only http:// and https:// URLs are allowed")
     if parsed.userinfo:
         raise EgressRefused("URLs may not contain a user name or password; use a credential")
     host = parsed.host
@@ -158,13 +166,15 @@ def _addresses(infos: Iterable[tuple[Any, ...]]) -> list[IPAddress]:
 def check_addresses(host: str, addresses: list[IPAddress], *, allow_private: bool) -> None:
     """Raise EgressRefused if any of ``host``'s resolved addresses is refused."""
     if not addresses:
-        raise EgressRefused(f"host '{host}' did not resolve to any address")
+        raise EgressRefused(f"host '{host}' did not resolve to any address",
+                            reason="the host did not resolve to any address")
     for address in addresses:
         reason = refusal_reason(address, allow_private=allow_private)
         if reason:
             shown = host if host == str(address) else f"{host} ({address})"
             hint = ALWAYS_REFUSED_HINT if allow_private else REFUSAL_HINT
-            raise EgressRefused(f"{shown} is not a public address ({reason}); {hint}")
+            raise EgressRefused(f"{shown} is not a public address ({reason}); {hint}",
+                                reason=f"the host is not a public address ({reason}); {hint}")
 
 
 def check_url(url: str, *, allow_private: bool) -> None:
@@ -175,7 +185,8 @@ def check_url(url: str, *, allow_private: bool) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise EgressRefused(f"cannot resolve host '{host}': {exc}") from None
+        raise EgressRefused(f"cannot resolve host '{host}': {exc}",
+                            reason="the host cannot be resolved") from None
     check_addresses(host, _addresses(infos), allow_private=allow_private)
 
 
@@ -185,7 +196,8 @@ async def check_url_async(url: str, *, allow_private: bool) -> None:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise EgressRefused(f"cannot resolve host '{host}': {exc}") from None
+        raise EgressRefused(f"cannot resolve host '{host}': {exc}",
+                            reason="the host cannot be resolved") from None
     check_addresses(host, _addresses(infos), allow_private=allow_private)
 
 
@@ -209,7 +221,8 @@ class GuardedNetworkBackend:
         try:
             infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
-            raise EgressRefused(f"cannot resolve host '{host}': {exc}") from None
+            raise EgressRefused(f"cannot resolve host '{host}': {exc}",
+                                reason="the host cannot be resolved") from None
         addresses = _addresses(infos)
         check_addresses(host, addresses, allow_private=self._allow_private)
         last_error: Exception | None = None
