@@ -199,6 +199,17 @@ def test_a_malformed_last_event_id_is_a_400_for_people(fuzzed: Deployment) -> No
         assert "event: end" in resumed.text
 
 
+def test_an_after_beyond_the_sequence_range_is_refused(fuzzed: Deployment) -> None:
+    """``?after=`` had no upper bound: a number past 2**63 - 1 reached SQLite (500)."""
+    events = next(t.path for t in fuzzed.targets if t.caller == "api_key")
+    with api_key_client(fuzzed.server, fuzzed.api_key) as client:
+        for accept in ("application/json", "text/event-stream"):
+            response = client.get(events, params={"after": "9" * 30},
+                                  headers={"Accept": accept})
+            assert response.status_code == 422, (accept, response.status_code, response.text)
+            assert response.json()["error"]["details"]
+
+
 def test_a_non_ascii_number_in_a_form_is_refused_not_crashed(fuzzed: Deployment) -> None:
     """The dashboard's API key form read ``expires_in_days`` with ``isdigit``/``int``."""
     org = fuzzed.org

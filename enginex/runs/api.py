@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from fastapi import Header, Query, Request, Response, status
 
 from enginex.db import Database, set_tenant
-from enginex.kit.parsing import parse_ascii_int
+from enginex.kit.parsing import MAX_INT, parse_ascii_int
 from enginex.kit.schemas import DateTimeParam
 from enginex.runs import service
 from enginex.runs.models import FINISHED
@@ -97,7 +97,7 @@ async def list_checkpoints(run_id: uuid.UUID, db: DB,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def session_events(run_id: uuid.UUID, request: Request, db: DB,
                          ctx: Annotated[TenantContext, Require(Scope.RUNS_READ)],
-                         after: Annotated[int, Query(ge=0)] = 0,
+                         after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                          last_event_id: Annotated[str | None, Header()] = None) -> Response:
     """The session's events. With ``Accept: text/event-stream``: a live SSE stream that resumes
     after ``Last-Event-ID`` and ends when the session has finished, or with an
