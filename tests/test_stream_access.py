@@ -207,3 +207,18 @@ def test_a_password_change_stops_other_sessions_streams(stream_server: Server,
         stream.close()
         stolen.close()
         member.close()
+
+
+def test_every_event_stream_goes_through_the_rechecking_helper() -> None:
+    """Only ``tenancy/streams.py`` builds ``text/event-stream`` responses: a route that made
+    its own would skip the access re-checks."""
+    from pathlib import Path
+
+    import enginex
+
+    root = Path(enginex.__file__).parent
+    helper = root / "tenancy" / "streams.py"
+    builders = [str(path.relative_to(root)) for path in root.rglob("*.py")
+                if path != helper and 'media_type="text/event-stream"' in path.read_text()]
+    assert builders == [], f"SSE responses built outside tenancy/streams.py: {builders}"
+    assert 'media_type="text/event-stream"' in helper.read_text()
