@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     allow_dev_key: bool = False
     session_idle_minutes: int = 12 * 60
     session_absolute_hours: int = 7 * 24
+    # How often an open event stream (SSE) re-checks its caller's access (session, API key,
+    # membership, role); at most 15 s, so a revoked caller stops receiving within that bound.
+    stream_recheck_seconds: float = Field(default=15.0, gt=0, le=15)
     db_pool_size: int = 20
     max_body_bytes: int = 1_048_576
     max_upload_bytes: int = 6 * 1_048_576

@@ -34,6 +34,7 @@ from enginex.audit.repository import AuditFilter, AuditRepository
 from enginex.db import set_tenant
 from enginex.kit.errors import ValidationFailed
 from enginex.kit.ids import new_id
+from enginex.kit.parsing import ascii_int_or_none
 from enginex.kit.time import utcnow
 from enginex.tenancy.context import TenantContext, system_context
 
@@ -86,8 +87,8 @@ def decode_cursor(cursor: str) -> int:
         kind, _, value = raw.partition(":")
         if kind != "seq":
             raise ValueError(raw)
-        seq = int(value)
-        if seq < 1:
+        seq = ascii_int_or_none(value, minimum=1)
+        if seq is None:
             raise ValueError(raw)
         return seq
     except (ValueError, UnicodeDecodeError) as exc:

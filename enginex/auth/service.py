@@ -35,6 +35,7 @@ from enginex.db import set_tenant
 from enginex.kit.crypto import hmac_hex
 from enginex.kit.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
 from enginex.kit.ids import new_token, token_digest
+from enginex.kit.parsing import hex_uuid_or_none
 from enginex.kit.schemas import SLUG_PATTERN
 from enginex.kit.time import utcnow
 from enginex.tenancy import platform
@@ -290,12 +291,9 @@ def parse_api_key(token: str) -> uuid.UUID | None:
     if not token.startswith(API_KEY_PREFIX):
         return None
     org_hex, _, secret = token[len(API_KEY_PREFIX):].partition("_")
-    if len(org_hex) != 32 or len(secret) < 20:
+    if len(secret) < 20:
         return None
-    try:
-        return uuid.UUID(hex=org_hex)
-    except ValueError:
-        return None
+    return hex_uuid_or_none(org_hex)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,13 @@ class AppError(Exception):
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
+class BadRequest(AppError):
+    """400: a header or parameter that is not in the form the API documents."""
+
+    status_code = 400
+    code = "bad_request"
+
+
 class Unauthenticated(AppError):
     status_code = 401
     code = "unauthenticated"

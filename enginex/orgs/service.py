@@ -27,6 +27,7 @@ from enginex.kit.errors import (
     ValidationFailed,
 )
 from enginex.kit.ids import new_token, token_digest
+from enginex.kit.parsing import hex_uuid_or_none
 from enginex.kit.time import utcnow
 from enginex.orgs import repository as repo
 from enginex.orgs.models import Invitation, Membership, Organization
@@ -175,12 +176,9 @@ def parse_invitation_token(token: str) -> uuid.UUID | None:
     if not token.startswith(INVITATION_PREFIX):
         return None
     org_hex, _, secret = token[len(INVITATION_PREFIX):].partition("_")
-    if len(org_hex) != 32 or len(secret) < 20:
+    if len(secret) < 20:
         return None
-    try:
-        return uuid.UUID(hex=org_hex)
-    except ValueError:
-        return None
+    return hex_uuid_or_none(org_hex)
 
 
 async def create_invitation(db: AsyncSession, ctx: TenantContext, *, email: str,

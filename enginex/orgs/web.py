@@ -26,6 +26,7 @@ from enginex.auth import service as auth_service
 from enginex.auth.models import ApiKey
 from enginex.auth.schemas import ApiKeyCreate
 from enginex.kit.errors import AppError, NotFound
+from enginex.kit.parsing import ascii_int_or_none
 from enginex.kit.time import utcnow
 from enginex.orgs import service
 from enginex.orgs.models import Invitation
@@ -76,11 +77,7 @@ def paginate(items: Sequence[T], request: Request, *, base: str, param: str = "p
     also when a form POST re-renders it), keeping the ``keep`` query parameters."""
     total = len(items)
     pages = max(1, -(-total // size))
-    try:
-        number = int(request.query_params.get(param, "1"))
-    except ValueError:
-        number = 1
-    number = min(max(number, 1), pages)
+    number = min(max(ascii_int_or_none(request.query_params.get(param)) or 1, 1), pages)
 
     def url(n: int) -> str:
         query = {k: v for k, v in (keep or {}).items() if v} | {param: str(n)}
@@ -310,8 +307,8 @@ async def create_api_key(request: Request, db: DB,
     expiry: int | str | None = typed["expires_in_days"]
     if expiry == "never":
         expiry = None
-    elif isinstance(expiry, str) and expiry.isdigit():
-        expiry = int(expiry)
+    elif isinstance(expiry, str) and (days := ascii_int_or_none(expiry)) is not None:
+        expiry = days
     try:
         body = ApiKeyCreate.model_validate({"name": typed["name"], "role": typed["role"],
                                             "expires_in_days": expiry})

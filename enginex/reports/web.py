@@ -19,6 +19,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from enginex.kit.errors import NotFound
+from enginex.kit.parsing import ascii_int_or_none
 from enginex.reports import service
 from enginex.reports.models import Artifact
 from enginex.tenancy.guards import DB, make_router
@@ -60,11 +61,8 @@ def parse_id(value: str) -> uuid.UUID:
 
 
 def parse_page(raw: str | None) -> int:
-    try:
-        page = int(raw or "1")
-    except ValueError:
-        return 1
-    return min(max(page, 1), MAX_PAGE)
+    """The ``page`` query parameter: 1 when missing or not ASCII digits, clamped."""
+    return min(max(ascii_int_or_none(raw) or 1, 1), MAX_PAGE)
 
 
 @dataclass(frozen=True)

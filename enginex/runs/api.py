@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import Header, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
 
 from enginex.db import Database, set_tenant
 from enginex.idempotency import service as idempotency
+from enginex.kit.parsing import MAX_INT, parse_ascii_int
 from enginex.kit.schemas import DateTimeParam
 from enginex.runs import service
 from enginex.runs.models import FINISHED
@@ -29,6 +29,7 @@ from enginex.runs.schemas import (
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.guards import DB, Require, make_router
 from enginex.tenancy.scopes import Scope
+from enginex.tenancy.streams import event_stream_response
 
 router = make_router(prefix="/api/v1", tags=["sessions"])
 IdempotencyKey = Annotated[str | None, Header(
@@ -116,23 +117,26 @@ async def list_checkpoints(run_id: uuid.UUID, db: DB,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def session_events(run_id: uuid.UUID, request: Request, db: DB,
                          ctx: Annotated[TenantContext, Require(Scope.RUNS_READ)],
-                         after: Annotated[int, Query(ge=0)] = 0,
+                         after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                          last_event_id: Annotated[str | None, Header()] = None) -> Response:
     """The session's events. With ``Accept: text/event-stream``: a live SSE stream that resumes
-    after ``Last-Event-ID`` and ends when the session has finished; otherwise a JSON list."""
+    after ``Last-Event-ID`` and ends when the session has finished, or with an
+    ``access_revoked`` event as soon as the caller loses access (tenancy/streams.py);
+    otherwise a JSON list. A ``Last-Event-ID`` that is not ASCII digits is a 400."""
     run = await service.access_run(db, ctx, run_id)
     if "text/event-stream" not in request.headers.get("accept", ""):
         events = await service.list_events(db, ctx, run_id, after=after)
         return Response(json.dumps([EventOut.model_validate(e).model_dump(mode="json")
                                     for e in events]), media_type="application/json")
     start = after
-    if last_event_id and last_event_id.isdigit():
-        start = int(last_event_id)
+    if last_event_id:
+        # A client sends back an id this server gave it (a sequence number); anything else
+        # is a client bug, answered 400 rather than silently restarting from ``after``.
+        # Empty means "no id" (the SSE spec's reset), as if the header were absent.
+        start = parse_ascii_int(last_event_id, name="Last-Event-ID")
     del run  # access checked above; the stream re-reads the run on every poll
-    return StreamingResponse(
-        _event_stream(request, request.app.state.db, ctx, run_id, start),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return event_stream_response(
+        request, ctx, _event_stream(request, request.app.state.db, ctx, run_id, start))
 
 
 async def _event_stream(request: Request, database: Database, ctx: TenantContext,

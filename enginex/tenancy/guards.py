@@ -93,23 +93,66 @@ class _TenantScope(AccessRule):
         return await enter_tenant(request, db, principal, access, self.scope)
 
 
-async def enter_tenant(request: Request, db: AsyncSession, principal: Principal,
-                       access: OrgAccess | None, scope: Scope) -> TenantContext:
-    """Apply the guard's decisions (see the module docstring for their order) to what
-    ``authenticate_for_org`` found; binds ``db`` to the organization and sets the context
-    variable. Unknown org, non-member and another org's key all raise the same NotFound."""
+def decide_tenant_access(principal: Principal, access: OrgAccess | None,
+                         scope: Scope) -> TenantContext:
+    """The guard's decisions (see the module docstring for their order) on what
+    ``authenticate_for_org`` found, without side effects. Unknown org, non-member and another
+    org's key all raise the same NotFound; suspended org and missing scope raise Forbidden."""
     if access is None or access.role is None:
         raise NotFound()
-    await set_tenant(db, access.org_id)
     if access.status != "active":
         raise Forbidden("This organization is suspended. Contact the platform operator.",
                         code="org_suspended")
     ctx = TenantContext(org_id=access.org_id, org_slug=access.slug, principal=principal,
                         role=access.role, scopes=ROLE_SCOPES[access.role])
     ctx.require(scope)
+    return ctx
+
+
+async def enter_tenant(request: Request, db: AsyncSession, principal: Principal,
+                       access: OrgAccess | None, scope: Scope) -> TenantContext:
+    """``decide_tenant_access``, then bind ``db`` to the organization and set the context
+    variable."""
+    if access is not None and access.role is not None:
+        await set_tenant(db, access.org_id)
+    ctx = decide_tenant_access(principal, access, scope)
     current_tenant.set(ctx)
     request.state.tenant = ctx
     return ctx
+
+
+def tenant_rule_of(request: Request) -> AccessRule:
+    """The tenant access rule (API ``Require`` or dashboard ``WebTenant``) of the route that
+    is serving ``request``. RuntimeError when the route has none: a caller that needs it
+    (a long-lived stream re-checking access) must never run on a route without one."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    rules = access_rules(dependant) if dependant is not None else []
+    for rule in rules:
+        if rule.kind in {"tenant", "web_tenant"} and rule.scope is not None:
+            return rule
+    raise RuntimeError(f"{request.url.path} has no tenant access rule to re-check")
+
+
+async def recheck_tenant_access(request: Request, db: AsyncSession,
+                                ctx: TenantContext) -> TenantContext:
+    """Run the guard of ``request``'s route again, now, with the request's own credentials
+    (cookie or API key): the same authentication and membership/role resolution as a new
+    request. For responses that outlive their request (event streams).
+
+    Raises what the guard raises (Unauthenticated for a signed-out or expired session, a
+    revoked or expired key or a changed password; NotFound for a removed member or an
+    organization that is no longer the one ``ctx`` names; Forbidden for a suspended
+    organization or a role without the route's scope). Writes nothing the caller must keep:
+    run it in a transaction that is rolled back, so a re-check never counts as activity.
+    """
+    rule = tenant_rule_of(request)
+    assert rule.scope is not None
+    principal, access = await authenticate_for_org(
+        request, db, ctx.org_slug, allow_api_key=rule.kind == "tenant")
+    if access is not None and access.org_id != ctx.org_id:
+        raise NotFound()
+    return decide_tenant_access(principal, access, rule.scope)
 
 
 def Require(scope: Scope) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from enginex.kit.parsing import ascii_int_or_none
 from enginex.web.errors import INTERNAL_ERROR_MESSAGE
 
 log = logging.getLogger("enginex.request")
@@ -60,11 +61,8 @@ class SecurityMiddleware:
                  and self.UPLOAD_PATH.match(scope.get("path", "")) else self.max_body)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
-                try:
-                    too_big = int(value) > limit
-                except ValueError:
-                    too_big = True
-                if too_big:
+                length = ascii_int_or_none(value)
+                if length is None or length > limit:
                     await self._send_413(send, status_holder, limit)
                     self._log(scope, status_holder, started)
                     return

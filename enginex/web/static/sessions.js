@@ -133,6 +133,14 @@
       say("Complete", false);
       changed();
     });
+    source.addEventListener("access_revoked", function (message) {
+      // The server ended the stream because this browser lost access: do not reconnect.
+      var text = "Live updates stopped: your access ended. Sign in again.";
+      try { text = JSON.parse(message.data).error.message || text; } catch (e) { /* keep */ }
+      source.close();
+      list.setAttribute("data-live", "false");
+      say(text, false);
+    });
     source.addEventListener("open", function () { say("Following live", true); });
     source.addEventListener("error", function () {
       if (source.readyState === EventSource.CLOSED) {
