@@ -34,6 +34,7 @@ from enginex.auth import service as auth_service
 from enginex.auth.api import set_session_cookie
 from enginex.config import Settings
 from enginex.kit.errors import AppError, Forbidden, NotFound, Unauthenticated, ValidationFailed
+from enginex.kit.origin import origin_names_another_site
 from enginex.orgs import service as org_service
 from enginex.tenancy.guards import DB, Public, make_router
 from enginex.tenancy.platform import list_user_orgs
@@ -78,13 +79,6 @@ async def accept_page(request: Request, db: DB,
     return _page(request, await _signed_in(request, db))
 
 
-def _from_other_site(request: Request) -> bool:
-    origin = request.headers.get("origin")
-    settings: Settings = request.app.state.settings
-    return bool(origin) and origin not in {settings.base_url.rstrip("/"),
-                                           f"{request.url.scheme}://{request.url.netloc}"}
-
-
 @router.post("/invitations/accept", response_class=HTMLResponse)
 async def accept_submit(request: Request, db: DB, _: Annotated[None, Public()]) -> Response:
     form = await request.form()
@@ -100,7 +94,8 @@ async def accept_submit(request: Request, db: DB, _: Annotated[None, Public()]) 
         return _page(request, None, status_code=403, state="stale", **keep,
                      message="You signed in or out since this page was opened. Open the "
                              "invitation link again.")
-    if principal is None and _from_other_site(request):
+    if principal is None and origin_names_another_site(request,
+                                                       request.app.state.settings.base_url):
         return _page(request, None, status_code=403, state="stale", **keep,
                      message="Accepting an invitation from another site was refused.")
     if not token.startswith(org_service.INVITATION_PREFIX):

@@ -1,0 +1,58 @@
+"""Where a browser request came from, judged against ``ENGINEX_BASE_URL`` only.
+
+The request's own ``Host`` header is never trusted as "this site": whoever sends the request
+chooses it (a DNS-rebinding page, a proxy that forwards any host), so a check that accepted
+``Origin == Host`` would accept an attacker's page that forged both.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of ``url`` (lower case, default port dropped); None when
+    ``url`` is not an absolute http(s) URL (``Origin: null`` included)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" if port in (None, DEFAULT_PORTS[scheme]) \
+        else f"{scheme}://{host}:{port}"
+
+
+def site_origin(base_url: str) -> str:
+    """The origin of the deployment's public address (``ENGINEX_BASE_URL``)."""
+    return origin_of(base_url) or base_url.rstrip("/")
+
+
+def origin_names_another_site(request: Request, base_url: str) -> bool:
+    """True when the request carries an ``Origin`` header that is not ``base_url``'s origin
+    (``null`` included). A request without the header is not judged here."""
+    origin = request.headers.get("origin")
+    return origin is not None and origin_of(origin) != site_origin(base_url)
+
+
+def comes_from_this_site(request: Request, base_url: str) -> bool:
+    """True only when the request proves it was sent by a page of this site: its ``Origin``
+    header, or without one its ``Referer`` (which the dashboard's ``Referrer-Policy:
+    same-origin`` keeps on same-site requests), names ``base_url``'s origin. A request with
+    neither is not proven."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        referer = request.headers.get("referer")
+        if referer is None:
+            return False
+        return origin_of(referer) == site_origin(base_url)
+    return origin_of(origin) == site_origin(base_url)
