@@ -134,3 +134,25 @@ def test_the_data_directory_and_its_files_are_private_after_startup(fresh: Serve
         {str(p): oct(0o600) for p in files}
     folders = [p for p in data_dir.rglob("*") if p.is_dir()]
     assert {str(p): oct(mode(p)) for p in folders} == {str(p): oct(0o700) for p in folders}
+
+
+@pytest.mark.parametrize(("sender", "base_url", "same"), [
+    ("https://app.example", "https://app.example/", True),
+    ("https://app.example:443", "https://app.example", True),
+    ("https://APP.example/login?next=/", "https://app.example", True),
+    ("http://app.example", "https://app.example", False),
+    ("https://app.example.evil.example", "https://app.example", False),
+    ("https://app.example:8443", "https://app.example", False),
+    ("null", "https://app.example", False),
+    ("http://localhost", "https://app.example", False),
+    # A developer's loopback base URL: the other loopback names on the same port are the same
+    # server (a rebinding page's Origin names the attacker's host, never a loopback name).
+    ("http://localhost:8000", "http://127.0.0.1:8000", True),
+    ("http://[::1]:8000", "http://127.0.0.1:8000", True),
+    ("http://localhost:8001", "http://127.0.0.1:8000", False),
+    ("https://localhost:8000", "http://127.0.0.1:8000", False),
+])
+def test_this_site_is_the_base_url_origin(sender: str, base_url: str, same: bool) -> None:
+    from enginex.kit.origin import is_this_site
+
+    assert is_this_site(sender, base_url) is same

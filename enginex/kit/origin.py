@@ -37,11 +37,34 @@ def site_origin(base_url: str) -> str:
     return origin_of(base_url) or base_url.rstrip("/")
 
 
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def is_this_site(url: str, base_url: str) -> bool:
+    """True when ``url``'s origin is ``base_url``'s. For a loopback base URL (a developer's
+    ``http://127.0.0.1:8000``) the other loopback names on the same scheme and port count too:
+    only a page served by this very port can carry such an Origin."""
+    origin, site = origin_of(url), site_origin(base_url)
+    if origin is None:
+        return False
+    if origin == site:
+        return True
+    return _loopback_key(origin) is not None and _loopback_key(origin) == _loopback_key(site)
+
+
+def _loopback_key(origin: str) -> tuple[str, int] | None:
+    parts = urlsplit(origin)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    if host not in LOOPBACK_NAMES:
+        return None
+    return parts.scheme, parts.port or DEFAULT_PORTS[parts.scheme]
+
+
 def origin_names_another_site(request: Request, base_url: str) -> bool:
     """True when the request carries an ``Origin`` header that is not ``base_url``'s origin
     (``null`` included). A request without the header is not judged here."""
     origin = request.headers.get("origin")
-    return origin is not None and origin_of(origin) != site_origin(base_url)
+    return origin is not None and not is_this_site(origin, base_url)
 
 
 def comes_from_this_site(request: Request, base_url: str) -> bool:
@@ -49,10 +72,7 @@ def comes_from_this_site(request: Request, base_url: str) -> bool:
     header, or without one its ``Referer`` (which the dashboard's ``Referrer-Policy:
     same-origin`` keeps on same-site requests), names ``base_url``'s origin. A request with
     neither is not proven."""
-    origin = request.headers.get("origin")
-    if origin is None:
-        referer = request.headers.get("referer")
-        if referer is None:
-            return False
-        return origin_of(referer) == site_origin(base_url)
-    return origin_of(origin) == site_origin(base_url)
+    sender = request.headers.get("origin")
+    if sender is None:
+        sender = request.headers.get("referer")
+    return sender is not None and is_this_site(sender, base_url)
