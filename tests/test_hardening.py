@@ -17,6 +17,7 @@ import secrets
 import stat
 import uuid
 from collections.abc import Iterator
+from html import unescape
 from pathlib import Path
 
 import httpx
@@ -156,3 +157,25 @@ def test_this_site_is_the_base_url_origin(sender: str, base_url: str, same: bool
     from enginex.kit.origin import is_this_site
 
     assert is_this_site(sender, base_url) is same
+
+
+# --- the region field is a label, and says so ----------------------------------------------
+
+
+REGION_NOTE = "all data lives in this deployment's database"
+
+
+def test_the_region_is_presented_as_a_label_not_a_data_location(
+        server: Server, platform_admin: Actor, shop: Org) -> None:
+    """Nothing routes data by region yet: no page or schema may promise where data lives."""
+    tenants = platform_admin.client.get("/admin/tenants")
+    assert tenants.status_code == 200
+    assert "Where the tenant" not in tenants.text
+    assert "Region label" in tenants.text and REGION_NOTE in unescape(tenants.text)
+    settings = shop.admin.client.get(f"/o/{shop.slug}/settings")
+    assert settings.status_code == 200
+    assert "Region label" in settings.text and REGION_NOTE in unescape(settings.text)
+    with anonymous(server) as client:
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("TenantCreate", "TenantOut"):
+        assert "label only" in schemas[name]["properties"]["region"]["description"], name
