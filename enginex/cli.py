@@ -69,7 +69,23 @@ async def create_tenant(session: AsyncSession, *, slug: str, name: str, admin_em
     return {"org_id": str(org.id), "slug": org.slug, "user_id": str(user.id)}
 
 
+NOT_PRODUCTION_FLAG = "--i-know-this-is-not-production"
+
+
+def _check_demo_target(settings: Settings, *, not_production: bool) -> None:
+    """Refuse to seed the published demo accounts into PostgreSQL (how production runs)
+    unless the operator says the database is not production."""
+    if settings.is_postgres and not not_production:
+        raise CliError("`enginex demo` creates accounts whose password is published in the "
+                       "README, and ENGINEX_DATABASE_URL points at PostgreSQL, which is how "
+                       "production runs. If this database is not production, run it again "
+                       f"with {NOT_PRODUCTION_FLAG} (the platform admin is then not created; "
+                       "make one with `enginex admin create`).")
+
+
 async def _seed_demo(settings: Settings) -> list[tuple[str, str, str]]:
+    """Seed the demo tenants (idempotent). The platform admin with the published password is
+    created on the embedded SQLite database only, never on PostgreSQL."""
     from enginex.demo import deploy_demo_agent, seed_demo_skill
     from enginex.orgs import service as org_service
 
@@ -88,6 +104,8 @@ async def _seed_demo(settings: Settings) -> list[tuple[str, str, str]]:
             await seed_demo_skill(session, ctx)  # only once per organization
         await _in_transaction(settings, work)
         logins += [(f"{role}@{slug}.test", name, str(role)) for role in Role]
+    if settings.is_postgres:
+        return logins
 
     async def admin(session: AsyncSession) -> None:
         from enginex.orgs.service import ensure_user
@@ -104,6 +122,9 @@ def _print_demo(logins: list[tuple[str, str, str]], settings: Settings) -> None:
           f"'{DEMO_PASSWORD}' as:")
     for email, org, role in logins:
         print(f"  {email:<26} {org:<12} {role}")
+    if settings.is_postgres:
+        print(f"No platform admin {DEMO_PLATFORM_ADMIN} on PostgreSQL (its password would be "
+              "the published one): create one with `enginex admin create`.")
     from enginex.demo import demo_instructions
     slug = DEMO_TENANTS[0][0]
     print("\n".join(["", *demo_instructions(settings.base_url, slug, f"admin@{slug}.test",
@@ -230,6 +251,7 @@ def cmd_admin_create(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     from enginex.migrate import upgrade
 
+    _check_demo_target(settings, not_production=args.not_production)
     if not settings.is_postgres:
         upgrade(settings)
     _print_demo(asyncio.run(_seed_demo(settings)), settings)
@@ -304,8 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     admin_create.add_argument("--password-stdin", action="store_true")
     admin_create.set_defaults(func=cmd_admin_create)
 
-    sub.add_parser("demo", help="seed Acme Corp and Beta Inc (idempotent)").set_defaults(
-        func=cmd_demo)
+    demo = sub.add_parser("demo", help="seed Acme Corp and Beta Inc (idempotent)")
+    demo.add_argument(NOT_PRODUCTION_FLAG, dest="not_production", action="store_true",
+                      help="allow seeding a PostgreSQL database (never production: the demo "
+                           "passwords are published); no platform admin is created there")
+    demo.set_defaults(func=cmd_demo)
 
     keys = sub.add_parser("keys", help="master keys").add_subparsers(dest="action", required=True)
     keys.add_parser("generate", help="print a new random master key").set_defaults(

@@ -16,9 +16,11 @@ Two guards live here because every query passes through them:
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -30,7 +32,7 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -379,12 +381,30 @@ def _drop_on_commit(session: Session) -> None:
     session.info.pop("on_commit", None)
 
 
+def prepare_embedded_files(settings: Settings) -> None:
+    """On SQLite, create the data directory (0700) and the database file (0600) before
+    anything opens them, whatever the process umask: SQLite gives the ``-wal`` and ``-shm``
+    files the mode of the database file. Existing directories and files keep their mode.
+    Nothing to do on PostgreSQL (``reports/storage.py`` creates its folders 0700)."""
+    if settings.is_postgres:
+        return
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    url = make_url(settings.resolved_database_url)
+    if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+        return
+    path = Path(url.database)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 class Database:
     """The process's engine and session factory."""
 
     def __init__(self, settings: Settings, *, pool_size: int | None = None) -> None:
-        if not settings.is_postgres:
-            settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        prepare_embedded_files(settings)
         self.engine = create_engine_for(settings.resolved_database_url,
                                         pool_size=pool_size or settings.db_pool_size)
         self.notifier = Notifier()

@@ -14,7 +14,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, create_engine, make_url, pool, text
 
 from enginex.config import Settings
-from enginex.db import tenant_tables
+from enginex.db import prepare_embedded_files, tenant_tables
 
 
 class UnsafeDatabaseRole(RuntimeError):
@@ -38,8 +38,7 @@ def upgrade(settings: Settings) -> None:
             "On PostgreSQL, migrations run as the owner role: set "
             "ENGINEX_MIGRATION_DATABASE_URL (see docs/MULTI_TENANT.md, 'Database roles'); "
             "ENGINEX_DATABASE_URL is the application role, which cannot change the schema.")
-    if not settings.is_postgres:
-        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prepare_embedded_files(settings)
     command.upgrade(alembic_config(_sync(settings.resolved_migration_url)), "head")
     if settings.is_postgres:
         grant_and_check_app_role(settings)

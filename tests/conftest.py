@@ -117,9 +117,13 @@ def settings(backend: str, pg_database: PgDatabase | None,
 
 
 class _ServerThread:
+    """A uvicorn server on a free port of 127.0.0.1 whose ENGINEX_BASE_URL is that address,
+    as in a real deployment: Origin checks compare with the base URL only."""
+
     def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings)
         self.port = _free_port()
+        self.settings = settings.model_copy(update={"base_url": f"http://127.0.0.1:{self.port}"})
+        self.app = create_app(self.settings)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -149,7 +153,7 @@ def separate_deployment(backend: str, data_dir: Path, **overrides: Any) -> Itera
         thread = _ServerThread(settings)
         thread.start()
         try:
-            yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=settings,
+            yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=thread.settings,
                          backend=backend, app=thread.app)
         finally:
             thread.stop()
@@ -163,7 +167,7 @@ def server(settings: Settings, backend: str) -> Iterator[Server]:
     thread = _ServerThread(settings)
     thread.start()
     try:
-        yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=settings,
+        yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=thread.settings,
                      backend=backend, app=thread.app)
     finally:
         thread.stop()

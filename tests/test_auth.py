@@ -58,7 +58,7 @@ def strict_server(server: Server) -> Iterator[Server]:
     thread = _ServerThread(settings)
     thread.start()
     try:
-        yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=settings,
+        yield Server(base_url=f"http://127.0.0.1:{thread.port}", settings=thread.settings,
                      backend=server.backend, app=thread.app)
     finally:
         thread.stop()

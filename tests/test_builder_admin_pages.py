@@ -233,7 +233,7 @@ def test_invitation_link_is_shown_once_and_works(server: Server, org: Org) -> No
                       created.text)
     assert match, created.text
     link = match.group(1)
-    assert link.startswith("http://127.0.0.1/invitations/accept#inv_")
+    assert link.startswith(f"{server.settings.base_url}/invitations/accept#inv_")
     assert 'data-copy="#invitation-link"' in created.text
     token = link.split("#", 1)[1]
 

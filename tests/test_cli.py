@@ -21,11 +21,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
-from enginex.cli import DEMO_PASSWORD, main
+from enginex.cli import DEMO_PASSWORD, NOT_PRODUCTION_FLAG, main
 from enginex.config import Settings, get_settings
 from enginex.kit.crypto import generate_master_key, load_master_key
 
@@ -226,6 +228,59 @@ def test_demo_is_idempotent_and_prints_the_logins(tmp_path: Path) -> None:
     assert cli.query("SELECT o.slug, s.name FROM skills s JOIN organizations o "
                      "ON o.id = s.tenant_id ORDER BY o.slug") == [
         ("acme", "timesheet-conventions"), ("beta", "timesheet-conventions")]
+
+
+@pytest.fixture
+def pg_cli(tmp_path: Path) -> Iterator[tuple[Cli, dict[str, str], Any]]:
+    """A Cli on a fresh, migrated PostgreSQL database: (cli, its environment, the database)."""
+    from tests.conftest import APP_ROLE, IN_CI, OWNER_ROLE, PgDatabase, _pg_available
+
+    problem = _pg_available()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is mandatory in CI: {problem}")
+        pytest.skip(f"PostgreSQL is not reachable: {problem}")
+    pg = PgDatabase()
+    try:
+        cli = Cli(tmp_path / "pg-data")
+        env = {"ENGINEX_DATABASE_URL": pg.url(APP_ROLE),
+               "ENGINEX_MIGRATION_DATABASE_URL": pg.url(OWNER_ROLE),
+               "ENGINEX_MASTER_KEY": generate_master_key()}
+        cli.ok("migrate", **env)
+        yield cli, env, pg
+    finally:
+        pg.drop()
+
+
+def pg_users(pg: Any) -> dict[str, bool]:
+    from tests.conftest import OWNER_ROLE
+
+    with psycopg.connect(pg.dsn(OWNER_ROLE)) as conn:
+        return {row[0]: row[1] for row in conn.execute(
+            "SELECT email, is_platform_admin FROM users")}
+
+
+def test_demo_on_postgres_is_refused_without_the_not_production_flag(
+        pg_cli: tuple[Cli, dict[str, str], Any]) -> None:
+    """Threat: `enginex demo` run against a production PostgreSQL database would create a
+    platform admin (and tenant admins) whose password is published in the README."""
+    cli, env, pg = pg_cli
+    for argv in (("demo",), ("serve", "--port", "1", "--demo")):
+        error = cli.refused(*argv, **env)
+        assert error.startswith("enginex: error: ") and "PostgreSQL" in error, error
+    assert NOT_PRODUCTION_FLAG in cli.refused("demo", **env)
+    assert pg_users(pg) == {}  # refused before anything was written
+
+
+def test_demo_on_a_non_production_postgres_never_creates_the_published_platform_admin(
+        pg_cli: tuple[Cli, dict[str, str], Any]) -> None:
+    cli, env, pg = pg_cli
+    out = cli.ok("demo", NOT_PRODUCTION_FLAG, **env)
+    assert "admin@acme.test" in out and "No platform admin" in out
+    assert cli.ok("demo", NOT_PRODUCTION_FLAG, **env) == out  # still idempotent
+    users = pg_users(pg)
+    assert "platform@enginex.test" not in users and not any(users.values())
+    assert len(users) == 8
 
 
 def test_keys_generate_prints_a_fresh_32_byte_key(cli: Cli) -> None:

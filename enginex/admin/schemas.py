@@ -10,12 +10,16 @@ from pydantic import Field, StringConstraints
 
 from enginex.kit.schemas import Email, Name, RequestBody, ResponseBody, Slug
 
+REGION_LABEL = ("A label only (informational): all of the tenant's data lives in this "
+                "deployment's database whatever it says, until regional databases exist.")
+
 
 class TenantCreate(RequestBody):
     slug: Slug
     name: Name
     admin_email: Email
-    region: Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,40}$")] = "default"
+    region: Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,40}$")] = Field(
+        "default", description=REGION_LABEL)
 
 
 class SessionCounts(ResponseBody):
@@ -34,7 +38,7 @@ class TenantOut(ResponseBody):
     slug: str
     name: str
     status: str
-    region: str
+    region: str = Field(description=REGION_LABEL)
     created_at: datetime
     member_count: int
     agent_count: int = Field(description="Agents in the tenant's catalog.")

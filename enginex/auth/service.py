@@ -35,6 +35,7 @@ from enginex.db import set_tenant
 from enginex.kit.crypto import hmac_hex
 from enginex.kit.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
 from enginex.kit.ids import new_token, token_digest
+from enginex.kit.origin import origin_names_another_site
 from enginex.kit.parsing import hex_uuid_or_none
 from enginex.kit.schemas import SLUG_PATTERN
 from enginex.kit.time import utcnow
@@ -356,11 +357,9 @@ async def _authenticate_api_key(db: AsyncSession, token: str,
 def _check_csrf(request: Request, settings: Settings, expected: str) -> None:
     if request.method in SAFE_METHODS:
         return
-    origin = request.headers.get("origin")
-    if origin and origin not in {settings.base_url.rstrip("/"),
-                                 f"{request.url.scheme}://{request.url.netloc}"}:
+    if origin_names_another_site(request, settings.base_url):
         raise Forbidden("Cross-site request refused: the Origin header does not match this "
-                        "site.", code="csrf_failed")
+                        "site (ENGINEX_BASE_URL).", code="csrf_failed")
     sent = request.headers.get("x-csrf-token") or getattr(request.state, "form_csrf", None) or ""
     if not hmac.compare_digest(sent, expected):
         raise Forbidden("Missing or wrong CSRF token: send the 'X-CSRF-Token' header with the "

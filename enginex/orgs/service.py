@@ -226,14 +226,31 @@ INVALID_INVITATION = ("This invitation link is not valid: it may have expired, b
                       "already used. Ask an organization admin for a new one.")
 
 
+NEW_ACCOUNT_NEEDS_ONE = ("password: choose a password for your new account. If you already "
+                         "have an EngineX account, sign in as it first and accept the "
+                         "invitation signed in.")
+SIGN_IN_REQUIRED = ("This invitation is for an existing account. Sign in to that account first, "
+                    "then accept the invitation again.")
+WRONG_ACCOUNT = ("This invitation is for another email address than the account you are signed "
+                 "in as. Sign out, then open the invitation link again.")
+
+
 async def accept_invitation(db: AsyncSession, *, token: str, password: str | None,
                             display_name: str = "", signed_in_user_id: uuid.UUID | None = None,
                             ) -> tuple[User, Organization, bool]:
     """Join the organization of ``token``. Returns (user, org, created_new_account).
 
-    A new account needs a password (policy checked). An invitation for an existing account
-    can only be accepted by that account, signed in (Unauthenticated otherwise): a leaked link
-    cannot add someone to an organization without them. Any invalid, expired, revoked or used
+    Signed in (``signed_in_user_id``): the invitation is accepted only when it names that
+    account's email; any other invitation (for another account or for an address with no
+    account) gives the same Unauthenticated ``wrong_account``. The password is ignored.
+
+    Anonymous: the answer does not depend on whether the invited address has an account
+    anywhere on the platform, up to the point where an account would be created. The
+    password is required (ValidationFailed ``password``) and policy-checked, and argon2 runs,
+    for every invitation alike. Then a new address gets its account (signed in by the
+    caller); an existing account is never joined, and its password never set, by whoever
+    holds the link (Unauthenticated ``sign_in_required``: that person signs in and accepts
+    signed in). Nothing is written when it refuses. Any invalid, expired, revoked or used
     token gives the same 404.
     """
     org_id = parse_invitation_token(token)
@@ -251,20 +268,34 @@ async def accept_invitation(db: AsyncSession, *, token: str, password: str | Non
     if org.status != "active":
         raise Forbidden("This organization is suspended. Contact the platform operator.",
                         code="org_suspended")
-    existing = await auth_repo.get_user_by_email(db, invitation.email)
-    if existing is not None and password:
-        raise ValidationFailed("password: you already have an account; sign in with your "
-                               "existing password instead of setting a new one here.",
-                               details={"field": "password"})
-    if existing is not None and existing.id != signed_in_user_id:
-        raise Unauthenticated("This invitation is for an existing account. Sign in to that "
-                              "account first, then accept the invitation again.",
-                              code="sign_in_required")
-    user, created = await ensure_user(db, email=invitation.email, password=password)
-    if created and display_name:
-        user.display_name = display_name
+    if signed_in_user_id is not None:
+        user = await auth_repo.get_user_by_email(db, invitation.email)
+        if user is None or user.id != signed_in_user_id:
+            raise Unauthenticated(WRONG_ACCOUNT, code="wrong_account")
+        created = False
+    else:
+        user, created = await _new_account_for(db, invitation.email, password)
+        if created and display_name:
+            user.display_name = display_name
     invitation.accepted_at = now
     await add_member(db, ctx, user, Role(invitation.role))
     await record(db, ctx, "invitation.accepted", target_kind="invitation",
                  target_id=invitation.id, actor_kind="user", actor_id=user.id)
     return user, org, created
+
+
+async def _new_account_for(db: AsyncSession, email: str, password: str | None,
+                           ) -> tuple[User, bool]:
+    """The account an anonymous acceptance creates. Every check that does not create an
+    account is answered alike for an address with and without an account (the account
+    lookup comes after them, and the argon2 hash is computed in both cases)."""
+    if not password:
+        raise ValidationFailed(NEW_ACCOUNT_NEEDS_ONE, details={"field": "password"})
+    check_password_policy(password, email=email)
+    password_hash = await hash_password_off_loop(password)
+    if await auth_repo.get_user_by_email(db, email) is not None:
+        raise Unauthenticated(SIGN_IN_REQUIRED, code="sign_in_required")
+    user = User(email=email.strip(), password_hash=password_hash, password_changed_at=utcnow())
+    db.add(user)
+    await db.flush()
+    return user, True

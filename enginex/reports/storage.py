@@ -33,7 +33,7 @@ class ArtifactStorage:
     def write(self, tenant_id: uuid.UUID, artifact_id: uuid.UUID, data: bytes) -> Path:
         """Write atomically (temp file + rename), so a crash never leaves half a file."""
         path = self.path_for(tenant_id, artifact_id)
-        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir
         for folder in (self.root, self.tenant_prefix(tenant_id), path.parent):
             folder.mkdir(mode=0o700, exist_ok=True)  # every level private, not just the last
         tmp = path.with_suffix(".tmp")

@@ -7,10 +7,14 @@ a detour through sign-in), then removes it from the address bar.
 
 Outcomes of the form, mirroring ``POST /api/v1/invitations/accept`` (same service functions):
 
-* a new account sets a display name and a password (policy errors shown per field), is
-  signed in and lands on ``/o/{org}``;
-* an existing account must be signed in as itself (the form then carries the CSRF token):
-  otherwise the page says "sign in as that account first" and links to sign-in and back;
+* signed out, the form asks everyone for a display name and a password, and every refusal
+  that does not create an account (missing or weak password, passwords that differ) reads
+  the same whether or not the invited address already has an account: the page never tells
+  the holder of a link which it is (see ``orgs.service.accept_invitation``). A new address
+  gets its account, is signed in and lands on ``/o/{org}``; an existing account is never
+  joined by a signed-out form: the page says "sign in first" and links to sign-in and back;
+* signed in (the form then carries the CSRF token), the user accepts as themselves when the
+  invitation names their address; any other invitation gets one "not for you" answer;
 * an invalid, expired, revoked or used link gets the API's one 404 message; a suspended
   organization gets its 403 message.
 
@@ -30,6 +34,7 @@ from enginex.auth import service as auth_service
 from enginex.auth.api import set_session_cookie
 from enginex.config import Settings
 from enginex.kit.errors import AppError, Forbidden, NotFound, Unauthenticated, ValidationFailed
+from enginex.kit.origin import origin_names_another_site
 from enginex.orgs import service as org_service
 from enginex.tenancy.guards import DB, Public, make_router
 from enginex.tenancy.platform import list_user_orgs
@@ -74,13 +79,6 @@ async def accept_page(request: Request, db: DB,
     return _page(request, await _signed_in(request, db))
 
 
-def _from_other_site(request: Request) -> bool:
-    origin = request.headers.get("origin")
-    settings: Settings = request.app.state.settings
-    return bool(origin) and origin not in {settings.base_url.rstrip("/"),
-                                           f"{request.url.scheme}://{request.url.netloc}"}
-
-
 @router.post("/invitations/accept", response_class=HTMLResponse)
 async def accept_submit(request: Request, db: DB, _: Annotated[None, Public()]) -> Response:
     form = await request.form()
@@ -96,7 +94,8 @@ async def accept_submit(request: Request, db: DB, _: Annotated[None, Public()]) 
         return _page(request, None, status_code=403, state="stale", **keep,
                      message="You signed in or out since this page was opened. Open the "
                              "invitation link again.")
-    if principal is None and _from_other_site(request):
+    if principal is None and origin_names_another_site(request,
+                                                       request.app.state.settings.base_url):
         return _page(request, None, status_code=403, state="stale", **keep,
                      message="Accepting an invitation from another site was refused.")
     if not token.startswith(org_service.INVITATION_PREFIX):
@@ -108,16 +107,7 @@ async def accept_submit(request: Request, db: DB, _: Annotated[None, Public()]) 
                      errors={"password_confirm": "The two passwords differ; type the same "
                                                  "password twice."})
     try:
-        if principal is None and password:
-            # Find out first whether the invitation is for an existing account (which must
-            # sign in) without offering it a password: asked without one, the service says
-            # "sign in first" for an existing account and "password required" for a new one.
-            # Nothing is written when it refuses.
-            try:
-                await org_service.accept_invitation(db, token=token, password=None)
-            except ValidationFailed:
-                pass
-        # A signed-in user accepts as themselves: their form has no password fields.
+        # Signed in, the user accepts as themselves: their form has no password fields.
         user, org, created = await org_service.accept_invitation(
             db, token=token, password=(password or None) if principal is None else None,
             display_name=display_name,
@@ -144,20 +134,15 @@ def _refused(request: Request, principal: UserPrincipal | None, exc: AppError,
         return _page(request, principal, status_code=status, state="invalid",
                      message=exc.message)
     if isinstance(exc, Unauthenticated):
-        if principal is not None:  # signed in, but as someone else
+        if principal is not None:  # signed in, but the invitation names another address
             return _page(request, principal, status_code=status, state="wrong_account", **keep,
-                         message=f"This invitation is for another account, not for "
-                                 f"{principal.email}. Sign out, then sign in as the invited "
-                                 "account and open the invitation link again.")
+                         message=f"This invitation is for another email address, not for "
+                                 f"{principal.email}. Sign out, then open the invitation link "
+                                 "again: sign in as the invited account, or create it.")
         return _page(request, None, status_code=status, state="sign_in", **keep,
                      message=SIGN_IN_FIRST)
     if isinstance(exc, ValidationFailed):
         field = str(exc.details.get("field") or "form")
-        if principal is not None and field == "password":  # invited: a new account
-            return _page(request, principal, status_code=status, state="wrong_account", **keep,
-                         message=f"This invitation is for a new account, not for "
-                                 f"{principal.email}. Sign out, then open the invitation link "
-                                 "again to create that account.")
         return _page(request, principal, status_code=status, **keep,
                      errors={field: exc.message.removeprefix(f"{field}: ")})
     return _page(request, principal, status_code=status, state="closed", message=exc.message)

@@ -15,6 +15,7 @@ from enginex.auth import service as auth_service
 from enginex.auth.api import clear_session_cookie, client_address, set_session_cookie
 from enginex.config import Settings
 from enginex.kit.errors import AppError, Unauthenticated
+from enginex.kit.origin import comes_from_this_site
 from enginex.tenancy.guards import DB, AccessRule, Public, make_router
 from enginex.tenancy.platform import list_user_orgs
 from enginex.tenancy.principal import Principal, UserPrincipal
@@ -22,6 +23,10 @@ from enginex.web.errors import LoginRequired
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = make_router(tags=["dashboard"])
+LOGIN_NOT_FROM_THIS_SITE = (
+    "Sign-in was refused: the form was not sent from this site's sign-in page (the browser's "
+    "Origin or Referer header must name this site). Open the sign-in page of this site and "
+    "try again; if you did, the server's ENGINEX_BASE_URL may not match the address you use.")
 
 
 class _WebUser(AccessRule):
@@ -95,11 +100,9 @@ async def login_submit(request: Request, db: DB, _: Annotated[None, Public()]) -
     email = str(form.get("email") or "")[:254]
     password = str(form.get("password") or "")[:128]
     target = safe_next(str(form.get("next") or "/"))
-    origin = request.headers.get("origin")
-    if origin and origin not in {settings.base_url.rstrip("/"),
-                                 f"{request.url.scheme}://{request.url.netloc}"}:
-        return _login_error(request, target, email, "Sign-in from another site was refused.",
-                            403)
+    if not comes_from_this_site(request, settings.base_url):
+        # Login CSRF: another site must not sign this browser into an account of its choosing.
+        return _login_error(request, target, email, LOGIN_NOT_FROM_THIS_SITE, 403)
     if not email or not password:
         return _login_error(request, target, email, "Enter your email and password.", 422)
     try:
