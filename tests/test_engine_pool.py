@@ -250,14 +250,16 @@ async def running_worker(db: Database, deps: Any, *, slots: int) -> AsyncIterato
 # --- 1. many steps in flight on a small pool -------------------------------------------------
 
 
-@pytest.mark.parametrize(("pool_size", "overflow", "slots", "sessions"), [(5, 5, 200, 200)])
+@pytest.mark.parametrize(("pool_size", "overflow", "slots", "sessions"),
+                         [(5, 5, 200, 200), (1, 0, 20, 20)])
 def test_many_llm_steps_in_flight_on_a_small_pool_all_succeed(
         pool_server: Server, quick_setup_org: Org, provider_org: Org, fake: FakeLLM,
         pool_size: int, overflow: int, slots: int, sessions: int) -> None:
-    """200 llm steps on one worker with 200 slots and a pool of 10 connections: preparing a
-    step (provider, key, credential audit) once held one connection while asking for a
-    second, so ~10 steps preparing at once waited on each other until the pool timed out and
-    their sessions were marked failed."""
+    """200 llm steps on one worker with 200 slots and a pool of 10 connections (and 20 on a
+    pool of ONE): preparing a step (provider, key, credential audit) once held one connection
+    while asking for a second, so as many steps preparing at once as the pool had
+    connections waited on each other until the pool timed out and their sessions were marked
+    failed."""
     settings = pool_server.settings
 
     async def scenario() -> None:
