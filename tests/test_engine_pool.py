@@ -284,10 +284,10 @@ def test_many_llm_steps_in_flight_on_a_small_pool_all_succeed(
             for org, ids in runs:
                 await assert_each_step_committed_once(watcher_db, org, ids, steps=1)
             # Every key use is audited, with its run, before the key is sent.
-            assert set(await audited_runs(watcher_db, quick_setup_org,
-                                          "llm_settings.key_used")) == {str(r) for r in quick}
-            assert set(await audited_runs(watcher_db, provider_org, "credential.used")) == \
-                {str(r) for r in keyed}
+            key_uses = await audited_runs(watcher_db, quick_setup_org, "llm_settings.key_used")
+            assert all(key_uses[str(r)] >= 1 for r in quick)
+            credential_uses = await audited_runs(watcher_db, provider_org, "credential.used")
+            assert all(credential_uses[str(r)] >= 1 for r in keyed)
             # No task ever held two connections at once.
             assert connections.most == 1, connections.most
         finally:
