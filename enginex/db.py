@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy import (
     DateTime,
     ForeignKey,
@@ -32,6 +35,7 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -333,16 +337,110 @@ def _sqlite_begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_engine_for(url: str, *, pool_size: int = 10) -> AsyncEngine:
+# SQLite's pool when none is given (SQLAlchemy's own defaults, spelled out so the worker can
+# size its connection gate): one writer at a time, so more connections would only queue.
+SQLITE_POOL = (5, 10)
+POOL_TIMEOUT_SECONDS = 30.0
+
+
+def create_engine_for(url: str, *, pool_size: int = 10, max_overflow: int | None = None,
+                      pool_timeout: float = POOL_TIMEOUT_SECONDS) -> AsyncEngine:
+    """The engine for ``url``: a pool of ``pool_size`` connections plus ``max_overflow``
+    (default: as many again) that waits up to ``pool_timeout`` seconds for a free one."""
+    overflow = pool_size if max_overflow is None else max_overflow
     if url.startswith("sqlite"):
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=overflow,
+                                     pool_timeout=pool_timeout)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
     # No pre-ping round trip per checkout: connections are recycled after 30 minutes, and a
     # connection that died with the server is invalidated on its first error.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
-                               pool_recycle=1800)
+    return create_async_engine(url, pool_size=pool_size, max_overflow=overflow,
+                               pool_timeout=pool_timeout, pool_recycle=1800)
+
+
+_SQLITE_TRANSIENT = ("locked", "busy", "disk I/O error", "unable to open database")
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from or while handling) says the database
+    was unavailable rather than that the work was wrong: no pooled connection free within the
+    pool timeout, a connection refused or lost (server restart), an operational error
+    (SQLite busy, PostgreSQL admin shutdown, serialization failure, deadlock). Work that
+    fails this way should be retried, never recorded as failed."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, sa_exc.OperationalError) and \
+                isinstance(current.orig, sqlite3.Error):
+            # SQLite reports missing tables and syntax errors as OperationalError too.
+            return any(m in str(current.orig) for m in _SQLITE_TRANSIENT)
+        if isinstance(current, sa_exc.TimeoutError | sa_exc.OperationalError
+                      | sa_exc.InterfaceError | psycopg.OperationalError
+                      | psycopg.InterfaceError):
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        pending.extend((current.__cause__, current.__context__))
+    return False
+
+
+class ConnectionGate:
+    """At most ``size`` tasks at a time hold or wait for a pooled connection through this
+    gate; the others wait here, in order and without a timeout (the pool's own wait gives up
+    after its timeout). Sized to the pool, it keeps any number of concurrent tasks from
+    timing out on the pool. Re-entrant per task: a task that already has its turn (a session
+    opened inside another of its sessions) is not made to wait for itself."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._turns = asyncio.Semaphore(self.size)
+        self._holders: dict[asyncio.Task[Any], int] = {}
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        if task in self._holders:
+            self._holders[task] += 1
+            try:
+                yield
+            finally:
+                self._holders[task] -= 1
+            return
+        async with self._turns:
+            self._holders[task] = 1
+            try:
+                yield
+            finally:
+                del self._holders[task]
+
+    def sessions(self, factory: SessionFactory) -> GatedSessions:
+        return GatedSessions(factory, self)
+
+
+class SessionFactory(Protocol):
+    """``async_sessionmaker`` or ``GatedSessions``: ``async with factory(**kw) as session``."""
+
+    def __call__(self, **kw: Any) -> AbstractAsyncContextManager[AsyncSession]: ...
+
+
+class GatedSessions:
+    """A session factory whose sessions each take a turn at ``gate`` for their lifetime."""
+
+    def __init__(self, factory: SessionFactory, gate: ConnectionGate) -> None:
+        self.factory = factory
+        self.gate = gate
+
+    @asynccontextmanager
+    async def __call__(self, **kw: Any) -> AsyncIterator[AsyncSession]:
+        async with self.gate.turn(), self.factory(**kw) as session:
+            yield session
 
 
 class Notifier:
@@ -403,10 +501,20 @@ def prepare_embedded_files(settings: Settings) -> None:
 class Database:
     """The process's engine and session factory."""
 
-    def __init__(self, settings: Settings, *, pool_size: int | None = None) -> None:
+    def __init__(self, settings: Settings, *, pool_size: int | None = None,
+                 max_overflow: int | None = None,
+                 pool_timeout: float = POOL_TIMEOUT_SECONDS) -> None:
         prepare_embedded_files(settings)
-        self.engine = create_engine_for(settings.resolved_database_url,
-                                        pool_size=pool_size or settings.db_pool_size)
+        default_size, default_overflow = (
+            (settings.db_pool_size, settings.db_pool_size) if settings.is_postgres
+            else SQLITE_POOL)
+        size = pool_size or default_size
+        if max_overflow is None:
+            max_overflow = default_overflow if pool_size is None else size
+        # How many connections this process may hold at once (worker.py sizes its gate so).
+        self.pool_capacity = size + max_overflow
+        self.engine = create_engine_for(settings.resolved_database_url, pool_size=size,
+                                        max_overflow=max_overflow, pool_timeout=pool_timeout)
         self.notifier = Notifier()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False,
                                            info={"notifier": self.notifier})

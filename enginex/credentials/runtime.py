@@ -27,6 +27,16 @@ bound to ``ctx.org_id``; the credential is looked up by name in that tenant), in
 transaction that writes the audit entry ``credential.used`` (run, node) before the value is
 used. Plaintext lives only in the ``StepSecrets`` of that step, in memory.
 
+One connection at a time: while the engine prepares a step it holds one read-only session
+and hands it to the step's secrets (``StepSecrets.reading_in``). Credentials (and the quick
+setup's LLM key) resolved then are read in that session and their audit entries are *owed*
+instead of written -- opening a second session there would make a step hold one pooled
+connection while waiting for another, and enough steps doing so at once wait on each other
+until the pool times out. The engine writes what is owed (``write_owed_audit``) in its own
+short transaction right after the prepare session closes and before the step uses any value,
+so every use is audited whether or not the step's result is later committed (a step that
+lost its lease discards its result, but the credential was decrypted).
+
 Allowed hosts (hosts.py): a credential with a non-empty ``allowed_hosts`` is only handed out
 for a destination URL whose host matches one of them. The check runs before the value is
 decrypted when the credential is first resolved in the step, and again in memory on every
@@ -46,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import itertools
 import json
 import logging
@@ -54,14 +65,15 @@ import secrets
 import traceback
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
 from enginex.credentials import hosts, placeholders
@@ -70,7 +82,7 @@ from enginex.credentials.oauth2 import TOKEN_TIMEOUT_SECONDS, TokenRefreshFailed
 from enginex.credentials.repository import CredentialRepository
 from enginex.credentials.service import KINDS, CredentialUnusable, open_values, reseal
 from enginex.credentials.vault import Keyring
-from enginex.db import set_tenant
+from enginex.db import SessionFactory, set_tenant
 from enginex.kit.templates import render_value
 from enginex.kit.time import utcnow
 from enginex.tenancy.context import TenantContext
@@ -380,10 +392,44 @@ def _refuse_misplaced(rendered: Mapping[str, Any], marker: str,
                 raise refuse(argument, text, at)
 
 
+@dataclass(frozen=True)
+class OwedAudit:
+    """An audit entry a step owes for a use of a secret (see ``CredentialRuntime.use``);
+    ``marks_used``: the credential's ``last_used_at`` is set when it is written."""
+
+    action: str
+    target_kind: str
+    target_id: uuid.UUID
+    details: dict[str, Any]
+    marks_used: bool = False
+
+    async def write(self, db: AsyncSession, ctx: TenantContext,
+                    credential: Credential | None = None) -> None:
+        """Write it in ``db``'s transaction (bound to ``ctx``'s tenant); ``credential``: the
+        row, when the caller has it loaded in ``db``."""
+        if self.marks_used:
+            if credential is None:
+                credential = await CredentialRepository(db, ctx).get(self.target_id)
+            if credential is not None:
+                credential.last_used_at = utcnow()
+        await record(db, ctx, self.action, target_kind=self.target_kind,
+                     target_id=self.target_id, details=self.details)
+
+
+def _refusal(credential_id: uuid.UUID, name: str, run_id: uuid.UUID, node_id: str,
+             url: str | None) -> OwedAudit:
+    target = hosts.destination(url) if url else None
+    return OwedAudit("credential.use_refused", "credential", credential_id,
+                     {"name": name, "run_id": str(run_id), "node_id": node_id,
+                      "host": target.host if target else None,
+                      "port": target.port if target else None,
+                      "reason": "host not allowed" if target else "no host to check"})
+
+
 class CredentialRuntime:
     """Process-wide: resolves credentials for run steps (see the module docstring)."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], keyring: Keyring, *,
+    def __init__(self, sessions: SessionFactory, keyring: Keyring, *,
                  llm_key_box: Any = None, allow_private_network: bool = False,
                  refresh_margin: timedelta = REFRESH_MARGIN,
                  token_timeout: float = TOKEN_TIMEOUT_SECONDS) -> None:
@@ -399,7 +445,7 @@ class CredentialRuntime:
         install_log_redaction()
 
     @classmethod
-    def for_master(cls, sessions: async_sessionmaker[AsyncSession], master_key: bytes, *,
+    def for_master(cls, sessions: SessionFactory, master_key: bytes, *,
                    allow_private_network: bool = False) -> CredentialRuntime:
         from enginex.llm.service import LLMKeyBox
 
@@ -410,6 +456,13 @@ class CredentialRuntime:
     def for_step(self, ctx: TenantContext, run_id: uuid.UUID, node_id: str) -> StepSecrets:
         return StepSecrets(self, ctx, run_id, node_id)
 
+    def with_sessions(self, sessions: SessionFactory) -> CredentialRuntime:
+        """The same runtime (keyring, refresh locks) opening its sessions from ``sessions``
+        (a worker's gated factory, ``db.GatedSessions``)."""
+        twin = copy.copy(self)
+        twin.sessions = sessions
+        return twin
+
     def refresh_due(self, credential: Credential) -> bool:
         return (credential.kind == "oauth2" and bool(credential.config.get("token_url"))
                 and "refresh_token" in credential.fields and credential.expires_at is not None
@@ -417,30 +470,44 @@ class CredentialRuntime:
 
     async def use(self, ctx: TenantContext, run_id: uuid.UUID, node_id: str,
                   name: str, *, url: str | None = None,
-                  host_bound: bool = False) -> Resolved:
+                  host_bound: bool = False, session: AsyncSession | None = None,
+                  owed: list[OwedAudit] | None = None) -> Resolved:
         """Decrypt credential ``name`` of ``ctx``'s organization for a step, refreshing an
         OAuth2 token first when due. Audited (``credential.used``: run, node) and committed
         before the value is returned. With ``host_bound`` the value is about to be sent to
         ``url``: if the credential's allowed hosts do not match it, nothing is decrypted, the
         refusal is audited (``credential.use_refused``) and CredentialRefused raised. Raises
-        CredentialNotFound or CredentialUnusable otherwise."""
+        CredentialNotFound or CredentialUnusable otherwise.
+
+        With ``session`` (a session bound to ``ctx``'s tenant that the caller holds, the
+        engine's read-only prepare session) the credential is read in it and nothing is
+        written or committed: the audit entries (and the ``last_used_at`` mark) are appended
+        to ``owed`` for the caller to write before the value is used (``write_owed``). A due
+        OAuth2 refresh ends that session's read transaction first (giving its connection
+        back) and runs in its own transaction: the caller never holds two connections."""
+        assert session is None or owed is not None
         refreshed = False
         while True:
-            async with self.sessions() as db:
-                await set_tenant(db, ctx.org_id)
+            async with self.session_for(ctx, session) as db:
                 credential = await CredentialRepository(db, ctx).get_by_name(name)
                 if credential is None:
                     raise CredentialNotFound(name)
                 patterns = tuple(credential.allowed_hosts or ())
                 if host_bound and patterns and (url is None
                                                 or not hosts.allows(patterns, url)):
-                    await self._record_refusal(db, ctx, credential.id, name, run_id, node_id,
-                                               url)
-                    await db.commit()
+                    refusal = _refusal(credential.id, name, run_id, node_id, url)
+                    if owed is not None and session is not None:
+                        owed.append(refusal)
+                    else:
+                        await refusal.write(db, ctx)
+                        await db.commit()
                     raise CredentialRefused(hosts.refusal_message(name, url))
                 if not refreshed and self.refresh_due(credential):
                     credential_id, expires_at = credential.id, credential.expires_at
-                    await db.rollback()
+                    if session is None:
+                        await db.rollback()
+                    else:  # a read transaction: ends without expiring what the caller holds
+                        await db.commit()
                     try:
                         await self.refresh(ctx, credential_id, run_id, node_id)
                     except CredentialUnusable:
@@ -453,40 +520,62 @@ class CredentialRuntime:
                 try:
                     values = await open_values(db, credential, self.keyring)
                 except CredentialUnusable as exc:
-                    await record(db, ctx, "credential.use_failed", target_kind="credential",
-                                 target_id=credential.id,
-                                 details={**details, "reason": "cannot be decrypted"})
-                    await db.commit()
+                    failure = OwedAudit("credential.use_failed", "credential", credential.id,
+                                        {**details, "reason": "cannot be decrypted"})
+                    if owed is not None and session is not None:
+                        owed.append(failure)
+                    else:
+                        await failure.write(db, ctx)
+                        await db.commit()
                     raise exc from None
-                credential.last_used_at = utcnow()
-                await record(db, ctx, "credential.used", target_kind="credential",
-                             target_id=credential.id, details=details)
+                used = OwedAudit("credential.used", "credential", credential.id, details,
+                                 marks_used=True)
                 resolved = Resolved(name, credential.kind, values, patterns, credential.id)
+                if owed is not None and session is not None:
+                    owed.append(used)
+                    return resolved
+                await used.write(db, ctx, credential)
                 await db.commit()
                 return resolved
 
-    @staticmethod
-    async def _record_refusal(db: AsyncSession, ctx: TenantContext, credential_id: uuid.UUID,
-                              name: str, run_id: uuid.UUID, node_id: str,
-                              url: str | None) -> None:
-        target = hosts.destination(url) if url else None
-        await record(db, ctx, "credential.use_refused", target_kind="credential",
-                     target_id=credential_id,
-                     details={"name": name, "run_id": str(run_id), "node_id": node_id,
-                              "host": target.host if target else None,
-                              "port": target.port if target else None,
-                              "reason": "host not allowed" if target else "no host to check"})
+    @asynccontextmanager
+    async def session_for(self, ctx: TenantContext,
+                       held: AsyncSession | None) -> AsyncIterator[AsyncSession]:
+        """``held`` (left open), or a new session bound to ``ctx``'s tenant."""
+        if held is not None:
+            await set_tenant(held, ctx.org_id)
+            yield held
+            return
+        async with self.sessions() as db:
+            await set_tenant(db, ctx.org_id)
+            yield db
+
+    async def write_owed(self, ctx: TenantContext, owed: list[OwedAudit]) -> None:
+        """Write audit entries owed by a step (see ``use``) in one short transaction of their
+        own; the list is emptied once they are committed."""
+        if not owed:
+            return
+        async with self.sessions() as db:
+            await set_tenant(db, ctx.org_id)
+            for entry in owed:
+                await entry.write(db, ctx)
+            await db.commit()
+        owed.clear()
 
     async def refuse(self, ctx: TenantContext, run_id: uuid.UUID, node_id: str,
-                     resolved: Resolved, url: str | None) -> CredentialRefused:
-        """Audit a refused use of a credential the step already holds (its own transaction)
-        and return the error to raise."""
+                     resolved: Resolved, url: str | None, *,
+                     owed: list[OwedAudit] | None = None) -> CredentialRefused:
+        """Audit a refused use of a credential the step already holds (its own transaction,
+        or appended to ``owed``) and return the error to raise."""
         if resolved.credential_id is not None:
-            async with self.sessions() as db:
-                await set_tenant(db, ctx.org_id)
-                await self._record_refusal(db, ctx, resolved.credential_id, resolved.name,
-                                           run_id, node_id, url)
-                await db.commit()
+            refusal = _refusal(resolved.credential_id, resolved.name, run_id, node_id, url)
+            if owed is not None:
+                owed.append(refusal)
+            else:
+                async with self.sessions() as db:
+                    await set_tenant(db, ctx.org_id)
+                    await refusal.write(db, ctx)
+                    await db.commit()
         return CredentialRefused(hosts.refusal_message(resolved.name, url))
 
     async def refresh(self, ctx: TenantContext, credential_id: uuid.UUID, run_id: uuid.UUID,
@@ -562,6 +651,29 @@ class StepSecrets:
         self._forms_of: tuple[str, ...] = ()
         self._forms: list[str] = []
         self._needles: list[str] = []
+        # The engine's prepare session while it lends it (``reading_in``), and the audit
+        # entries owed for uses resolved in it (``write_owed_audit``).
+        self._session: AsyncSession | None = None
+        self._owed: list[OwedAudit] = []
+
+    @contextmanager
+    def reading_in(self, db: AsyncSession) -> Iterator[None]:
+        """While the block runs, resolve in ``db`` (a session bound to the run's tenant that
+        the caller holds, possibly read-only) and owe the audit entries instead of writing
+        them: the step never asks for a second connection while holding one. The caller
+        must ``write_owed_audit`` after closing ``db`` and before any resolved value is
+        used."""
+        self._session = db
+        try:
+            yield
+        finally:
+            self._session = None
+
+    async def write_owed_audit(self) -> None:
+        """Write the audit entries owed for uses resolved in a lent session (one short
+        transaction of its own; nothing when none are owed). Must not be called while
+        holding a session."""
+        await self.runtime.write_owed(self.ctx, self._owed)
 
     def _add_secret(self, value: str) -> None:
         if value not in self.values:
@@ -588,17 +700,19 @@ class StepSecrets:
         be sent to ``url`` (None: a destination that cannot be checked); a credential whose
         allowed hosts do not match is refused (audited) with ToolError, every time."""
         resolved = self._resolved.get(name)
+        owed = self._owed if self._session is not None else None
         if resolved is not None:
             if host_bound and not resolved.allows(url):
                 refused = await self.runtime.refuse(self.ctx, self.run_id, self.node_id,
-                                                    resolved, url)
+                                                    resolved, url, owed=owed)
                 self._refusals[name] = str(refused)
                 raise ToolError(str(refused))
             return resolved
         if name not in self._failures:
             try:
                 resolved = await self.runtime.use(self.ctx, self.run_id, self.node_id, name,
-                                                  url=url, host_bound=host_bound)
+                                                  url=url, host_bound=host_bound,
+                                                  session=self._session, owed=owed)
             except CredentialNotFound:
                 self._failures[name] = f"no credential named '{name}' in this organization"
             except CredentialUnusable as exc:
@@ -732,14 +846,15 @@ class StepSecrets:
 
     async def note_llm_key_use(self) -> None:
         """An LLM step uses the organization's provider key: audit it (``llm_settings.
-        key_used``: run, node) and redact the key from what the step stores."""
+        key_used``: run, node) and redact the key from what the step stores. Inside
+        ``reading_in`` the key is read in the lent session and the entry is owed; otherwise
+        both happen in a short transaction of its own."""
         box = self.runtime.llm_key_box
         if box is None:
             return
         from enginex.llm.service import KeyDecryptionError, get_llm_settings
 
-        async with self.runtime.sessions() as db:
-            await set_tenant(db, self.ctx.org_id)
+        async with self.runtime.session_for(self.ctx, self._session) as db:
             row = await get_llm_settings(db, self.ctx)
             if row is None or row.provider == "scripted" or row.api_key_ciphertext is None:
                 return
@@ -748,9 +863,12 @@ class StepSecrets:
             except KeyDecryptionError:
                 return  # the provider reports it as the step's error
             self.secret_forms()
-            await record(db, self.ctx, "llm_settings.key_used", target_kind="llm_settings",
-                         target_id=self.ctx.org_id,
-                         details={"run_id": str(self.run_id), "node_id": self.node_id})
+            use = OwedAudit("llm_settings.key_used", "llm_settings", self.ctx.org_id,
+                            {"run_id": str(self.run_id), "node_id": self.node_id})
+            if self._session is not None:
+                self._owed.append(use)
+                return
+            await use.write(db, self.ctx)
             await db.commit()
 
     def redact(self, value: T) -> T:

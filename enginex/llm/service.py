@@ -649,10 +649,11 @@ async def provider_from_resolution(db: AsyncSession, ctx: TenantContext,
     """The provider a resolution describes, bound to its model.
 
     The base URL passes the egress guard again (DNS may have changed since it was saved). The
-    key comes from the credential ``credential_name``: through ``secrets`` in a run step (its
-    transaction audits ``credential.used`` with run and node, and the step redacts the value
-    from everything it stores; in a step ``db`` is the engine's read-only prepare session,
-    which never holds SQLite's write lock), otherwise opened in ``db`` and audited there as
+    key comes from the credential ``credential_name``: through ``secrets`` in a run step
+    (read in ``db``, the engine's read-only prepare session that ``secrets`` was lent; the
+    ``credential.used`` entry with run and node is owed and written by the engine right after
+    that session closes, so no second connection is opened here; the step redacts the value
+    from everything it stores), otherwise opened in ``db`` and audited there as
     ``credential.used`` with ``purpose``. Raises LLMError with a message safe to store.
     """
     if resolution.kind == "scripted":

@@ -10,6 +10,13 @@ Contract:
   that step (an HTTP call) may therefore happen again: at-least-once for the outside world,
   exactly-once for the run's own state.
 * Every database access re-binds the session to the run's tenant first.
+* A step holds at most one pooled connection at a time (load, prepare, the owed audit
+  entries, commit: one after another), so steps can never wait on each other's connections.
+* A database failure anywhere in a step (no pooled connection within the pool timeout, a
+  connection refused or lost, see ``db.is_transient_db_error``) is not the step's fault: the
+  run is released to be retried (``release_interrupted``), never marked failed, and the
+  attempt is not counted towards MAX_ATTEMPTS_PER_STEP; ``execute_step`` raises
+  StepInterrupted, whose ``released`` says whether the caller must retry the release.
 """
 
 from __future__ import annotations
@@ -19,18 +26,19 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.agents.manifest import AgentManifest, ApprovalNode, LLMNode, ReportNode, ToolNode
 from enginex.agents.repository import AgentVersionRepository
 from enginex.approvals.models import Approval
 from enginex.approvals.repository import ApprovalRepository
 from enginex.credentials.runtime import CredentialRuntime, StepSecrets
-from enginex.db import READ_ONLY, set_tenant
+from enginex.db import READ_ONLY, SessionFactory, is_transient_db_error, set_tenant
 from enginex.kit.expressions import evaluate
 from enginex.kit.templates import render, render_value
 from enginex.kit.time import utcnow
@@ -77,7 +85,7 @@ SkillsFactory = Callable[[AsyncSession, TenantContext, dict[str, str], LLMNode],
 class EngineDeps:
     """Process-wide things a worker needs."""
 
-    sessions: async_sessionmaker[AsyncSession]
+    sessions: SessionFactory
     storage: ArtifactStorage
     tools: ToolRegistry
     provider_for: ProviderFactory
@@ -186,29 +194,39 @@ async def _prepare(deps: EngineDeps, loaded: _Loaded, node: LLMNode | ToolNode,
                    result: _Result) -> None:
     """Resolve what the node needs from the organization's workspace (provider and model
     alias, MCP tools, skills) in one short read-only transaction bound to the run's tenant.
-    Hooks may resolve credentials through ``secrets`` (which write their audit entries in
-    their own transactions): the read-only session does not hold SQLite's write lock. Failures
-    are stored on ``loaded`` (provider) or raised as ToolError/LLMError: the step fails with
-    that message."""
+    Credentials (and the quick setup's LLM key) the hooks resolve through ``secrets`` are
+    read in that same session (``StepSecrets.reading_in``): the step never holds one
+    connection while waiting for a second. Their audit entries are written in a short
+    transaction of their own once the prepare session is closed -- also when preparing
+    fails -- and before the node runs, so nothing is used unaudited. Failures are stored on
+    ``loaded`` (provider) or raised as ToolError/LLMError: the step fails with that
+    message."""
     loaded.tools = deps.tools
     if not _uses_org_resources(deps, node):
         return
-    async with deps.sessions(execution_options={READ_ONLY: True}) as db:
-        await set_tenant(db, loaded.ctx.org_id)
-        if isinstance(node, LLMNode):
-            try:
-                loaded.provider = await deps.provider_for(db, loaded.ctx, loaded.manifest, node,
-                                                          result.secrets)
-            except LLMError as exc:  # surfaces as this step's failure, see _run_llm
-                loaded.provider = exc
-            if node.skills:
-                if deps.skills_for is None:
-                    raise ToolError("skills are not available on this deployment")
-                loaded.skills = await deps.skills_for(db, loaded.ctx, loaded.files, node)
-        if deps.tools_for is not None:
-            loaded.tools = await deps.tools_for(db, loaded.ctx, loaded.manifest, node,
-                                                result.secrets)
-        await db.commit()
+    secrets = result.secrets
+    try:
+        async with deps.sessions(execution_options={READ_ONLY: True}) as db:
+            await set_tenant(db, loaded.ctx.org_id)
+            with secrets.reading_in(db) if secrets is not None else nullcontext():
+                if isinstance(node, LLMNode):
+                    try:
+                        loaded.provider = await deps.provider_for(db, loaded.ctx,
+                                                                  loaded.manifest, node, secrets)
+                    except LLMError as exc:  # surfaces as this step's failure, see _run_llm
+                        loaded.provider = exc
+                    if node.skills:
+                        if deps.skills_for is None:
+                            raise ToolError("skills are not available on this deployment")
+                        loaded.skills = await deps.skills_for(db, loaded.ctx, loaded.files,
+                                                              node)
+                if deps.tools_for is not None:
+                    loaded.tools = await deps.tools_for(db, loaded.ctx, loaded.manifest, node,
+                                                        secrets)
+            await db.commit()
+    finally:
+        if secrets is not None:
+            await secrets.write_owed_audit()
 
 
 # --- node kinds --------------------------------------------------------------------------------
@@ -452,18 +470,66 @@ async def fail_run(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID, wo
         return True
 
 
+class StepInterrupted(Exception):
+    """A step was interrupted by the database (see the module docstring); nothing of it was
+    committed. ``released``: its run was released for a retry; if False (the database was
+    still unreachable), the caller retries ``release_interrupted`` with these arguments
+    once the database answers, or lets the lease lapse."""
+
+    def __init__(self, tenant_id: uuid.UUID, run_id: uuid.UUID, expected_step: int | None,
+                 *, released: bool) -> None:
+        super().__init__(f"step of run {run_id} interrupted by the database"
+                         + ("" if released else "; run not released yet"))
+        self.tenant_id, self.run_id, self.expected_step = tenant_id, run_id, expected_step
+        self.released = released
+
+
+async def release_interrupted(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
+                              worker: str, expected_step: int | None) -> None:
+    """Release a run whose step the database interrupted (``RunRepository.
+    release_interrupted``): claimable again at once, the attempt not counted. Raises what
+    the database raises."""
+    async with deps.sessions() as db:
+        await set_tenant(db, tenant_id)
+        await RunRepository(db, system_context(tenant_id, "")).release_interrupted(
+            run_id, worker=worker, expected_step=expected_step)
+        await db.commit()
+
+
 async def execute_step(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
                        worker: str) -> bool:
     """Run the next node of a claimed run and commit its result. Returns True if committed.
 
     A step that was attempted more than MAX_ATTEMPTS_PER_STEP times without committing fails
-    the run instead of being retried forever."""
+    the run instead of being retried forever. A step the database interrupts raises
+    StepInterrupted instead: its run released for a retry, or (``released`` False) still to
+    be released by the caller."""
+    expected_step: int | None = None
     try:
-        loaded = await _load(deps, tenant_id, run_id, worker)
-    except _Poisoned as exc:
-        return await fail_run(deps, tenant_id, run_id, worker, str(exc))
-    if loaded is None:
-        return False
+        try:
+            loaded = await _load(deps, tenant_id, run_id, worker)
+        except _Poisoned as exc:
+            return await fail_run(deps, tenant_id, run_id, worker, str(exc))
+        if loaded is None:
+            return False
+        expected_step = loaded.run.step
+        return await _execute_loaded(deps, loaded, worker)
+    except Exception as exc:
+        if not is_transient_db_error(exc):
+            raise
+        log.warning("run %s: the database interrupted the step (%s); releasing the run for a "
+                    "retry", run_id, type(exc).__name__)
+        cause = exc
+    try:
+        await release_interrupted(deps, tenant_id, run_id, worker, expected_step)
+    except Exception as exc:
+        if not is_transient_db_error(exc):
+            raise
+        raise StepInterrupted(tenant_id, run_id, expected_step, released=False) from exc
+    raise StepInterrupted(tenant_id, run_id, expected_step, released=True) from cause
+
+
+async def _execute_loaded(deps: EngineDeps, loaded: _Loaded, worker: str) -> bool:
     run, manifest = loaded.run, loaded.manifest
     step = run.step + 1
     node = manifest.graph.node(loaded.node_id)
@@ -497,14 +563,17 @@ async def _execute(deps: EngineDeps, loaded: _Loaded, worker: str, step: int,
     except _NotReady:
         await _release(deps, loaded, worker)
         return False
-    except (ToolError, LLMError) as exc:
-        message = result.secrets.redact(str(exc)) if result.secrets is not None else str(exc)
-        result.outcome, result.error = "failure", message[:2000]
-        result.events.append(("error", node.id, {"message": result.error}))
     except Exception as exc:
-        log.exception("node %s of run %s failed", node.id, run_id)
-        result.outcome = "failure"
-        result.error = f"internal error in node '{node.id}' ({type(exc).__name__})"
+        if is_transient_db_error(exc):
+            raise  # not the step's fault: execute_step releases the run for a retry
+        if isinstance(exc, ToolError | LLMError):
+            message = result.secrets.redact(str(exc)) if result.secrets is not None \
+                else str(exc)
+            result.outcome, result.error = "failure", message[:2000]
+        else:
+            log.exception("node %s of run %s failed", node.id, run_id)
+            result.outcome = "failure"
+            result.error = f"internal error in node '{node.id}' ({type(exc).__name__})"
         result.events.append(("error", node.id, {"message": result.error}))
     finally:
         if loaded.provider is not None and not isinstance(loaded.provider, LLMError):

@@ -147,3 +147,30 @@ class RunRepository(ScopedRepository[Run]):
         if last is None:
             return []
         return self.add_events(run_id, last, events)
+
+    async def release_interrupted(self, run_id: uuid.UUID, *, worker: str,
+                                  expected_step: int | None) -> bool:
+        """Undo a claim whose step the database interrupted (nothing of it was committed):
+        clear ``worker``'s lease so any worker may claim the run at once, and take back the
+        attempt the claim counted, so database outages never add up to the poison-step
+        limit. With ``expected_step`` the attempt is taken back even if the lease lapsed and
+        another worker claimed the run meanwhile, as long as that step is still the next one;
+        without it (the run was never loaded), only while ``worker`` holds the lease. Returns
+        whether the lease was cleared."""
+        ours = (Run.tenant_id == self.ctx.org_id, Run.id == run_id, Run.lease_owner == worker,
+                Run.status == "running")
+        if expected_step is not None:
+            ours += (Run.step == expected_step,)
+        cleared = await self.db.execute(
+            update(Run).where(*ours)
+            .values(lease_owner=None, lease_expires_at=None, attempts=Run.attempts - 1)
+            .execution_options(synchronize_session=False))
+        if cleared.rowcount:  # type: ignore[attr-defined]
+            return True
+        if expected_step is not None:
+            await self.db.execute(
+                update(Run).where(Run.tenant_id == self.ctx.org_id, Run.id == run_id,
+                                  Run.step == expected_step, Run.attempts > 0)
+                .values(attempts=Run.attempts - 1)
+                .execution_options(synchronize_session=False))
+        return False

@@ -31,8 +31,8 @@ def build_engine(settings: Settings, db: Database, master_key: bytes) -> EngineD
         if secrets is not None and uses_quick_setup(provider) and \
                 not isinstance(provider, ScriptedProvider):
             # The quick setup's key: audited and redacted here (a provider's credential went
-            # through ``secrets`` already). ``session`` is the engine's read-only prepare
-            # session, so the audit's own write transaction does not wait on it.
+            # through ``secrets`` already). ``secrets`` reads it in ``session``, the engine's
+            # prepare session lent to it; the audit entry is written after that closes.
             await secrets.note_llm_key_use()
         return provider
 

@@ -9,6 +9,14 @@ slots, steps committed) for the platform admin's health panel; a clean stop remo
 
 Every worker also removes orphaned report files (reports/sweeper.py) older than
 ``report_orphan_age`` every ``report_sweep_seconds``; concurrent sweeps are harmless.
+
+Connections: everything a worker does with the database (claims, heartbeats, every session
+of a step, credential resolution) takes a turn at one ``db.ConnectionGate`` sized to the
+pool (``pool_size + max_overflow``), so any number of slots queue at the gate instead of
+timing out on the pool. A step interrupted by the database is released by the engine; when
+the release cannot reach the database either (``StepInterrupted``), the worker retries it in
+the background with backoff until the database answers, so the run is claimable again within
+seconds of the database coming back instead of after its lease.
 """
 
 from __future__ import annotations
@@ -20,15 +28,16 @@ import os
 import random
 import socket
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import psycopg
 from sqlalchemy import delete, func, make_url, update
 
-from enginex.db import Database, set_tenant
+from enginex.db import ConnectionGate, Database, is_transient_db_error, set_tenant
 from enginex.kit.time import utcnow
 from enginex.reports.sweeper import DEFAULT_OLDER_THAN, sweep_orphans
-from enginex.runs.engine import EngineDeps, execute_step
+from enginex.runs.engine import EngineDeps, StepInterrupted, execute_step, release_interrupted
 from enginex.runs.models import WORKER_HEARTBEAT_SECONDS, WorkerPresence
 from enginex.runs.repository import RunRepository
 from enginex.runs.scheduler import Claim, claim_next, expire_approvals
@@ -38,6 +47,8 @@ from enginex.tenancy.context import system_context
 log = logging.getLogger("enginex.worker")
 
 REPORT_SWEEP_SECONDS = 600.0
+# Retrying the release of an interrupted step: first after this, doubling up to the cap.
+RELEASE_RETRY_SECONDS = (0.25, 2.0)
 
 
 class Worker:
@@ -48,7 +59,14 @@ class Worker:
                  report_sweep_seconds: float = REPORT_SWEEP_SECONDS,
                  report_orphan_age: timedelta = DEFAULT_OLDER_THAN) -> None:
         self.db = db
-        self.deps = deps
+        # One gate for every connection this worker takes (see the module docstring).
+        self.gate = ConnectionGate(db.pool_capacity)
+        self.sessions = self.gate.sessions(db.sessions)
+        self.deps = replace(deps, sessions=self.gate.sessions(deps.sessions),
+                            credentials=deps.credentials.with_sessions(
+                                self.gate.sessions(deps.credentials.sessions))
+                            if deps.credentials is not None else None)
+        self._releases: set[asyncio.Task[None]] = set()
         self.slots = slots
         self.tenant_limit = tenant_limit
         self.poll_seconds = poll_seconds
@@ -75,8 +93,9 @@ class Worker:
         try:
             await self._stop.wait()
         finally:
-            for task in tasks:
+            for task in [*tasks, *self._releases]:
                 task.cancel()
+            tasks.extend(self._releases)
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._leave()
 
@@ -89,41 +108,79 @@ class Worker:
                 wake.clear()
                 try:
                     claim = await self._claim()
-                except Exception:
-                    log.exception("claim failed")
+                except Exception as exc:
+                    if is_transient_db_error(exc):
+                        log.warning("claim failed: database unavailable (%s)",
+                                    type(exc).__name__)
+                    else:
+                        log.exception("claim failed")
                     claim = None
                 if claim is None:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), timeout=self.poll_seconds)
                     continue
                 try:
-                    await self._execute(claim)
+                    interrupted = await self._execute(claim)
                 except Exception:  # never let one bad step end this slot
                     log.exception("step of run %s failed unexpectedly", claim.run_id)
+                    interrupted = False
+                if interrupted:  # the database is struggling: do not claim again at once
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)
         finally:
             self.db.notifier.discard(wake)
 
     async def _claim(self) -> Claim | None:
-        async with self.db.sessions() as session:
+        async with self.sessions() as session:
             claim = await claim_next(session, worker=self.name,
                                      lease_seconds=self.deps.lease_seconds,
                                      tenant_limit=self.tenant_limit)
             await session.commit()
             return claim
 
-    async def _execute(self, claim: Claim) -> None:
+    async def _execute(self, claim: Claim) -> bool:
+        """Execute one step of ``claim``; True when the database interrupted it."""
         heartbeat = asyncio.create_task(self._heartbeat(claim))
         try:
             # No wake-up after a commit: this slot claims again at once, and the step freed no
             # run but its own (waking the idle slots would only cost each a failed claim).
             if await execute_step(self.deps, claim.tenant_id, claim.run_id, self.name):
                 self.steps_committed += 1
+        except StepInterrupted as interrupted:
+            if not interrupted.released:
+                task = asyncio.create_task(self._release_later(interrupted),
+                                           name=f"worker-release-{claim.run_id}")
+                self._releases.add(task)
+                task.add_done_callback(self._releases.discard)
+            return True
         except Exception:
             log.exception("step of run %s failed unexpectedly; its lease will expire",
                           claim.run_id)
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
+        return False
+
+    async def _release_later(self, interrupted: StepInterrupted) -> None:
+        """Retry releasing an interrupted step's run until the database answers (backoff
+        ``RELEASE_RETRY_SECONDS``); gives up only on an error that is not the database's
+        unavailability (the lease then lapses)."""
+        delay, cap = RELEASE_RETRY_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await release_interrupted(self.deps, interrupted.tenant_id, interrupted.run_id,
+                                          self.name, interrupted.expected_step)
+            except Exception as exc:
+                if not is_transient_db_error(exc):
+                    log.exception("releasing run %s failed; its lease will lapse",
+                                  interrupted.run_id)
+                    return
+                delay = min(delay * 2, cap)
+                continue
+            log.info("run %s released after the database came back", interrupted.run_id)
+            self.db.notifier.wake()
+            return
 
     async def _heartbeat(self, claim: Claim) -> None:
         """Extend the lease every third of its length until the step ends or the lease is
@@ -133,7 +190,7 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
-                async with self.db.sessions() as session:
+                async with self.sessions() as session:
                     await set_tenant(session, claim.tenant_id)
                     ctx = system_context(claim.tenant_id, "")
                     if not await RunRepository(session, ctx).extend_lease(
@@ -150,7 +207,7 @@ class Worker:
     async def _sweeper(self) -> None:
         while True:
             try:
-                async with self.db.sessions() as session:
+                async with self.sessions() as session:
                     if await expire_approvals(session):
                         self.db.notifier.wake()
                     await session.commit()
@@ -183,7 +240,7 @@ class Worker:
             await asyncio.sleep(self.heartbeat_seconds)
 
     async def _beat(self, started: datetime) -> None:
-        async with self.db.sessions() as session:
+        async with self.sessions() as session:
             # On PostgreSQL the database clock, which the health panel compares with.
             now = func.now() if session.get_bind().dialect.name == "postgresql" else utcnow()
             refreshed = await session.execute(
