@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,6 +37,21 @@ def wait_for(condition: Callable[[], T], *, what: str, timeout: float = WAIT_SEC
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {timeout:g} s for {what}; last: {value!r}")
         sleep(interval)
+
+
+async def wait_for_async(condition: Callable[[], Awaitable[T]], *, what: str,
+                         within: float = WAIT_SECONDS, interval: float = 0.05) -> T:
+    """``wait_for`` inside an event loop: awaits ``condition`` until it returns a truthy
+    value, at most ``within`` seconds (pausing with ``asyncio.sleep``, so the loop's other
+    tasks run)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {within:g} s for {what}; last: {value!r}")
+        await asyncio.sleep(interval)
 
 
 @dataclass
