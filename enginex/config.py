@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     lease_seconds: int = 30
     allow_private_network: bool = False
     mcp_stdio_user: str = "auto"
+    # Connecting to an MCP server (a stdio process's start, then the MCP handshake) may take
+    # this long even when the server's own timeout, which bounds each call, is shorter:
+    # start-up depends on the host's load, not on the server's tools.
+    mcp_start_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
     # addresses or networks (CIDR). Empty: those headers are ignored.
     trusted_proxies: str = ""

@@ -11,7 +11,6 @@ import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from enginex.app import create_app
 from enginex.config import Settings
 from enginex.kit.crypto import generate_master_key
 from enginex.migrate import upgrade
-from tests.factories import Org, Server, make_org, make_platform_admin
+from tests.factories import Org, Server, make_org, make_platform_admin, wait_for
 
 PG_ADMIN_DSN = os.environ.get("ENGINEX_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 OWNER_ROLE = "enginex_test_owner"
@@ -41,7 +40,7 @@ def _free_port() -> int:
 
 def _pg_available() -> str | None:
     try:
-        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3):
+        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=30):  # a busy server is no absent one
             return None
     except psycopg.Error as exc:
         return str(exc).strip().splitlines()[0]
@@ -130,11 +129,10 @@ class _ServerThread:
 
     def start(self) -> None:
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("test server did not start")
-            time.sleep(0.02)
+        wait_for(lambda: self.server.started or not self.thread.is_alive(),
+                 what="the test server to start", interval=0.02)
+        if not self.server.started:
+            raise RuntimeError("test server did not start")
 
     def stop(self) -> None:
         self.server.should_exit = True

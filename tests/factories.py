@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -15,6 +16,42 @@ from enginex.config import Settings
 
 PASSWORD = "test-pass-phrase-42"
 ROLES = ("admin", "builder", "operator", "viewer")
+# How long a test waits for something to happen. Generous on purpose: the tests share a busy
+# machine, and a condition met early ends the wait early.
+WAIT_SECONDS = 60.0
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], *, what: str, timeout: float = WAIT_SECONDS,
+             interval: float = 0.05, sleep: Callable[[float], object] = time.sleep) -> T:
+    """Call ``condition`` every ``interval`` seconds until it returns a truthy value, and
+    return that value. AssertionError naming ``what`` (and the last value) when ``timeout``
+    seconds pass first. Tests wait on a condition this way, never on a fixed sleep.
+    ``sleep``: how to pause (a browser test pauses the page, which delivers its events)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}; last: {value!r}")
+        sleep(interval)
+
+
+async def wait_for_async(condition: Callable[[], Awaitable[T]], *, what: str,
+                         within: float = WAIT_SECONDS, interval: float = 0.05) -> T:
+    """``wait_for`` inside an event loop: awaits ``condition`` until it returns a truthy
+    value, at most ``within`` seconds (pausing with ``asyncio.sleep``, so the loop's other
+    tasks run)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {within:g} s for {what}; last: {value!r}")
+        await asyncio.sleep(interval)
 
 
 @dataclass
@@ -193,18 +230,18 @@ def start_session(org: Org, inputs: dict[str, Any] | None = None,
 
 
 def wait_for_status(org: Org, run_id: str, statuses: set[str],
-                    timeout: float = 30.0) -> dict[str, Any]:
-    import time
-
-    deadline = time.monotonic() + timeout
+                    timeout: float = WAIT_SECONDS) -> dict[str, Any]:
     client = org.members["viewer"].client
-    while True:
-        body = client.get(f"/api/v1/orgs/{org.slug}/sessions/{run_id}").json()
-        if body["status"] in statuses:
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"session {run_id} stuck in {body['status']}: {body}")
-        time.sleep(0.05)
+    last: dict[str, Any] = {}
+
+    def reached() -> dict[str, Any] | None:
+        last.update(client.get(f"/api/v1/orgs/{org.slug}/sessions/{run_id}").json())
+        return dict(last) if last["status"] in statuses else None
+
+    try:
+        return wait_for(reached, what=f"session {run_id}", timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"session {run_id} stuck in {last['status']}: {last}") from None
 
 
 def pending_approval(org: Org, run_id: str) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import sys
 import sysconfig
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -33,6 +32,8 @@ from pathlib import Path
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+
+from tests.factories import wait_for
 
 STDIO_SERVER = Path(__file__).parent / "fixtures" / "mcp_stdio_server.py"
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
@@ -157,11 +158,10 @@ def serve_http_mcp() -> Iterator[str]:
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test MCP server did not start")
-        time.sleep(0.02)
+    wait_for(lambda: server.started or not thread.is_alive(),
+             what="the test MCP server to start", interval=0.02)
+    if not server.started:
+        raise RuntimeError("the test MCP server did not start")
     try:
         yield f"http://127.0.0.1:{port}/mcp"
     finally:

@@ -361,7 +361,7 @@ def test_serve_answers_healthz_and_creates_the_key_file_0600(
             time.sleep(0.1)
     assert health is not None and health.status_code == 200, "serve did not come up"
     assert health.json() == {"status": "ok"}
-    assert httpx.get(f"{base_url}/readyz", timeout=5).json() == {"status": "ok",
+    assert httpx.get(f"{base_url}/readyz", timeout=30).json() == {"status": "ok",
                                                                  "database": "ok"}
     key_file = cli.data_dir / "master.key"
     assert key_file.stat().st_mode & 0o777 == 0o600

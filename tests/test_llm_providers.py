@@ -29,17 +29,20 @@ def fake() -> Iterator[FakeLLM]:
         yield server
 
 
+CLIENT_TIMEOUT = 60.0  # the fake server answers at once; the machine may be busy
+
+
 def openai_provider(fake: FakeLLM, key: str | None = KEY, **kw: Any) -> OpenAICompatibleProvider:
     kw.setdefault("allow_private_network", True)
     kw.setdefault("max_retries", 0)
-    kw.setdefault("timeout", 5)
+    kw.setdefault("timeout", CLIENT_TIMEOUT)
     return OpenAICompatibleProvider(fake.openai_base_url, key, "gpt-fake", **kw)
 
 
 def anthropic_provider(fake: FakeLLM, key: str | None = KEY, **kw: Any) -> AnthropicProvider:
     kw.setdefault("allow_private_network", True)
     kw.setdefault("max_retries", 0)
-    kw.setdefault("timeout", 5)
+    kw.setdefault("timeout", CLIENT_TIMEOUT)
     return AnthropicProvider(key, fake.base_url, "claude-fake", **kw)
 
 
@@ -233,8 +236,11 @@ def test_failures_become_llm_errors_without_the_key(fake: FakeLLM, kind: str,
     reply, expected = FAILURES[failure]
     fake.queue(reply)
     make = openai_provider if kind == "openai" else anthropic_provider
+    # Only the timeout case races the clock: on a busy machine a 0.5 s bound would turn the
+    # others' answers into timeouts too.
+    timeout = 0.5 if failure == "timeout" else CLIENT_TIMEOUT
     with pytest.raises(LLMError) as caught:
-        run(make(fake, timeout=0.5).complete(first_turn()))
+        run(make(fake, timeout=timeout).complete(first_turn()))
     message = str(caught.value)
     assert expected in message
     assert KEY not in message and KEY not in repr(caught.value)

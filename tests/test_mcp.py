@@ -12,9 +12,9 @@ import json
 import os
 import secrets
 import threading
-import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from enginex.kit.crypto import load_master_key
 from enginex.kit.errors import NOT_FOUND_MESSAGE
 from enginex.kit.process import is_dumpable
 from enginex.mcp.sandbox import AUTO_IDS
+from enginex.mcp.service import _refresh_limits
 from tests.conftest import IN_CI, separate_deployment
 from tests.factories import (
     Actor,
@@ -37,6 +38,7 @@ from tests.factories import (
     make_platform_admin,
     private_network,
     sign_in,
+    wait_for,
     wait_for_status,
 )
 from tests.mcp_servers import greeting_listener, serve_http_mcp, stdio_catalog_entry
@@ -47,11 +49,36 @@ EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "de
 # --- a deployment that may reach 127.0.0.1 -----------------------------------------------------
 
 
+# Starting a stdio test server (a Python importing the MCP SDK) takes seconds of CPU; on a
+# busy machine, many more of wall time. The test deployment gives it plenty.
+START_TIMEOUT_SECONDS = 120.0
+
+
 @pytest.fixture(scope="module")
 def mcp_server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with separate_deployment(backend, tmp_path_factory.mktemp(f"mcp-{backend}"),
-                             allow_private_network=True) as deployment:
+                             allow_private_network=True,
+                             mcp_start_timeout_seconds=START_TIMEOUT_SECONDS) as deployment:
         yield deployment
+
+
+@contextmanager
+def start_timeout(server: Server, seconds: float) -> Iterator[None]:
+    """Set the running deployment's ENGINEX_MCP_START_TIMEOUT_SECONDS for a while."""
+    settings = server.app.state.settings
+    before = settings.mcp_start_timeout_seconds
+    settings.mcp_start_timeout_seconds = seconds
+    try:
+        yield
+    finally:
+        settings.mcp_start_timeout_seconds = before
+
+
+def refreshing(org: Org) -> bool:
+    """Whether a refresh of ``org``'s servers holds the organization's turn (in any
+    deployment of this process)."""
+    org_id = uuid.UUID(org.id)
+    return any(org_id in limits.busy for limits in list(_refresh_limits.values()))
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +172,7 @@ def deploy(org: Org, tmp_path: Path, agent_id: str, nodes: list[dict[str, Any]],
     assert response.status_code in (200, 201), response.text
 
 
-def run(org: Org, agent_id: str, timeout: float = 60) -> tuple[dict[str, Any], list[dict]]:
+def run(org: Org, agent_id: str, timeout: float = 120) -> tuple[dict[str, Any], list[dict]]:
     response = org.members["operator"].client.post(f"/api/v1/orgs/{org.slug}/sessions",
                                                    json={"agent": agent_id, "inputs": {}})
     assert response.status_code == 201, response.text
@@ -432,6 +459,28 @@ def test_a_stdio_server_gets_only_its_allowed_environment_and_its_bounds(
     assert session["status"] == "failed" and "within 4 s" in session["error"], session
 
 
+def test_a_stdio_server_slower_to_start_than_its_call_timeout_still_connects(
+        mcp_server: Server, root: Actor, acme: Org, tmp_path: Path) -> None:
+    # Starting a process (an interpreter and its imports) takes what the host's load makes
+    # it take; the entry's timeout bounds each call, ENGINEX_MCP_START_TIMEOUT_SECONDS the
+    # start (here the test deployment's generous one).
+    entry = add_catalog_entry(root, timeout_seconds=3, server_args=("--slow-start", "5"))
+    name = unique("slow")
+    created = add_server(acme, {"name": name, "transport": "stdio",
+                                "catalog_entry": entry["name"]})
+    outcome = refresh(acme, created["id"])
+    assert outcome["ok"] is True, outcome
+    deploy(acme, tmp_path, agent := unique("slow-agent"),
+           [tool_node(f"mcp.{name}.echo", {"text": "late but there"})])
+    session, events = run(acme, agent)
+    assert session["status"] == "succeeded", (session, events)
+    assert results(events) == [{"result": "late but there"}]
+    # A start beyond both bounds fails, naming the bound that applied.
+    with start_timeout(mcp_server, 1):
+        outcome = refresh(acme, created["id"])
+    assert outcome["ok"] is False and "did not answer within 3 s" in outcome["message"], outcome
+
+
 # --- runs ----------------------------------------------------------------------------------------
 
 
@@ -675,20 +724,22 @@ def test_a_second_refresh_of_the_same_organization_waits_its_turn_with_429(
     first: dict[str, Any] = {}
     second_client = sign_in(mcp_server, acme.admin.email).client
     thread = threading.Thread(target=lambda: first.update(refresh(acme, mute["id"])))
-    thread.start()
-    try:
-        time.sleep(0.8)
-        busy = second_client.post(f"{servers_url(acme)}/{other['id']}/refresh")
-        error = error_of(busy, 429)
-        assert error["code"] == "too_many_requests" and "Another refresh" in error["message"]
-        assert int(busy.headers["Retry-After"]) > 0
-        page = second_client.post(f"/o/{acme.slug}/settings/mcp/{other['id']}/refresh")
-        assert page.status_code == 429 and "Another refresh" in page.text
-        # Another organization is not held up.
-        assert refresh(beta, theirs["id"])["ok"] is True
-    finally:
-        thread.join(timeout=60)
-        second_client.close()
+    # The mute server is bounded by its own 2 s, not by the deployment's longer start timeout.
+    with start_timeout(mcp_server, 1):
+        thread.start()
+        try:
+            wait_for(lambda: refreshing(acme) or first, what="the first refresh to take its turn")
+            busy = second_client.post(f"{servers_url(acme)}/{other['id']}/refresh")
+            error = error_of(busy, 429)
+            assert error["code"] == "too_many_requests" and "Another refresh" in error["message"]
+            assert int(busy.headers["Retry-After"]) > 0
+            page = second_client.post(f"/o/{acme.slug}/settings/mcp/{other['id']}/refresh")
+            assert page.status_code == 429 and "Another refresh" in page.text
+            # Another organization is not held up.
+            assert refresh(beta, theirs["id"])["ok"] is True
+        finally:
+            thread.join(timeout=120)
+            second_client.close()
     assert first["ok"] is False and "did not answer within 2 s" in first["message"], first
     assert refresh(acme, other["id"])["ok"] is True  # the organization's turn is free again
 

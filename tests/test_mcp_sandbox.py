@@ -22,11 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import mcp.client.session
 import pytest
 
 from enginex.kit.errors import TooManyRequests
 from enginex.kit.process import protect_process
-from enginex.mcp.client import redact_url, redact_url_in
+from enginex.mcp import client
+from enginex.mcp.client import ConnectionSpec, McpSession, McpUnavailable, redact_url, redact_url_in
 from enginex.mcp.sandbox import AUTO_IDS, AUTO_USER, REFUSED_EXIT
 from enginex.mcp.service import REFRESH_CONCURRENCY, env_name_refused, refresh_slot
 from tests.conftest import IN_CI
@@ -45,7 +48,7 @@ try:
 except OSError as exc:
     out["environ"] = exc.strerror
 try:
-    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         out["connect"] = sock.recv(20).decode()
 except OSError as exc:
     out["connect"] = exc.strerror or str(exc)
@@ -215,12 +218,48 @@ def test_a_protected_process_hides_its_environment_from_processes_of_its_own_use
     finally:
         assert target.stdin is not None
         target.stdin.close()
-        target.wait(timeout=10)
+        target.wait(timeout=60)
 
 
 def test_protect_process_is_idempotent_in_this_process() -> None:
     assert protect_process() is True
     assert protect_process() is True
+
+
+def _children(command: str) -> list[int]:
+    """This process's children running ``command`` (as /proc shows them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid == os.getpid() and argv[0].decode(errors="replace") == command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_start_that_times_out_stops_the_server_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that never answers the handshake: once the start has given up, the process
+    is stopped without waiting for the SDK's own handshake timers or CLOSE_TIMEOUT (made
+    endless here, so that waiting for either would hang)."""
+    monkeypatch.setattr(mcp.client.session, "DISCOVER_TIMEOUT_SECONDS", 3600.0)
+    monkeypatch.setattr(client, "CLOSE_TIMEOUT", 3600.0)
+    spec = ConnectionSpec(server="mute", transport="stdio", timeout_seconds=1,
+                          start_timeout_seconds=1, command="/bin/sleep", args=("3600",))
+
+    async def scenario() -> None:
+        session = McpSession(spec)
+        with anyio.fail_after(120):  # the start's 1 s, then the SDK's bounded shutdown
+            with pytest.raises(McpUnavailable, match="did not answer within 1 s"):
+                await session.start()
+            await session.aclose()
+
+    asyncio.run(scenario())
+    assert _children("/bin/sleep") == []
 
 
 # --- pure rules ------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from tests.factories import (
     run_db,
     sign_in,
     start_session,
+    wait_for_async,
     wait_for_status,
 )
 
@@ -355,16 +356,20 @@ def test_a_worker_registers_beats_prunes_and_leaves(server: Server) -> None:
             deps: EngineDeps = build_engine(server.settings, db, server.app.state.master_key)
             worker = Worker(db, deps, slots=0, heartbeat_seconds=0.05)
             task = asyncio.create_task(worker.run())
-            for _ in range(100):
-                await asyncio.sleep(0.05)
+            async def listed() -> dict[str, Any] | None:
                 rows = await names(db)
-                if worker.name in rows and ancient not in rows:
-                    break
+                return rows if worker.name in rows and ancient not in rows else None
+
+            rows = await wait_for_async(listed, what="the worker's row, the ancient one pruned")
             first = rows[worker.name]
             assert ancient not in rows  # a worker silent for a day is pruned
             assert first.slots == 0 and first.steps_committed == 0
-            await asyncio.sleep(0.2)
-            later = (await names(db))[worker.name]
+
+            async def seen_again() -> Any:
+                row = (await names(db))[worker.name]
+                return row if row.last_seen_at > first.last_seen_at else None
+
+            later = await wait_for_async(seen_again, what="the next heartbeat")
             assert later.last_seen_at > first.last_seen_at
             assert later.started_at == first.started_at
             worker.stop()

@@ -28,7 +28,14 @@ from enginex.reports.storage import ArtifactStorage
 from enginex.reports.sweeper import sweep_orphans
 from enginex.runs.runtime import build_engine
 from enginex.runs.worker import Worker
-from tests.factories import Org, Server, deploy_agent, start_session, wait_for_status
+from tests.factories import (
+    Org,
+    Server,
+    deploy_agent,
+    start_session,
+    wait_for_async,
+    wait_for_status,
+)
 
 THRESHOLD = timedelta(minutes=20)
 OLD = timedelta(minutes=30)
@@ -199,10 +206,10 @@ def test_a_worker_sweeps_periodically(server: Server, org_a: Org) -> None:
                         report_orphan_age=THRESHOLD)
         running = asyncio.create_task(worker.run())
         try:
-            for _ in range(200):  # up to 20 s
-                if not old.exists():
-                    break
-                await asyncio.sleep(0.1)
+            async def swept() -> bool:
+                return not old.exists()
+
+            await wait_for_async(swept, what="the worker's sweep", interval=0.1)
         finally:
             worker.stop()
             await running

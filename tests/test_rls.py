@@ -22,7 +22,7 @@ import enginex.models  # noqa: F401 - registers every model
 from enginex.config import Settings
 from enginex.db import Database, set_tenant, tenant_tables
 from tests.conftest import APP_ROLE, OWNER_ROLE, PG_ADMIN_DSN, PgDatabase
-from tests.factories import Org
+from tests.factories import WAIT_SECONDS, Org
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
@@ -351,7 +351,7 @@ def test_a_cancelled_transaction_leaves_no_tenant_on_the_pool(
         seen = []
         for _ in range(3):
             task = asyncio.create_task(request())
-            await asyncio.wait_for(inside.wait(), 10)
+            await asyncio.wait_for(inside.wait(), WAIT_SECONDS)
             await asyncio.sleep(0.05)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

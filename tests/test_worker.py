@@ -54,6 +54,7 @@ from tests.factories import (
     make_org,
     make_platform_admin,
     start_session,
+    wait_for_async,
     wait_for_status,
 )
 
@@ -610,10 +611,10 @@ def test_worker_sweeper_expires_approvals(engine_server: Server, tenant_a: Org) 
     run_id = uuid.UUID(start_session(tenant_a, {}, agent="expiring-approval")["id"])
 
     async def wait_status(db: Database, status: str) -> None:
-        deadline = time.monotonic() + 20
-        while (await load_run(db, tenant_a, run_id)).status != status:
-            assert time.monotonic() < deadline, f"run never reached {status}"
-            await asyncio.sleep(0.05)
+        async def reached() -> bool:
+            return (await load_run(db, tenant_a, run_id)).status == status
+
+        await wait_for_async(reached, what=f"the run to reach {status}")
 
     async def scenario() -> None:
         async with engine_for(engine_server) as (db, deps):

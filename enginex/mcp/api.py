@@ -21,6 +21,7 @@ from fastapi import Path, Request, Response, status
 from enginex.credentials.api import keyring
 from enginex.kit.errors import ValidationFailed
 from enginex.mcp import service
+from enginex.mcp.client import START_TIMEOUT
 from enginex.mcp.schemas import (
     CatalogEntryCreate,
     CatalogEntryOut,
@@ -52,6 +53,12 @@ def allow_private(request: Request) -> bool:
 def stdio_user(request: Request) -> str:
     """The account stdio servers run as when the platform runs as root."""
     return str(getattr(request.app.state.settings, "mcp_stdio_user", "auto"))
+
+
+def start_timeout(request: Request) -> float:
+    """How long connecting to an MCP server may take at least (ConnectionSpec)."""
+    return float(getattr(request.app.state.settings, "mcp_start_timeout_seconds",
+                         START_TIMEOUT))
 
 
 def server_out(view: service.ServerView) -> ServerOut:
@@ -180,7 +187,8 @@ async def refresh_server(server_id: uuid.UUID, request: Request, db: DB,
     async with service.refresh_slot(ctx.org_id):
         plan = await service.prepare_refresh(db, ctx, server_id, keyring=keyring(request),
                                              allow_private_network=allow_private(request),
-                                             stdio_user=stdio_user(request))
+                                             stdio_user=stdio_user(request),
+                                             start_timeout_seconds=start_timeout(request))
         await db.commit()  # no transaction stays open while the server answers
         outcome = await service.discover_tools(plan)
         view, ok, message = await service.store_refresh(db, ctx, server_id, outcome,

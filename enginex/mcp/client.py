@@ -60,6 +60,7 @@ MAX_LIST_BYTES = 1024 * 1024
 MAX_MESSAGE = 500
 STDERR_TAIL = 400
 CLOSE_TIMEOUT = 10.0  # stdio shutdown: 2 s grace, SIGTERM, 2 s, SIGKILL
+START_TIMEOUT = 30.0  # ENGINEX_MCP_START_TIMEOUT_SECONDS's default
 
 
 class McpUnavailable(Exception):
@@ -83,6 +84,15 @@ class ConnectionSpec:
     network: bool = False
     stdio_user: str = "auto"
     secrets: tuple[str, ...] = ()
+    start_timeout_seconds: float = START_TIMEOUT
+
+    @property
+    def connect_timeout(self) -> float:
+        """How long connecting may take (a stdio process's start, then the MCP handshake):
+        the larger of the server's timeout and the deployment's start timeout. Start-up
+        depends on the host's load (an interpreter and its imports on a busy machine), not
+        on the server's tools, which the server's timeout bounds call by call."""
+        return max(self.timeout_seconds, self.start_timeout_seconds)
 
     def redact(self, text: str) -> str:
         """``text`` without the connection's secrets (every encoded form) and without the
@@ -154,7 +164,9 @@ async def connect(spec: ConnectionSpec) -> AsyncIterator[Client]:
             params = StdioServerParameters(command=argv[0], args=argv[1:], env=env,
                                            cwd=str(workdir / "home"))
             transport = stdio_client(params, errlog=errlog)
-        client = Client(transport, read_timeout_seconds=spec.timeout_seconds)
+        # The SDK's per-request bound covers the handshake; calls have their own, shorter
+        # bound (McpSession), so it is the connect bound here.
+        client = Client(transport, read_timeout_seconds=spec.connect_timeout)
         try:
             await stack.enter_async_context(client)
         except Exception as exc:
@@ -167,7 +179,8 @@ class McpSession:
 
     The SDK's transports run task groups that must be entered and left by one task; keeping
     them in a dedicated task means a failing connection can never cancel the caller (an
-    engine step, a request handler). Calls are bounded by the spec's timeout. ``aclose``
+    engine step, a request handler). Connecting is bounded by ``spec.connect_timeout``,
+    each call (tool list, tool call) by the spec's timeout. ``aclose``
     ends the task, which closes the connection and, for stdio, stops the process (stdin
     closed, then SIGTERM/SIGKILL to its process group) and removes its directory.
     """
@@ -195,17 +208,17 @@ class McpSession:
             self._ready.set()
 
     async def start(self) -> None:
-        """Connect (bounded by the timeout); raises McpUnavailable."""
+        """Connect (bounded by ``spec.connect_timeout``); raises McpUnavailable."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"mcp-{self.spec.server}")
         try:
-            with anyio.fail_after(self.spec.timeout_seconds):
+            with anyio.fail_after(self.spec.connect_timeout):
                 await self._ready.wait()
         except TimeoutError:
             await self.aclose()
             raise McpUnavailable(f"MCP server '{self.spec.server}' did not answer within "
-                                 f"{self.spec.timeout_seconds:g} s") from None
+                                 f"{self.spec.connect_timeout:g} s") from None
         if self._client is None:
             raise McpUnavailable(self._error or f"MCP server '{self.spec.server}' closed the "
                                  "connection")
@@ -242,12 +255,16 @@ class McpSession:
             raise McpUnavailable(self.spec.redact(str(exc))[:MAX_MESSAGE * 4]) from None
 
     async def aclose(self) -> None:
+        """Close the connection: an open one is given CLOSE_TIMEOUT to close itself; one
+        still connecting (a start that timed out) is cancelled at once, which still stops
+        its process (the SDK's shutdown is shielded and bounded)."""
         self._closing.set()
         task, self._task = self._task, None
         if task is None:
             return
-        with anyio.move_on_after(CLOSE_TIMEOUT):
-            await asyncio.shield(task)
+        if self._ready.is_set():
+            with anyio.move_on_after(CLOSE_TIMEOUT):
+                await asyncio.shield(task)
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -277,10 +294,11 @@ def describe(exc: BaseException, spec: ConnectionSpec, errlog: IO[str] | None = 
                                   McpUnavailable)
                    for e in leaves if isinstance(e, kind)), leaves[0])
     where = f"MCP server '{spec.server}'"
+    bound = spec.connect_timeout if doing == "connect" else spec.timeout_seconds
     if isinstance(chosen, EgressRefused):
         message = f"the MCP server URL is refused: {chosen}"
     elif isinstance(chosen, TimeoutError):
-        message = f"{where} did not answer within {spec.timeout_seconds:g} s"
+        message = f"{where} did not answer within {bound:g} s"
     elif isinstance(chosen, httpx2.HTTPStatusError):
         message = (f"{where} answered HTTP {chosen.response.status_code} "
                    "(check the URL and the headers/credentials)")

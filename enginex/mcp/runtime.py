@@ -15,7 +15,8 @@ is enabled there. Specs come from the cache: preparing a step opens no connectio
   audited as ``credential.used`` (run, node) and redacted from everything the step stores.
 * Results: structured content if the server sent one, else the text content joined; an
   error result raises ToolError with the server's message. Every call is bounded by the
-  server's timeout (catalog ``timeout_seconds``; 30 s for http servers).
+  server's timeout (catalog ``timeout_seconds``; 30 s for http servers); connecting (a stdio
+  process's start and the handshake) may take ENGINEX_MCP_START_TIMEOUT_SECONDS if longer.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from enginex.config import Settings
 from enginex.credentials.runtime import Resolved, StepSecrets
 from enginex.llm.base import ToolSpec
 from enginex.mcp import repository as repo
-from enginex.mcp.client import McpSession, McpUnavailable
+from enginex.mcp.client import START_TIMEOUT, McpSession, McpUnavailable
 from enginex.mcp.models import McpServer
 from enginex.mcp.service import ServerSnapshot, connection_spec, parse_tool_name
 from enginex.runs.engine import ToolsFactory
@@ -44,10 +45,11 @@ class _Connections:
     """The step's connections, one per server, opened on first use."""
 
     def __init__(self, secrets: StepSecrets | None, allow_private_network: bool,
-                 stdio_user: str = "auto") -> None:
+                 stdio_user: str = "auto", start_timeout_seconds: float = START_TIMEOUT) -> None:
         self.secrets = secrets
         self.allow_private_network = allow_private_network
         self.stdio_user = stdio_user
+        self.start_timeout_seconds = start_timeout_seconds
         self._sessions: dict[str, McpSession] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -70,7 +72,8 @@ class _Connections:
 
                 spec = await connection_spec(snapshot, lookup,
                                              allow_private_network=self.allow_private_network,
-                                             stdio_user=self.stdio_user)
+                                             stdio_user=self.stdio_user,
+                                             start_timeout_seconds=self.start_timeout_seconds)
                 session = self._sessions[snapshot.name] = McpSession(spec)
                 await session.start()
             return session
@@ -124,7 +127,8 @@ async def mcp_tools_for(db: AsyncSession, ctx: TenantContext, manifest: AgentMan
                         node: LLMNode | ToolNode, secrets: StepSecrets | None, *,
                         builtin: ToolRegistry | None = None,
                         allow_private_network: bool = False,
-                        stdio_user: str = "auto") -> ToolRegistry:
+                        stdio_user: str = "auto",
+                        start_timeout_seconds: float = START_TIMEOUT) -> ToolRegistry:
     """The step's registry (see the module docstring). ``db`` is bound to ``ctx``'s tenant.
     Raises ToolError for a tool node naming an unusable MCP tool."""
     registry = (builtin or builtin_registry()).copy()
@@ -136,7 +140,8 @@ async def mcp_tools_for(db: AsyncSession, ctx: TenantContext, manifest: AgentMan
     servers = {s.name: s for s in await repo.McpServerRepository(db, ctx).list_named(server_names)}
     entries = await repo.get_catalog_entries(
         db, sorted({s.catalog_id for s in servers.values() if s.catalog_id is not None}))
-    connections = _Connections(secrets, allow_private_network, stdio_user)
+    connections = _Connections(secrets, allow_private_network, stdio_user,
+                               start_timeout_seconds)
     snapshots: dict[str, ServerSnapshot] = {}
     for name, parts in parsed.items():
         if parts is None:
@@ -164,14 +169,16 @@ async def mcp_tools_for(db: AsyncSession, ctx: TenantContext, manifest: AgentMan
 
 
 def mcp_tools_factory(settings: Settings, builtin: ToolRegistry | None = None) -> ToolsFactory:
-    """The engine's ``tools_for``: ``mcp_tools_for`` with the deployment's egress setting and
-    stdio account, read at each step (ENGINEX_ALLOW_PRIVATE_NETWORK, ENGINEX_MCP_STDIO_USER)."""
+    """The engine's ``tools_for``: ``mcp_tools_for`` with the deployment's egress setting,
+    stdio account and start timeout, read at each step (ENGINEX_ALLOW_PRIVATE_NETWORK,
+    ENGINEX_MCP_STDIO_USER, ENGINEX_MCP_START_TIMEOUT_SECONDS)."""
     base = builtin or builtin_registry()
 
     async def tools_for(db: AsyncSession, ctx: TenantContext, manifest: AgentManifest,
                         node: LLMNode | ToolNode, secrets: StepSecrets | None) -> ToolRegistry:
         return await mcp_tools_for(db, ctx, manifest, node, secrets, builtin=base,
                                    allow_private_network=settings.allow_private_network,
-                                   stdio_user=settings.mcp_stdio_user)
+                                   stdio_user=settings.mcp_stdio_user,
+                                   start_timeout_seconds=settings.mcp_start_timeout_seconds)
 
     return tools_for

@@ -52,6 +52,7 @@ from enginex.kit.time import utcnow
 from enginex.mcp import repository as repo
 from enginex.mcp.client import (
     LEFT_OUT_REASONS,
+    START_TIMEOUT,
     ConnectionSpec,
     McpSession,
     McpUnavailable,
@@ -456,11 +457,14 @@ class ServerSnapshot:
 
 async def connection_spec(snapshot: ServerSnapshot, lookup: CredentialLookup, *,
                           allow_private_network: bool,
-                          stdio_user: str = "auto") -> ConnectionSpec:
+                          stdio_user: str = "auto",
+                          start_timeout_seconds: float = START_TIMEOUT) -> ConnectionSpec:
     """Resolve the server's credential references through ``lookup`` (which audits them).
     ``stdio_user``: the account a stdio server runs as when the platform runs as root
-    (ENGINEX_MCP_STDIO_USER). Raises McpUnavailable naming the header or variable whose
-    credential failed, or a variable the platform no longer lets organizations set."""
+    (ENGINEX_MCP_STDIO_USER); ``start_timeout_seconds``: how long connecting may take at
+    least (ENGINEX_MCP_START_TIMEOUT_SECONDS, ``ConnectionSpec.connect_timeout``). Raises
+    McpUnavailable naming the header or variable whose credential failed, or a variable the
+    platform no longer lets organizations set."""
     if snapshot.transport == "stdio" and snapshot.command is None:
         raise McpUnavailable(f"the catalog entry of MCP server '{snapshot.name}' is missing")
     secrets: list[str] = []
@@ -488,7 +492,8 @@ async def connection_spec(snapshot: ServerSnapshot, lookup: CredentialLookup, *,
                           allow_private_network=allow_private_network, url=snapshot.url,
                           headers=headers, command=snapshot.command, args=snapshot.args,
                           env=env, memory_mb=snapshot.memory_mb, network=snapshot.network,
-                          stdio_user=stdio_user, secrets=tuple(s for s in secrets if s))
+                          stdio_user=stdio_user, secrets=tuple(s for s in secrets if s),
+                          start_timeout_seconds=start_timeout_seconds)
 
 
 async def _resolve(lookup: CredentialLookup, name: str, where: str) -> Resolved:
@@ -560,8 +565,10 @@ async def refresh_slot(org_id: uuid.UUID, *,
 
 async def prepare_refresh(db: AsyncSession, ctx: TenantContext, server_id: uuid.UUID, *,
                           keyring: Keyring, allow_private_network: bool,
-                          stdio_user: str = "auto") -> RefreshPlan:
-    """Resolve what connecting to the server needs. Each credential used is audited
+                          stdio_user: str = "auto",
+                          start_timeout_seconds: float = START_TIMEOUT) -> RefreshPlan:
+    """Resolve what connecting to the server needs (``stdio_user`` and
+    ``start_timeout_seconds``: as for ``connection_spec``). Each credential used is audited
     (``credential.used``, purpose ``mcp.refresh``). NotFound for another org's server; a
     credential problem is returned as the plan's error (the refresh reports it)."""
     server = await access_server(db, ctx, server_id)
@@ -584,7 +591,8 @@ async def prepare_refresh(db: AsyncSession, ctx: TenantContext, server_id: uuid.
     try:
         spec = await connection_spec(ServerSnapshot.of(server, entry), lookup,
                                      allow_private_network=allow_private_network,
-                                     stdio_user=stdio_user)
+                                     stdio_user=stdio_user,
+                                     start_timeout_seconds=start_timeout_seconds)
     except McpUnavailable as exc:
         return RefreshPlan(server_id, None, str(exc))
     return RefreshPlan(server_id, spec)

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from enginex.credentials.api import keyring
 from enginex.kit.errors import AppError, NotFound, TooManyRequests, ValidationFailed
 from enginex.mcp import service
-from enginex.mcp.api import allow_private, stdio_user
+from enginex.mcp.api import allow_private, start_timeout, stdio_user
 from enginex.mcp.schemas import CatalogEntryCreate, ServerCreate
 from enginex.tenancy.guards import DB, make_router
 from enginex.tenancy.principal import UserPrincipal
@@ -141,7 +141,8 @@ async def refresh_server(request: Request, server_id: uuid.UUID, db: DB,
             plan = await service.prepare_refresh(db, web.ctx, server_id,
                                                  keyring=keyring(request),
                                                  allow_private_network=allow_private(request),
-                                                 stdio_user=stdio_user(request))
+                                                 stdio_user=stdio_user(request),
+                                                 start_timeout_seconds=start_timeout(request))
             await db.commit()  # no transaction stays open while the server answers
             outcome = await service.discover_tools(plan)
             view, ok, message = await service.store_refresh(db, web.ctx, server_id, outcome,

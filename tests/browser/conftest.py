@@ -16,6 +16,10 @@ but they run on SQLite only: what they check (redirects, forms, caching, CSP, la
 not depend on the database, the API tests already cover both backends (the membership
 listing of the landing page included), and a second pass would double the time of the
 slowest tests in the suite. ``ENGINEX_TEST_BROWSER_BACKENDS=sqlite,postgres`` runs both.
+
+Every action, navigation and ``expect`` waits up to TIMEOUT_MS (set here, once): the tests share
+a busy machine, where a form post that takes 100 ms alone can take many seconds; a condition
+met early ends the wait early. Tests do not pass their own timeouts.
 """
 
 from __future__ import annotations
@@ -37,11 +41,21 @@ from playwright.sync_api import (
     Playwright,
     Response,
     Route,
+    expect,
     sync_playwright,
 )
 
 from tests.conftest import IN_CI
-from tests.factories import PASSWORD, Actor, Org, Server, make_org, make_platform_admin
+from tests.factories import (
+    PASSWORD,
+    WAIT_SECONDS,
+    Actor,
+    Org,
+    Server,
+    make_org,
+    make_platform_admin,
+    wait_for,
+)
 
 CHROMIUM = os.environ.get("ENGINEX_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -51,7 +65,8 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3,
          "is_mobile": True, "has_touch": True}
-TIMEOUT_MS = 5_000
+TIMEOUT_MS = int(WAIT_SECONDS * 1000)
+expect.set_options(timeout=TIMEOUT_MS)
 BACKENDS = {b.strip() for b in
             os.environ.get("ENGINEX_TEST_BROWSER_BACKENDS", "sqlite").split(",") if b.strip()}
 
@@ -103,6 +118,13 @@ class Browsing:
         with self.page.expect_navigation() as navigation:
             self.page.get_by_role("button", name="Sign in").click()
         return navigation.value
+
+    def wait_for(self, condition: Callable[[], Any], *, what: str) -> Any:
+        """``tests.factories.wait_for`` for what the browser reports to Python (console
+        messages, CSP violations): the page's events are only delivered while Playwright
+        runs, so the pause between checks is the page's, not ``time.sleep``."""
+        return wait_for(condition, what=what, timeout=TIMEOUT_MS / 1000,
+                        sleep=lambda seconds: self.page.wait_for_timeout(seconds * 1000))
 
     def screenshot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -243,10 +243,8 @@ def test_strict_csp_blocks_inline_code_and_the_watchers_see_it(browsing: Browsin
     }""")
     assert page.evaluate("() => window.__inlineScriptRan === undefined")
     expect(page.get_by_role("heading", name=SIGN_IN_HEADING)).to_be_visible()
-    for _ in range(50):  # the violation reports arrive asynchronously
-        if len(browsing.problems.csp_violations) >= 2:
-            break
-        page.wait_for_timeout(20)
+    browsing.wait_for(lambda: len(browsing.problems.csp_violations) >= 2,  # asynchronous
+                      what="the two CSP violation reports")
     directives = {v["directive"] for v in browsing.problems.csp_violations}
     assert directives == {"script-src-elem", "style-src-elem"}
     assert sum("Content Security Policy" in m for m in browsing.problems.console_errors) == 2
