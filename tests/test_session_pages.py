@@ -60,3 +60,54 @@ def test_the_deep_page_query_uses_the_cursor_index(server: Server, org_a: Org) -
     plan = run_db(server, explain)
     assert "ix_runs_tenant_id_created_at_id" in plan, plan
     assert "Index Cond" in plan and "ROW(" in plan.upper(), plan
+
+
+def _follow(org: Org, path: str, limit: int = 2) -> list[dict[str, Any]]:
+    """Every item of a list answered as a JSON array, following ``Link: rel="next"``."""
+    client = org.members["viewer"].client
+    url: str | None = f"/api/v1/orgs/{org.slug}/{path}?limit={limit}"
+    items: list[dict[str, Any]] = []
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert len(page) <= limit
+        items.extend(page)
+        link = response.headers.get("link")
+        url = link[1:link.index(">")] if link else None
+        assert url is None or url.startswith(f"/api/v1/orgs/{org.slug}/{path}?")
+    return items
+
+
+def test_approvals_and_reports_page_with_a_next_link(server: Server, org_a: Org) -> None:
+    from tests.factories import pending_approval, wait_for_status
+
+    deploy_agent(org_a)
+    runs = [start_session(org_a)["id"] for _ in range(5)]
+    for run_id in runs:
+        assert wait_for_status(org_a, run_id, {"waiting_approval", "failed"})[
+            "status"] == "waiting_approval"
+    approvals = _follow(org_a, "approvals")
+    assert len({a["id"] for a in approvals}) == len(approvals) == 5
+    assert {a["run_id"] for a in approvals} == set(runs)
+    created = [a["created_at"] for a in approvals]
+    assert created == sorted(created, reverse=True), "not newest first"
+    operator = org_a.members["operator"].client
+    for run_id in runs:
+        approval = pending_approval(org_a, run_id)
+        decided = operator.post(f"/api/v1/orgs/{org_a.slug}/approvals/{approval['id']}/decision",
+                                json={"decision": "approve"})
+        assert decided.status_code == 200, decided.text
+    for run_id in runs:
+        assert wait_for_status(org_a, run_id, {"succeeded", "failed"})["status"] == "succeeded"
+    reports = _follow(org_a, "reports")
+    assert len({r["id"] for r in reports}) == len(reports) == 5
+    assert {r["run_id"] for r in reports} == set(runs)
+
+
+def test_a_cursor_that_no_page_gave_is_refused_for_people(server: Server, org_a: Org) -> None:
+    viewer = org_a.members["viewer"].client
+    for path in ("sessions", "approvals", "reports"):
+        response = viewer.get(f"/api/v1/orgs/{org_a.slug}/{path}", params={"cursor": "nope"})
+        assert response.status_code == 422, (path, response.text)
+        assert "start without it" in response.json()["error"]["message"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import Query
+from fastapi import Query, Request, Response
 
 from enginex.approvals import service
+from enginex.kit.pagination import next_link
 from enginex.runs.schemas import ApprovalDecision, ApprovalOut
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.guards import DB, Require, make_router
@@ -17,13 +18,19 @@ router = make_router(prefix="/api/v1", tags=["approvals"])
 
 
 @router.get("/orgs/{org}/approvals", response_model=list[ApprovalOut])
-async def list_approvals(db: DB, ctx: Annotated[TenantContext, Require(Scope.APPROVALS_READ)],
+async def list_approvals(request: Request, response: Response, db: DB,
+                         ctx: Annotated[TenantContext, Require(Scope.APPROVALS_READ)],
                          status: Annotated[Literal["pending", "approved", "rejected", "expired",
                                                    "cancelled"] | None, Query()] = None,
-                         limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[ApprovalOut]:
-    """Approvals of this organization, newest first (``?status=pending`` for the inbox)."""
-    return [ApprovalOut.model_validate(a)
-            for a in await service.list_approvals(db, ctx, status=status, limit=limit)]
+                         limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                         cursor: Annotated[str | None, Query(max_length=200)] = None
+                         ) -> list[ApprovalOut]:
+    """Approvals of this organization, newest first (``?status=pending`` for the inbox).
+    When more follow, the ``Link`` header names the next page (``rel="next"``, with
+    ``cursor``)."""
+    page = await service.list_approvals(db, ctx, status=status, limit=limit, cursor=cursor)
+    response.headers.update(next_link(str(request.url), page.next_cursor))
+    return [ApprovalOut.model_validate(a) for a in page.items]
 
 
 @router.get("/orgs/{org}/approvals/{approval_id}", response_model=ApprovalOut)

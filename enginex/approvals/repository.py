@@ -7,6 +7,7 @@ import uuid
 from sqlalchemy import func, select, update
 
 from enginex.approvals.models import Approval
+from enginex.kit.pagination import Cursor, older_than
 from enginex.kit.time import utcnow
 from enginex.tenancy.repository import ScopedRepository
 
@@ -14,11 +15,15 @@ from enginex.tenancy.repository import ScopedRepository
 class ApprovalRepository(ScopedRepository[Approval]):
     model = Approval
 
-    async def list(self, status: str | None, limit: int) -> list[Approval]:
+    async def list(self, status: str | None, limit: int,
+                   before: Cursor | None = None) -> list[Approval]:
+        """Newest first; ``before``: the (created_at, id) of the last row already seen."""
         stmt = select(Approval).where(Approval.tenant_id == self.ctx.org_id)
         if status:
             stmt = stmt.where(Approval.status == status)
-        stmt = stmt.order_by(Approval.created_at.desc()).limit(limit)
+        if before:
+            stmt = stmt.where(older_than(Approval.created_at, Approval.id, before))
+        stmt = stmt.order_by(Approval.created_at.desc(), Approval.id.desc()).limit(limit)
         return list((await self.db.execute(stmt)).scalars())
 
     async def count_pending(self) -> int:

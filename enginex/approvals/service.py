@@ -19,6 +19,7 @@ from enginex.approvals.models import Approval
 from enginex.approvals.repository import ApprovalRepository
 from enginex.audit.service import record
 from enginex.kit.errors import Conflict, Forbidden, ValidationFailed
+from enginex.kit.pagination import Page, decode_cursor, page_of
 from enginex.runs.models import Run
 from enginex.runs.repository import RunRepository
 from enginex.runs.service import notify_workers
@@ -28,8 +29,12 @@ from enginex.tenancy.scopes import Role
 
 
 async def list_approvals(db: AsyncSession, ctx: TenantContext, *, status: str | None,
-                         limit: int = 100) -> list[Approval]:
-    return await ApprovalRepository(db, ctx).list(status, limit)
+                         limit: int = 100, cursor: str | None = None) -> Page[Approval]:
+    """A page of approvals, newest first; ``next_cursor`` continues (ValidationFailed for a
+    cursor that no page gave)."""
+    before = decode_cursor(cursor) if cursor else None
+    rows = await ApprovalRepository(db, ctx).list(status, limit + 1, before)
+    return page_of(rows, limit, lambda a: (a.created_at, a.id))
 
 
 async def access_approval(db: AsyncSession, ctx: TenantContext,

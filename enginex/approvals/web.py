@@ -48,16 +48,16 @@ async def _inbox(request: Request, db: AsyncSession, web: WebContext, *,
     repo = ApprovalRepository(db, ctx)
     pending_total = await repo.count_pending()
     if status:
-        rows = await service.list_approvals(db, ctx, status=None if status == "all" else status,
-                                            limit=page * PAGE_SIZE + 1)
+        rows = (await service.list_approvals(db, ctx, status=None if status == "all" else status,
+                                             limit=page * PAGE_SIZE + 1)).items
         main, recent = window(rows, page), []
     else:
         # Pending first, then the latest decisions.
-        rows = await service.list_approvals(db, ctx, status="pending",
-                                            limit=page * PAGE_SIZE + 1)
+        rows = (await service.list_approvals(db, ctx, status="pending",
+                                             limit=page * PAGE_SIZE + 1)).items
         main = window(rows, page)
-        latest = await service.list_approvals(db, ctx, status=None,
-                                              limit=RECENT_DECISIONS + len(main.items))
+        latest = (await service.list_approvals(db, ctx, status=None,
+                                               limit=RECENT_DECISIONS + len(main.items))).items
         recent = [a for a in latest if a.status != "pending"][:RECENT_DECISIONS]
     shown: list[Approval] = [*main.items, *recent]
     return render(request, "approvals/inbox.html", principal=web.principal, ctx=ctx,

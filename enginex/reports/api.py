@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Query, Request, Response
 
+from enginex.kit.pagination import next_link
 from enginex.reports import service
 from enginex.runs.schemas import ReportOut, ReportWithContent
 from enginex.tenancy.context import TenantContext
@@ -17,12 +18,17 @@ router = make_router(prefix="/api/v1", tags=["reports"])
 
 
 @router.get("/orgs/{org}/reports", response_model=list[ReportOut])
-async def list_reports(db: DB, ctx: Annotated[TenantContext, Require(Scope.REPORTS_READ)],
+async def list_reports(request: Request, response: Response, db: DB,
+                       ctx: Annotated[TenantContext, Require(Scope.REPORTS_READ)],
                        session: Annotated[uuid.UUID | None, Query()] = None,
-                       limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[ReportOut]:
-    """Reports of this organization's sessions, newest first (``?session=`` to filter)."""
-    return [ReportOut.model_validate(a)
-            for a in await service.list_reports(db, ctx, run_id=session, limit=limit)]
+                       limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                       cursor: Annotated[str | None, Query(max_length=200)] = None
+                       ) -> list[ReportOut]:
+    """Reports of this organization's sessions, newest first (``?session=`` to filter). When
+    more follow, the ``Link`` header names the next page (``rel="next"``, with ``cursor``)."""
+    page = await service.list_reports(db, ctx, run_id=session, limit=limit, cursor=cursor)
+    response.headers.update(next_link(str(request.url), page.next_cursor))
+    return [ReportOut.model_validate(a) for a in page.items]
 
 
 @router.get("/orgs/{org}/reports/{report_id}", response_model=ReportWithContent)

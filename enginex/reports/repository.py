@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import select
 
+from enginex.kit.pagination import Cursor, older_than
 from enginex.reports.models import Artifact
 from enginex.tenancy.repository import ScopedRepository
 
@@ -16,11 +17,15 @@ _IN_BATCH = 500  # ids per IN (...) list: far below SQLite's and PostgreSQL's pa
 class ArtifactRepository(ScopedRepository[Artifact]):
     model = Artifact
 
-    async def list(self, run_id: uuid.UUID | None, limit: int) -> list[Artifact]:
+    async def list(self, run_id: uuid.UUID | None, limit: int,
+                   before: Cursor | None = None) -> list[Artifact]:
+        """Newest first; ``before``: the (created_at, id) of the last row already seen."""
         stmt = select(Artifact).where(Artifact.tenant_id == self.ctx.org_id)
         if run_id:
             stmt = stmt.where(Artifact.run_id == run_id)
-        stmt = stmt.order_by(Artifact.created_at.desc()).limit(limit)
+        if before:
+            stmt = stmt.where(older_than(Artifact.created_at, Artifact.id, before))
+        stmt = stmt.order_by(Artifact.created_at.desc(), Artifact.id.desc()).limit(limit)
         return list((await self.db.execute(stmt)).scalars())
 
     async def existing_ids(self, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:

@@ -103,8 +103,8 @@ async def reports_list(request: Request, db: DB,
             error = "session: not a session id; open the reports list from a session page."
     rows: list[Artifact] = []
     if error is None:
-        rows = await service.list_reports(db, web.ctx, run_id=run_id,
-                                          limit=page * PAGE_SIZE + 1)
+        rows = (await service.list_reports(db, web.ctx, run_id=run_id,
+                                           limit=page * PAGE_SIZE + 1)).items
     return render(request, "reports/list.html", principal=web.principal, ctx=web.ctx,
                   status_code=422 if error else 200, error=error,
                   reports=window(rows, page), session=run_id, human_size=human_size)

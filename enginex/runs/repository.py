@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from enginex.kit.pagination import older_than
 from enginex.kit.time import utcnow
 from enginex.runs.models import Checkpoint, Run, RunEvent
 from enginex.tenancy.context import TenantContext
@@ -43,10 +44,9 @@ class RunRepository(ScopedRepository[Run]):
         if filters.created_before:
             stmt = stmt.where(Run.created_at < filters.created_before)
         if before:
-            at, last_id = before
             # A row-value comparison: an index range scan on (tenant_id, created_at, id), so
             # a deep page costs what the first page does (the OR form filtered after the scan).
-            stmt = stmt.where(tuple_(Run.created_at, Run.id) < tuple_(at, last_id))
+            stmt = stmt.where(older_than(Run.created_at, Run.id, before))
         stmt = stmt.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
         return list((await self.db.execute(stmt)).scalars())
 

@@ -7,11 +7,8 @@ audited in the same transaction, and wake the workers after commit.
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -24,6 +21,7 @@ from enginex.approvals.repository import ApprovalRepository
 from enginex.audit.service import record
 from enginex.db import Notifier, on_commit
 from enginex.kit.errors import Conflict, NotFound, ValidationFailed
+from enginex.kit.pagination import Page, decode_cursor, page_of
 from enginex.kit.time import utcnow
 from enginex.runs.engine import LEGACY_PENDING_APPROVAL, initial_state
 from enginex.runs.models import FINISHED, Checkpoint, Run, RunEvent
@@ -214,34 +212,14 @@ async def cancel_run(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID, *,
 # --- reads -------------------------------------------------------------------------------------
 
 
-def encode_cursor(run: Run) -> str:
-    raw = json.dumps([run.created_at.isoformat(), str(run.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, run_id = json.loads(raw)
-        return datetime.fromisoformat(at), uuid.UUID(run_id)
-    except (ValueError, TypeError) as exc:
-        raise ValidationFailed("cursor: not a cursor from a previous page; start without it.",
-                               details={"field": "cursor"}) from exc
-
-
-@dataclass(frozen=True)
-class RunPage:
-    items: list[Run]
-    next_cursor: str | None
+RunPage = Page[Run]
 
 
 async def list_runs(db: AsyncSession, ctx: TenantContext, filters: RunFilter, *, limit: int,
                     cursor: str | None) -> RunPage:
     before = decode_cursor(cursor) if cursor else None
     rows = await RunRepository(db, ctx).list(filters, limit=limit + 1, before=before)
-    more = len(rows) > limit
-    items = rows[:limit]
-    return RunPage(items, encode_cursor(items[-1]) if more and items else None)
+    return page_of(rows, limit, lambda run: (run.created_at, run.id))
 
 
 async def access_run(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID) -> Run:

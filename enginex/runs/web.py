@@ -514,7 +514,7 @@ async def load_session(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID
         graph = []
     approval = (await approvals_service.awaited_by(db, ctx, run)
                 if ctx.has(Scope.APPROVALS_READ) else None)
-    reports = (await reports_service.list_reports(db, ctx, run_id=run.id, limit=20)
+    reports = ((await reports_service.list_reports(db, ctx, run_id=run.id, limit=20)).items
                if ctx.has(Scope.REPORTS_READ) else [])
     can_decide = ctx.has(Scope.APPROVALS_DECIDE)
     return SessionView(
