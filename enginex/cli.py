@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -139,6 +141,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from enginex.kit.crypto import load_master_key
     from enginex.migrate import upgrade
 
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1 (API processes; default 1)")
     load_master_key(settings)  # an unusable key is reported before anything changes
     if not settings.is_postgres:
         upgrade(settings)
@@ -150,10 +154,103 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         _print_demo(asyncio.run(_seed_demo(settings)), settings)
     if args.no_worker:
         settings = settings.model_copy(update={"embedded_worker": False})
+    # N API processes, plus the run worker process when N > 1: each has its own pool.
+    processes = args.workers + (1 if args.workers > 1 and settings.embedded_worker else 0)
+    _check_connection_budget(settings, processes, f"`enginex serve` ({processes} process"
+                             f"{'es' if processes > 1 else ''})")
+    if args.workers > 1:
+        _serve_processes(args, settings)
+        return
     app = create_app(settings)
     print(f"EngineX listening on http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
                 proxy_headers=False)
+
+
+SERVE_HEALTHCHECK_SECONDS = 60
+
+
+def _check_connection_budget(settings: Settings, processes: int, what: str) -> None:
+    """Refuse to start processes whose pools alone exceed PostgreSQL's connections."""
+    from enginex.db import check_connection_budget
+
+    async def work() -> None:
+        db = Database(settings)
+        try:
+            await check_connection_budget(db, settings, processes=processes, what=what)
+        finally:
+            await db.dispose()
+
+    asyncio.run(work())
+
+
+class _RunWorkerProcess:
+    """The one run worker of ``enginex serve --workers N``: ``enginex worker`` as a child
+    process, restarted (after a pause growing to 30 s) when it fails while the server runs.
+    A clean exit (status 0: it was stopped by SIGINT/SIGTERM, e.g. Ctrl+C) is not restarted."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._stopping = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._supervise, name="run-worker", daemon=True)
+
+    def start(self) -> None:
+        self._process = self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "enginex.cli", "worker"])
+
+    def _supervise(self) -> None:
+        pause = 1.0
+        while not self._stopping.is_set():
+            assert self._process is not None
+            code = self._process.wait()
+            if code == 0 or self._stopping.wait(pause):
+                return
+            logging.getLogger("enginex.serve").error(
+                "the run worker process exited (status %s); starting it again", code)
+            self._process = self._spawn()
+            pause = min(pause * 2, 30.0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()  # graceful: the worker finishes its steps' transactions
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._thread.join(timeout=5)
+
+
+def _serve_processes(args: argparse.Namespace, settings: Settings) -> None:
+    """``--workers N``: N uvicorn processes sharing the listening socket, each building its
+    app with ``create_app()`` from the environment (ENGINEX_*), none of them running the
+    embedded run worker; runs are executed by ONE ``enginex worker`` child process instead
+    (none with --no-worker), so a deployment never runs N embedded workers by accident."""
+    import uvicorn
+
+    run_worker = _RunWorkerProcess() if settings.embedded_worker else None
+    if run_worker is not None:
+        run_worker.start()  # inherits the environment as it is, settings included
+    os.environ["ENGINEX_EMBEDDED_WORKER"] = "false"  # read by the API processes' create_app
+    print(f"EngineX listening on http://{args.host}:{args.port} with {args.workers} API "
+          f"processes{' and one run worker process' if run_worker else ''}  (Ctrl+C to stop)",
+          flush=True)
+    try:
+        # A process that starts slowly (a busy host) or stops answering the supervisor for
+        # this long is replaced; uvicorn's 5 s default replaced healthy children under load.
+        uvicorn.run("enginex.app:create_app", factory=True, workers=args.workers,
+                    host=args.host, port=args.port, log_level=settings.log_level.lower(),
+                    proxy_headers=False, timeout_worker_healthcheck=SERVE_HEALTHCHECK_SECONDS)
+    finally:
+        if run_worker is not None:
+            run_worker.stop()
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -161,7 +258,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     import signal
 
     from enginex.credentials.cli import check_master_key
-    from enginex.db import Database
+    from enginex.db import Database, check_connection_budget
     from enginex.kit.crypto import load_master_key
     from enginex.kit.process import protect_process
     from enginex.runs.runtime import build_engine, build_worker
@@ -173,12 +270,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
 
     async def main() -> None:
         db = Database(settings)
-        worker = build_worker(settings, db, build_engine(settings, db, load_master_key(settings)))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, worker.stop)
-        print(f"worker {worker.name} started ({settings.worker_slots} slots)", flush=True)
         try:
+            await check_connection_budget(db, settings, what="this worker")
+            worker = build_worker(settings, db,
+                                  build_engine(settings, db, load_master_key(settings)))
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, worker.stop)
+            print(f"worker {worker.name} started ({settings.worker_slots} slots)", flush=True)
             await worker.run()
         finally:
             await db.dispose()
@@ -299,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-worker", action="store_true", help="do not run the embedded worker")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="API processes sharing the port (default 1); with N > 1 runs are "
+                            "executed by one separate worker process, never N")
     serve.add_argument("--demo", action="store_true", help="seed the demo tenants first")
     serve.set_defaults(func=cmd_serve)
 

@@ -31,7 +31,18 @@ class Settings(BaseSettings):
     # How often an open event stream (SSE) re-checks its caller's access (session, API key,
     # membership, role); at most 15 s, so a revoked caller stops receiving within that bound.
     stream_recheck_seconds: float = Field(default=15.0, gt=0, le=15)
-    db_pool_size: int = 20
+    # Connections of ONE process (API or worker): db_pool_size kept open plus up to
+    # db_max_overflow more under load (default: as many as db_pool_size). Budget on
+    # PostgreSQL (docs/SCALING.md): processes x (pool + overflow) + headroom <= max_connections.
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int | None = Field(default=None, ge=0)
+    # What all EngineX processes together may open against this PostgreSQL (0: not stated);
+    # start-up warns when it exceeds the server's max_connections.
+    db_max_client_connections: int = Field(default=0, ge=0)
+    # ENGINEX_DATABASE_URL points at PgBouncer in transaction pooling mode: psycopg's
+    # server-side prepared statements are turned off (they do not survive a change of server
+    # connection) and the connection budget is PgBouncer's, not checked at start-up.
+    db_pgbouncer: bool = False
     max_body_bytes: int = 1_048_576
     max_upload_bytes: int = 6 * 1_048_576
     login_max_failures_per_account: int = 10

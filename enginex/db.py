@@ -16,6 +16,7 @@ Two guards live here because every query passes through them:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import uuid
@@ -66,7 +67,7 @@ from sqlalchemy.sql.selectable import (
 )
 from sqlalchemy.types import TypeDecorator
 
-from enginex.config import Settings
+from enginex.config import Settings, UnsafeConfigurationError
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -344,9 +345,13 @@ POOL_TIMEOUT_SECONDS = 30.0
 
 
 def create_engine_for(url: str, *, pool_size: int = 10, max_overflow: int | None = None,
-                      pool_timeout: float = POOL_TIMEOUT_SECONDS) -> AsyncEngine:
+                      pool_timeout: float = POOL_TIMEOUT_SECONDS,
+                      pgbouncer: bool = False) -> AsyncEngine:
     """The engine for ``url``: a pool of ``pool_size`` connections plus ``max_overflow``
-    (default: as many again) that waits up to ``pool_timeout`` seconds for a free one."""
+    (default: as many again) that waits up to ``pool_timeout`` seconds for a free one.
+    ``pgbouncer``: the URL is a PgBouncer in transaction mode, so psycopg prepares no
+    statements (a prepared statement lives on one server connection, and PgBouncer hands the
+    next transaction to any of them)."""
     overflow = pool_size if max_overflow is None else max_overflow
     if url.startswith("sqlite"):
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=overflow,
@@ -356,8 +361,10 @@ def create_engine_for(url: str, *, pool_size: int = 10, max_overflow: int | None
         return engine
     # No pre-ping round trip per checkout: connections are recycled after 30 minutes, and a
     # connection that died with the server is invalidated on its first error.
+    connect_args: dict[str, Any] = {"prepare_threshold": None} if pgbouncer else {}
     return create_async_engine(url, pool_size=pool_size, max_overflow=overflow,
-                               pool_timeout=pool_timeout, pool_recycle=1800)
+                               pool_timeout=pool_timeout, pool_recycle=1800,
+                               connect_args=connect_args)
 
 
 _SQLITE_TRANSIENT = ("locked", "busy", "disk I/O error", "unable to open database")
@@ -506,15 +513,16 @@ class Database:
                  pool_timeout: float = POOL_TIMEOUT_SECONDS) -> None:
         prepare_embedded_files(settings)
         default_size, default_overflow = (
-            (settings.db_pool_size, settings.db_pool_size) if settings.is_postgres
-            else SQLITE_POOL)
+            (settings.db_pool_size, settings.db_pool_size if settings.db_max_overflow is None
+             else settings.db_max_overflow) if settings.is_postgres else SQLITE_POOL)
         size = pool_size or default_size
         if max_overflow is None:
             max_overflow = default_overflow if pool_size is None else size
         # How many connections this process may hold at once (worker.py sizes its gate so).
         self.pool_capacity = size + max_overflow
         self.engine = create_engine_for(settings.resolved_database_url, pool_size=size,
-                                        max_overflow=max_overflow, pool_timeout=pool_timeout)
+                                        max_overflow=max_overflow, pool_timeout=pool_timeout,
+                                        pgbouncer=settings.db_pgbouncer)
         self.notifier = Notifier()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False,
                                            info={"notifier": self.notifier})
@@ -525,3 +533,56 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+# --- connection budget (docs/SCALING.md) ------------------------------------------------------
+
+log = logging.getLogger("enginex.db")
+
+
+class ConnectionBudgetExceeded(UnsafeConfigurationError):
+    """This process (or ``enginex serve --workers N`` with its run worker) alone could open
+    more PostgreSQL connections than the server accepts."""
+
+
+async def check_connection_budget(db: Database, settings: Settings, *, processes: int = 1,
+                                  what: str = "this process") -> int | None:
+    """Compare what ``processes`` processes with ``db``'s pool may open with the server's
+    ``max_connections`` less ``superuser_reserved_connections``. Returns that limit (None on
+    SQLite, where there is nothing to check, and through PgBouncer, whose own limits apply).
+
+    Raises ConnectionBudgetExceeded, with the numbers and how to fix it, when these processes
+    alone exceed the limit: they would fail with "too many clients" under load. Logs a warning
+    when ``ENGINEX_DB_MAX_CLIENT_CONNECTIONS`` (every EngineX process together) exceeds it.
+    """
+    if not settings.is_postgres:
+        return None
+    if settings.db_pgbouncer:
+        log.info("database through PgBouncer: the connection budget is PgBouncer's "
+                 "(default_pool_size, max_db_connections), not checked here")
+        return None
+    async with db.engine.connect() as conn:
+        max_connections = int((await conn.exec_driver_sql("SHOW max_connections")).scalar_one())
+        reserved = int((await conn.exec_driver_sql(
+            "SHOW superuser_reserved_connections")).scalar_one())
+    limit = max_connections - reserved
+    needed = processes * db.pool_capacity
+    if needed > limit:
+        raise ConnectionBudgetExceeded(
+            f"{what} may open {needed} PostgreSQL connections ({processes} x "
+            f"{db.pool_capacity}, pool size + max overflow) but the server accepts {limit} "
+            f"(max_connections {max_connections} less "
+            f"{reserved} reserved for superusers). Lower ENGINEX_DB_POOL_SIZE / "
+            "ENGINEX_DB_MAX_OVERFLOW, run fewer processes, raise max_connections, or put "
+            "PgBouncer in front (docs/SCALING.md).")
+    expected = settings.db_max_client_connections
+    if expected > limit:
+        log.warning("ENGINEX_DB_MAX_CLIENT_CONNECTIONS is %d but PostgreSQL accepts %d "
+                    "(max_connections %d less %d reserved): under load some processes will "
+                    "be refused connections. See docs/SCALING.md.", expected, limit,
+                    max_connections, reserved)
+    elif expected and needed > expected:
+        log.warning("%s may open %d connections, more than ENGINEX_DB_MAX_CLIENT_CONNECTIONS "
+                    "(%d) allows for all processes together. See docs/SCALING.md.", what,
+                    needed, expected)
+    return limit

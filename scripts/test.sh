@@ -14,6 +14,15 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# PgBouncer for tests/test_pgbouncer.py (transaction pooling in front of PostgreSQL).
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get install -y -qq pgbouncer >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq pgbouncer; }
+  else
+    echo "pgbouncer is missing: sudo apt-get install -y pgbouncer" >&2
+  fi
+fi
+
 # PostgreSQL on 127.0.0.1:5432 for the RLS tests; start the local cluster if it is down.
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then

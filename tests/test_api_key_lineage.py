@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from enginex.auth.models import ApiKey
 from enginex.db import set_tenant
@@ -173,3 +173,28 @@ def test_the_api_keys_page_shows_who_made_a_key_and_through_which_key(
     assert f"by {admin.email}" in row and "via key “ci-bot”" in row
     top = next(line for line in page.text.split("<tr>") if ">ci-bot<" in line)
     assert f"by {admin.email}" in top and "via key" not in top
+
+
+def test_the_key_guard_reads_api_keys_once_per_request_even_for_a_key_made_by_a_key(
+        server: Server, org_a: Org) -> None:
+    """Performance contract of the guard (issue 13): the key, its parent's state, its
+    creator's membership and the organization come in ONE statement after the tenant is
+    bound, so an API-key request costs what a cookie request costs."""
+    parent = create_key(org_a.admin.client, org_a, "ci-bot")
+    with api_key_client(server, parent["token"]) as bot:
+        child = create_key(bot, org_a, "minted-by-bot")
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "api_keys" in statement:
+            statements.append(statement)
+
+    engine = server.app.state.db.engine.sync_engine
+    with api_key_client(server, child["token"]) as minted:
+        assert minted.get(f"/api/v1/orgs/{org_a.slug}/members").status_code == 200  # touches
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            assert minted.get(f"/api/v1/orgs/{org_a.slug}/members").status_code == 200
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+    assert len(statements) == 1, statements

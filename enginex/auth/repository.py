@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.auth.models import ApiKey, AuthSession, LoginFailure, User
+from enginex.db import UTCDateTime
 from enginex.kit.errors import NotFound
 from enginex.tenancy.repository import ScopedRepository
 
@@ -127,37 +129,66 @@ class ApiKeyRepository(ScopedRepository[ApiKey]):
 
 @dataclass(frozen=True)
 class KeyForAuth:
-    key: ApiKey
-    creator_role: str | None  # None when the creator is no longer a member
-    creator_disabled: bool
+    """What the API-key guard needs, as plain values (no ORM entity is loaded)."""
+
+    key_id: uuid.UUID
+    role: str
+    created_by: uuid.UUID | None
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    parent_key_id: uuid.UUID | None
+    parent_found: bool  # False when parent_key_id names no key (or there is no parent)
+    parent_revoked_at: datetime | None
+    parent_expires_at: datetime | None
     org_slug: str
     org_status: str
+    creator_role: str | None  # None when the creator is no longer a member
+    creator_disabled: bool
+
+
+# Constant SQL through ``text()`` like the cookie guard (tenancy/platform.py): no ORM entity
+# loading, no statement walk by the ORM tenant guard. The tenant filter is explicit
+# (``k.tenant_id = :tenant``, and the joins stay on that tenant) and, on PostgreSQL, row-level
+# security applies too: the session is bound to the tenant before this runs.
+_KEY_FOR_AUTH = sa.text(
+    "SELECT k.id, k.role, k.created_by, k.expires_at, k.last_used_at, k.revoked_at, "
+    "k.parent_key_id, p.id IS NOT NULL AS parent_found, p.revoked_at AS parent_revoked_at, "
+    "p.expires_at AS parent_expires_at, o.slug, o.status, m.role AS creator_role, "
+    "COALESCE(u.disabled, false) AS creator_disabled "
+    "FROM api_keys k JOIN organizations o ON o.id = k.tenant_id "
+    "LEFT JOIN api_keys p ON p.tenant_id = k.tenant_id AND p.id = k.parent_key_id "
+    "LEFT JOIN memberships m ON m.tenant_id = k.tenant_id AND m.user_id = k.created_by "
+    "LEFT JOIN users u ON u.id = k.created_by "
+    "WHERE k.tenant_id = :tenant AND k.token_digest = :digest"
+).bindparams(sa.bindparam("tenant", type_=sa.Uuid()),
+             sa.bindparam("digest", type_=sa.LargeBinary())
+             ).columns(
+    sa.column("id", sa.Uuid()), sa.column("role", sa.String()),
+    sa.column("created_by", sa.Uuid()), sa.column("expires_at", UTCDateTime()),
+    sa.column("last_used_at", UTCDateTime()), sa.column("revoked_at", UTCDateTime()),
+    sa.column("parent_key_id", sa.Uuid()), sa.column("parent_found", sa.Boolean()),
+    sa.column("parent_revoked_at", UTCDateTime()), sa.column("parent_expires_at", UTCDateTime()),
+    sa.column("slug", sa.String()), sa.column("status", sa.String()),
+    sa.column("creator_role", sa.String()), sa.column("creator_disabled", sa.Boolean()))
 
 
 async def get_api_key_for_auth(db: AsyncSession, tenant_id: uuid.UUID, digest: bytes
                                ) -> KeyForAuth | None:
-    """Kernel-only, one statement: the key, its creator's current role and state, and its
-    organization. The session must already be bound to ``tenant_id``."""
-    from enginex.orgs.models import Membership, Organization
-
-    stmt = (select(ApiKey, Membership.role, User.disabled, Organization.slug,
-                   Organization.status)
-            .join(Organization, Organization.id == ApiKey.tenant_id)
-            .outerjoin(Membership, (Membership.tenant_id == ApiKey.tenant_id)
-                       & (Membership.user_id == ApiKey.created_by))
-            .outerjoin(User, User.id == ApiKey.created_by)
-            .where(ApiKey.tenant_id == tenant_id, ApiKey.token_digest == digest))
-    row = (await db.execute(stmt)).first()
+    """Kernel-only, one statement: the key with ``digest`` in organization ``tenant_id``, its
+    parent key's state, its creator's current role and state, and its organization. None
+    when that organization has no such key. The session must already be bound to
+    ``tenant_id`` (set_tenant), in the same transaction."""
+    row = (await db.execute(_KEY_FOR_AUTH, {"tenant": tenant_id, "digest": digest})).first()
     if row is None:
         return None
-    return KeyForAuth(row[0], row[1], bool(row[2]), row[3], row[4])
+    return KeyForAuth(*row[:13], bool(row[13]))
 
 
-async def get_parent_key_state(db: AsyncSession, tenant_id: uuid.UUID, parent_id: uuid.UUID
-                               ) -> tuple[datetime | None, datetime | None] | None:
-    """Kernel-only: ``(revoked_at, expires_at)`` of key ``parent_id`` (a primary-key read),
-    None when there is no such key. The session must already be bound to ``tenant_id``."""
-    stmt = select(ApiKey.revoked_at, ApiKey.expires_at).where(ApiKey.tenant_id == tenant_id,
-                                                              ApiKey.id == parent_id)
-    row = (await db.execute(stmt)).first()
-    return (row[0], row[1]) if row else None
+async def touch_api_key(db: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUID,
+                        now: datetime) -> None:
+    """Record that key ``key_id`` of ``tenant_id`` was used at ``now`` (tenant-guarded)."""
+    await db.execute(update(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id)
+                     .values(last_used_at=now))
+
+

@@ -307,33 +307,36 @@ class OrgAccess:
     role: Role | None  # None: not a member (for API keys: the key belongs to another org)
 
 
-def _parent_alive(state: tuple[datetime | None, datetime | None] | None,
-                  now: datetime) -> bool:
-    if state is None:
+def _parent_alive(found: repo.KeyForAuth, now: datetime) -> bool:
+    if not found.parent_found:
         return False
-    revoked_at, expires_at = state
-    return revoked_at is None and (expires_at is None or expires_at > now)
+    expires_at = found.parent_expires_at
+    return found.parent_revoked_at is None and (expires_at is None or expires_at > now)
 
 
 async def _authenticate_api_key(db: AsyncSession, token: str,
                                 slug: str | None = None) -> tuple[ApiKeyPrincipal, OrgAccess]:
+    """Checks an API key: one statement (key, parent key, creator's membership, organization)
+    after binding ``db`` to the organization the key names, in the same transaction.
+
+    Raises Unauthenticated for a malformed, unknown, revoked or expired key, a key whose
+    parent key was revoked or expired, and a key whose creator left or was disabled. The
+    OrgAccess role is None when ``slug`` names another organization than the key's."""
     tenant_id = parse_api_key(token)
     if tenant_id is None:
         raise Unauthenticated("This API key is malformed. Copy the whole key, starting 'enx_'.")
     await set_tenant(db, tenant_id)
     found = await repo.get_api_key_for_auth(db, tenant_id, token_digest(token))
     now = utcnow()
-    if found is None or found.key.revoked_at is not None:
+    if found is None or found.revoked_at is not None:
         raise Unauthenticated("This API key is not valid (wrong, revoked or deleted). "
                               "Create a new key in the organization's settings.")
-    key = found.key
-    if key.expires_at is not None and key.expires_at <= now:
+    if found.expires_at is not None and found.expires_at <= now:
         raise Unauthenticated("This API key has expired. Create a new key.", code="key_expired")
     # Revocation cascades to descendants and a child's expiry is capped at its parent's when
     # they are written, so the key's own columns already say it all. Defence in depth for
-    # keys made by keys only: one primary-key read of the parent (never an ancestor walk).
-    if key.parent_key_id is not None and not _parent_alive(
-            await repo.get_parent_key_state(db, tenant_id, key.parent_key_id), now):
+    # keys made by keys only: the parent's state comes with the key (never an ancestor walk).
+    if found.parent_key_id is not None and not _parent_alive(found, now):
         raise Unauthenticated("The API key that created this key was revoked or has expired, "
                               "so this key stopped working too. Create a new key.",
                               code="key_parent_gone")
@@ -344,13 +347,13 @@ async def _authenticate_api_key(db: AsyncSession, token: str,
                               "this organization, so the key stopped working. Ask an admin "
                               "for a new key.", code="key_creator_gone")
     creator = Role(found.creator_role)
-    role = Role(key.role) if can_grant(creator, Role(key.role)) else creator
-    if key.last_used_at is None or now - key.last_used_at > TOUCH_INTERVAL:
-        key.last_used_at = now
-    principal = ApiKeyPrincipal(key_id=key.id, tenant_id=key.tenant_id, role=role,
-                                created_by=key.created_by)
+    role = Role(found.role) if can_grant(creator, Role(found.role)) else creator
+    if found.last_used_at is None or now - found.last_used_at > TOUCH_INTERVAL:
+        await repo.touch_api_key(db, tenant_id, found.key_id, now)
+    principal = ApiKeyPrincipal(key_id=found.key_id, tenant_id=tenant_id, role=role,
+                                created_by=found.created_by)
     same_org = slug is None or slug.lower() == found.org_slug
-    return principal, OrgAccess(key.tenant_id, found.org_slug, found.org_status,
+    return principal, OrgAccess(tenant_id, found.org_slug, found.org_status,
                                 role if same_org else None)
 
 
