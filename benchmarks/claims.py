@@ -61,10 +61,9 @@ class ClaimCounter:
 
 
 async def make_idle_tenants(db: Database, count: int) -> None:
-    for start in range(0, count, 100):
+    for i in range(count):  # one organization per session: a session is bound to one tenant
         async with db.sessions() as session:
-            for i in range(start, min(start + 100, count)):
-                await create_organization(session, slug=f"idle-{i}", name=f"Idle {i}")
+            await create_organization(session, slug=f"idle-{i}", name=f"Idle {i}")
             await session.commit()
 
 
