@@ -1,7 +1,7 @@
 """Claiming runs fairly across tenants, and expiring approvals: the platform-wide parts of
 the engine.
 
-On PostgreSQL both go through SECURITY DEFINER functions (migration 0002): they see every
+On PostgreSQL both go through SECURITY DEFINER functions (migrations 0002 and 0013): they see every
 tenant's runs but return only ids; claims are serialised by a transaction-level advisory lock
 (held until the caller commits), so the per-tenant limit and the round robin hold across
 concurrent workers. On SQLite the same logic runs here inside one ``BEGIN IMMEDIATE``
@@ -12,6 +12,10 @@ Fairness: among active (not suspended) tenants with a claimable run and fewer th
 robin); within a tenant, the oldest claimable run. A claimable run is ``queued``, or
 ``running`` with no live lease (between steps, or its worker died). A suspended tenant's runs
 wait, untouched, until it is reactivated.
+
+Batches: ``claim_runs`` leases up to ``max_runs`` runs in one serialised claim (a worker's
+claimer asks for as many as it has free slots), in rounds of one run per eligible tenant, so
+the limit and the round robin hold within a batch. ``claim_next`` is a batch of one.
 """
 
 from __future__ import annotations

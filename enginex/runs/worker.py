@@ -4,6 +4,12 @@ The same Worker runs embedded in ``enginex serve`` (in-process, the embedded def
 ``enginex worker`` processes (production). After every committed step the lease is released,
 so the scheduler's fair choice is made again for the next step.
 
+Claiming: one claimer task per worker fills all its free slots with one batch claim
+(``scheduler.claim_runs``), then waits for a wake-up (``db.Notifier``: a run queued in this
+process, or PostgreSQL NOTIFY relayed by ``_listen``), a slot freed by a finished step, or the
+poll interval. Idle slots therefore cost one claim per poll per worker, not one per slot, and
+slots never queue on the platform-wide claim lock against each other.
+
 Every worker also keeps a row in the global ``workers`` table fresh (name, start, last beat,
 slots, steps committed) for the platform admin's health panel; a clean stop removes it.
 
