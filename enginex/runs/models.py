@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKeyConstraint, Index, String
+from sqlalchemy import JSON, ForeignKeyConstraint, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from enginex.db import Base, TenantOwned
@@ -54,6 +54,10 @@ class Run(TenantOwned, Base):
         Index("ix_runs_tenant_id_status_queued_at", "tenant_id", "status", "queued_at"),
         Index("ix_runs_tenant_id_agent_key_created_at_id", "tenant_id", "agent_key", "created_at",
               "id"),
+        # Queued and running runs only: the claim's skip scan over active tenants (0013).
+        Index("ix_runs_active_tenant_id", "tenant_id",
+              postgresql_where=text("status IN ('queued', 'running')"),
+              sqlite_where=text("status IN ('queued', 'running')")),
     )
 
 

@@ -1,7 +1,7 @@
 """Claiming runs fairly across tenants, and expiring approvals: the platform-wide parts of
 the engine.
 
-On PostgreSQL both go through SECURITY DEFINER functions (migration 0002): they see every
+On PostgreSQL both go through SECURITY DEFINER functions (migrations 0002 and 0013): they see every
 tenant's runs but return only ids; claims are serialised by a transaction-level advisory lock
 (held until the caller commits), so the per-tenant limit and the round robin hold across
 concurrent workers. On SQLite the same logic runs here inside one ``BEGIN IMMEDIATE``
@@ -12,6 +12,10 @@ Fairness: among active (not suspended) tenants with a claimable run and fewer th
 robin); within a tenant, the oldest claimable run. A claimable run is ``queued``, or
 ``running`` with no live lease (between steps, or its worker died). A suspended tenant's runs
 wait, untouched, until it is reactivated.
+
+Batches: ``claim_runs`` leases up to ``max_runs`` runs in one serialised claim (a worker's
+claimer asks for as many as it has free slots), in rounds of one run per eligible tenant, so
+the limit and the round robin hold within a batch. ``claim_next`` is a batch of one.
 """
 
 from __future__ import annotations
@@ -47,12 +51,29 @@ def _uuid(value: object) -> uuid.UUID:
 async def claim_next(db: AsyncSession, *, worker: str, lease_seconds: int,
                      tenant_limit: int) -> Claim | None:
     """Lease the next run to ``worker``; the caller commits. None when nothing is runnable."""
+    claims = await claim_runs(db, worker=worker, lease_seconds=lease_seconds,
+                              tenant_limit=tenant_limit, max_runs=1)
+    return claims[0] if claims else None
+
+
+async def claim_runs(db: AsyncSession, *, worker: str, lease_seconds: int, tenant_limit: int,
+                     max_runs: int) -> list[Claim]:
+    """Lease up to ``max_runs`` runs to ``worker`` in one serialised claim; the caller commits.
+
+    The batch is made in rounds: each round gives every eligible tenant (served longest ago
+    first) its oldest claimable run, so a batch alternates between tenants and no tenant gets
+    more than ``tenant_limit`` live leases. Empty when nothing is runnable. The result is in
+    claim order.
+    """
+    if max_runs < 1:
+        return []
     if db.get_bind().dialect.name == "postgresql":
-        row = (await db.execute(text("SELECT tenant_id, run_id FROM enginex_claim_run(:w, :l, :t)"),
-                                {"w": worker, "l": lease_seconds, "t": tenant_limit})).first()
-        return Claim(_uuid(row[0]), _uuid(row[1])) if row else None
+        rows = (await db.execute(text(
+            "SELECT tenant_id, run_id FROM enginex_claim_runs(:w, :l, :t, :n)"),
+            {"w": worker, "l": lease_seconds, "t": tenant_limit, "n": max_runs})).all()
+        return [Claim(_uuid(tenant), _uuid(run)) for tenant, run in rows]
     return await _claim_sqlite(db, worker=worker, lease_seconds=lease_seconds,
-                               tenant_limit=tenant_limit)
+                               tenant_limit=tenant_limit, max_runs=max_runs)
 
 
 async def _now_in_transaction(db: AsyncSession) -> datetime:
@@ -63,11 +84,24 @@ async def _now_in_transaction(db: AsyncSession) -> datetime:
     return utcnow()
 
 
-# The same queries as enginex_claim_run (migration 0002): tenants are tested with index probes
-# on runs (tenant_id, status, queued_at), so a claim costs O(tenants), not O(queued runs).
+# The same queries as enginex_claim_runs (migration 0013). Candidate tenants come from the
+# partial index ix_runs_active_tenant_id (runs that are queued or running) by a skip scan, one
+# probe per tenant with active runs: an empty claim is one probe, whatever the number of
+# tenants, and a claim costs O(active tenants), not O(tenants) nor O(queued runs). SQLite's
+# planner would rather range-scan the wider (tenant_id, status, queued_at) index, finished runs
+# included: INDEXED BY pins the partial one.
 _RESUMABLE = ("status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < :now)")
 _SQLITE_TENANTS = f"""
-    SELECT o.id FROM organizations o
+    WITH RECURSIVE active(tenant_id) AS (
+        SELECT (SELECT tenant_id FROM runs INDEXED BY ix_runs_active_tenant_id
+                WHERE status IN ('queued', 'running') ORDER BY tenant_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT r.tenant_id FROM runs r INDEXED BY ix_runs_active_tenant_id
+                WHERE r.status IN ('queued', 'running') AND r.tenant_id > active.tenant_id
+                ORDER BY r.tenant_id LIMIT 1)
+        FROM active WHERE active.tenant_id IS NOT NULL)
+    SELECT o.id FROM active
+    JOIN organizations o ON o.id = active.tenant_id
     LEFT JOIN run_queue_state q ON q.tenant_id = o.id
     WHERE o.status = 'active'
       AND (EXISTS (SELECT 1 FROM runs r WHERE r.tenant_id = o.id AND r.status = 'queued')
@@ -88,26 +122,33 @@ _SQLITE_OLDEST = f"""
 
 
 async def _claim_sqlite(db: AsyncSession, *, worker: str, lease_seconds: int,
-                        tenant_limit: int) -> Claim | None:
+                        tenant_limit: int, max_runs: int) -> list[Claim]:
     now = await _now_in_transaction(db)
-    tenants = (await db.execute(_sql(_SQLITE_TENANTS),
-                                {"now": now, "limit": tenant_limit})).scalars().all()
-    for tenant in tenants:
-        run_id = (await db.execute(_sql(_SQLITE_OLDEST), {"t": tenant, "now": now})).scalar()
-        if run_id is None:
-            continue
-        await db.execute(_sql(
-            "UPDATE runs SET lease_owner = :w, lease_expires_at = :exp, attempts = attempts + 1, "
-            "status = 'running', started_at = COALESCE(started_at, :now) "
-            "WHERE tenant_id = :t AND id = :r"),
-            {"w": worker, "exp": now + timedelta(seconds=lease_seconds), "now": now,
-             "t": tenant, "r": run_id})
-        await db.execute(_sql(
-            "INSERT INTO run_queue_state (tenant_id, last_claimed_at) VALUES (:t, :now) "
-            "ON CONFLICT (tenant_id) DO UPDATE SET last_claimed_at = excluded.last_claimed_at"),
-            {"t": tenant, "now": now})
-        return Claim(_uuid(tenant), _uuid(run_id))
-    return None
+    claims: list[Claim] = []
+    while True:  # rounds: one run per eligible tenant each
+        tenants = (await db.execute(_sql(_SQLITE_TENANTS),
+                                    {"now": now, "limit": tenant_limit})).scalars().all()
+        claimed_before = len(claims)
+        for tenant in tenants:
+            run_id = (await db.execute(_sql(_SQLITE_OLDEST), {"t": tenant, "now": now})).scalar()
+            if run_id is None:
+                continue
+            await db.execute(_sql(
+                "UPDATE runs SET lease_owner = :w, lease_expires_at = :exp, "
+                "attempts = attempts + 1, status = 'running', "
+                "started_at = COALESCE(started_at, :now) WHERE tenant_id = :t AND id = :r"),
+                {"w": worker, "exp": now + timedelta(seconds=lease_seconds), "now": now,
+                 "t": tenant, "r": run_id})
+            # Served times one microsecond apart keep this batch's order for the next claim.
+            await db.execute(_sql(
+                "INSERT INTO run_queue_state (tenant_id, last_claimed_at) VALUES (:t, :now) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET last_claimed_at = excluded.last_claimed_at"),
+                {"t": tenant, "now": now + timedelta(microseconds=len(claims))})
+            claims.append(Claim(_uuid(tenant), _uuid(run_id)))
+            if len(claims) >= max_runs:
+                return claims
+        if len(claims) == claimed_before:
+            return claims
 
 
 async def expire_approvals(db: AsyncSession) -> int:

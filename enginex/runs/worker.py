@@ -4,6 +4,12 @@ The same Worker runs embedded in ``enginex serve`` (in-process, the embedded def
 ``enginex worker`` processes (production). After every committed step the lease is released,
 so the scheduler's fair choice is made again for the next step.
 
+Claiming: one claimer task per worker fills all its free slots with one batch claim
+(``scheduler.claim_runs``), then waits for a wake-up (``db.Notifier``: a run queued in this
+process, or PostgreSQL NOTIFY relayed by ``_listen``), a slot freed by a finished step, or the
+poll interval. Idle slots therefore cost one claim per poll per worker, not one per slot, and
+slots never queue on the platform-wide claim lock against each other.
+
 Every worker also keeps a row in the global ``workers`` table fresh (name, start, last beat,
 slots, steps committed) for the platform admin's health panel; a clean stop removes it.
 
@@ -40,7 +46,7 @@ from enginex.reports.sweeper import DEFAULT_OLDER_THAN, sweep_orphans
 from enginex.runs.engine import EngineDeps, StepInterrupted, execute_step, release_interrupted
 from enginex.runs.models import WORKER_HEARTBEAT_SECONDS, WorkerPresence
 from enginex.runs.repository import RunRepository
-from enginex.runs.scheduler import Claim, claim_next, expire_approvals
+from enginex.runs.scheduler import Claim, claim_runs, expire_approvals
 from enginex.runs.service import RUN_CHANNEL
 from enginex.tenancy.context import system_context
 
@@ -77,14 +83,17 @@ class Worker:
         self.report_sweep_seconds = report_sweep_seconds
         self.report_orphan_age = report_orphan_age
         self._stop = asyncio.Event()
+        # Slots are tasks, one per claimed step; the claimer starts them (see _claimer).
+        self._busy: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self.claims_made = 0  # claim transactions issued (for tests and benchmarks)
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
         """Run until ``stop()``; cancellation-safe (a cancelled step just loses its lease)."""
-        tasks = [asyncio.create_task(self._slot(), name=f"worker-slot-{i}")
-                 for i in range(self.slots)]
+        tasks = [asyncio.create_task(self._claimer(), name="worker-claimer")]
         tasks.append(asyncio.create_task(self._sweeper(), name="worker-sweeper"))
         tasks.append(asyncio.create_task(self._presence(), name="worker-presence"))
         tasks.append(asyncio.create_task(self._report_sweeper(), name="worker-report-sweeper"))
@@ -93,57 +102,95 @@ class Worker:
         try:
             await self._stop.wait()
         finally:
-            for task in [*tasks, *self._releases]:
+            for task in [*tasks, *self._busy, *self._releases]:
                 task.cancel()
+            tasks.extend(self._busy)
             tasks.extend(self._releases)
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._leave()
 
-    async def _slot(self) -> None:
-        # One wake-up event per slot, cleared BEFORE claiming: a wake-up that arrives while
-        # the claim runs (a run queued just after the claim's snapshot) is not lost.
+    async def _claimer(self) -> None:
+        """The worker's one claimer: fill every free slot with one batch claim, then wait for a
+        wake-up (a run queued here or, on PostgreSQL, NOTIFY from any process), a slot freed
+        by a finished step, or the poll interval, whichever comes first.
+
+        Events are cleared BEFORE claiming: a wake-up that arrives while the claim runs (a run
+        queued just after the claim's snapshot) is not lost. A full batch is followed by the
+        next claim as soon as a slot frees; a short batch means nothing else is claimable now.
+        """
         wake = self.db.notifier.waiter()
         try:
             while not self._stop.is_set():
+                free = self.slots - len(self._busy)
+                if free <= 0:
+                    await self._slot_freed.wait()
+                    self._slot_freed.clear()
+                    continue
                 wake.clear()
+                self._slot_freed.clear()
                 try:
-                    claim = await self._claim()
+                    claims = await self._claim(free)
                 except Exception as exc:
                     if is_transient_db_error(exc):
                         log.warning("claim failed: database unavailable (%s)",
                                     type(exc).__name__)
                     else:
                         log.exception("claim failed")
-                    claim = None
-                if claim is None:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), timeout=self.poll_seconds)
-                    continue
-                try:
-                    interrupted = await self._execute(claim)
-                except Exception:  # never let one bad step end this slot
-                    log.exception("step of run %s failed unexpectedly", claim.run_id)
-                    interrupted = False
-                if interrupted:  # the database is struggling: do not claim again at once
-                    with contextlib.suppress(TimeoutError):
+                    with contextlib.suppress(TimeoutError):  # not again at once
                         await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)
+                    continue
+                for claim in claims:
+                    task = asyncio.create_task(self._slot(claim),
+                                               name=f"worker-step-{claim.run_id}")
+                    self._busy.add(task)
+                if len(claims) < free:
+                    await self._wait_for_work(wake)
         finally:
             self.db.notifier.discard(wake)
 
-    async def _claim(self) -> Claim | None:
+    async def _wait_for_work(self, wake: asyncio.Event) -> None:
+        """Until a wake-up, a freed slot, ``stop()`` or the poll interval."""
+        waits = [asyncio.ensure_future(event.wait())
+                 for event in (wake, self._slot_freed, self._stop)]
+        try:
+            await asyncio.wait(waits, timeout=self.poll_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    async def _slot(self, claim: Claim) -> None:
+        """Execute one claimed step in a slot; the slot frees when it ends (after a pause of
+        one poll interval when the database interrupted the step)."""
+        try:
+            try:
+                interrupted = await self._execute(claim)
+            except Exception:  # never let one bad step take the slot down
+                log.exception("step of run %s failed unexpectedly", claim.run_id)
+                interrupted = False
+            if interrupted:  # the database is struggling: do not claim again at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._busy.discard(task)
+            self._slot_freed.set()
+
+    async def _claim(self, free: int) -> list[Claim]:
         async with self.sessions() as session:
-            claim = await claim_next(session, worker=self.name,
-                                     lease_seconds=self.deps.lease_seconds,
-                                     tenant_limit=self.tenant_limit)
+            claims = await claim_runs(session, worker=self.name,
+                                      lease_seconds=self.deps.lease_seconds,
+                                      tenant_limit=self.tenant_limit, max_runs=free)
             await session.commit()
-            return claim
+            self.claims_made += 1
+            return claims
 
     async def _execute(self, claim: Claim) -> bool:
         """Execute one step of ``claim``; True when the database interrupted it."""
         heartbeat = asyncio.create_task(self._heartbeat(claim))
         try:
-            # No wake-up after a commit: this slot claims again at once, and the step freed no
-            # run but its own (waking the idle slots would only cost each a failed claim).
+            # No wake-up after a commit: the freed slot makes the claimer claim again at once.
             if await execute_step(self.deps, claim.tenant_id, claim.run_id, self.name):
                 self.steps_committed += 1
         except StepInterrupted as interrupted:
