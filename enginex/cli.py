@@ -35,15 +35,18 @@ def plain_text(doc: str | None) -> str:
 
 
 def command_name() -> str:
-    """How the user can run this command again, for hints: ``enginex`` when the shell's PATH
-    finds this very script, else its path as typed or relative to the working directory
-    (``.venv/bin/enginex`` after ``make start``, where the virtualenv is not activated)."""
+    """How the user can run this command again, for hints: ``uv run enginex`` when started by
+    ``uv run`` (uv sets ``UV`` for what it starts), ``enginex`` when the shell's PATH finds this
+    very script, else its path relative to the working directory (``.venv/bin/enginex`` after
+    ``make start``, where the virtualenv is not activated)."""
     import os
     import shutil
 
     script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if os.path.basename(script) != "enginex":
         return "enginex"  # imported (tests, python -c): no better answer than the name
+    if os.environ.get("UV"):
+        return "uv run enginex"
     on_path = shutil.which("enginex")
     if on_path and os.path.samefile(on_path, script):
         return "enginex"

@@ -82,9 +82,13 @@ def test_hints_name_the_command_the_user_can_run(tmp_path: Path) -> None:
     env = _env() | {"ENGINEX_DATA_DIR": str(tmp_path),
                     "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
                                             if Path(p) != ENGINEX.parent)}
-    env.pop("ENGINEX_API_KEY", None)
+    env.pop("UV", None)  # set when the tests run under `uv run`: the hint would say so
     done = subprocess.run([os.path.relpath(ENGINEX, project), "sessions", "list", "--org",
                            "acme"], cwd=project, capture_output=True, text=True, env=env,
                           timeout=120, check=False)
     assert done.returncode == 2, done.stderr
     assert f"`{os.path.relpath(ENGINEX, project)} api-keys create --org acme" in done.stderr
+    under_uv = subprocess.run([os.path.relpath(ENGINEX, project), "sessions", "list", "--org",
+                               "acme"], cwd=project, capture_output=True, text=True,
+                              env=env | {"UV": "/usr/local/bin/uv"}, timeout=120, check=False)
+    assert "`uv run enginex api-keys create --org acme" in under_uv.stderr
