@@ -71,3 +71,26 @@ def test_the_credential_form_reports_every_invalid_field_at_once(org_a: Org) -> 
         "type": "basic_auth", "name": "ldap", "value.username": "u",
         "value.password": "pw-kept-secret", "allowed_hosts": "ldap.example.com"})
     assert fixed.status_code == 303, fixed.text
+
+
+DESTRUCTIVE = ("Delete", "Revoke", "Remove", "Suspend", "Cancel")
+
+
+def test_red_marks_destructive_controls_only() -> None:
+    """Every control drawn in danger red (``class="danger"``, ``details.confirm``) says that
+    it deletes, revokes, removes, suspends or cancels; a harmless choice is never red."""
+    from pathlib import Path
+
+    import enginex.web
+
+    templates = Path(enginex.web.__file__).parent / "templates"
+    red = re.compile(r'<details class="confirm"[^>]*>\s*<summary>(?P<summary>[^<]*)<'
+                     r'|class="(?:button )?danger"[^>]*>(?P<label>[^<]*)<'
+                     r"|'danger' if")
+    found = []
+    for path in sorted(templates.rglob("*.html")):
+        for match in red.finditer(path.read_text()):
+            text = (match.group("summary") or match.group("label") or match.group(0)).strip()
+            found.append(text)
+            assert text.startswith(DESTRUCTIVE), f"{path.name}: red control '{text}'"
+    assert len(found) >= 10  # the pattern still matches the templates
