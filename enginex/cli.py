@@ -175,8 +175,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         upgrade(settings)
     elif args.demo:
         raise CliError("--demo seeds the embedded SQLite database only; on PostgreSQL run "
-                       f"`{command_name()} migrate` and `{command_name()} demo` once, then "
-                       f"`{command_name()} serve`")
+                       "`enginex migrate` and `enginex demo` once, then `enginex serve`")
     check_master_key(settings)  # a wrong or lost master key: a clear error, not corruption
     if args.demo:
         _print_demo(asyncio.run(_seed_demo(settings)), settings)
