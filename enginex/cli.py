@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
+# Startup time: `enginex --help` and the API-client commands must not load the web framework,
+# the ORM or the LLM/MCP clients (~2.9 s). Only the standard library is imported here; each
+# command imports what it needs, and tests/test_cli_startup.py checks that this stays so.
 import argparse
 import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
-from enginex.config import Settings, UnsafeConfigurationError, get_settings
-from enginex.db import Database, set_tenant
-from enginex.kit.crypto import MasterKeyError, generate_master_key
-from enginex.kit.errors import AppError
-from enginex.tenancy.context import system_context
-from enginex.tenancy.scopes import Role
+    from enginex.config import Settings
 
 DEMO_PASSWORD = "enginex-demo-pass"  # noqa: S105 - published demo credential
 DEMO_TENANTS = [("acme", "Acme Corp"), ("beta", "Beta Inc")]
@@ -30,6 +28,32 @@ DEMO_PLATFORM_ADMIN = "platform@enginex.test"
 
 class CliError(Exception):
     """A problem the user can fix; printed without a traceback, exit status 2."""
+
+
+def plain_text(doc: str | None) -> str:
+    """A docstring as ``--help`` text: reStructuredText literals (double backticks) become
+    single backticks, which read as a command in a terminal."""
+    return re.sub(r"``(.+?)``", r"`\1`", doc or "")
+
+
+def command_name() -> str:
+    """How the user can run this command again, for hints: ``uv run enginex`` when started by
+    ``uv run`` (uv sets ``UV`` for what it starts), ``enginex`` when the shell's PATH finds this
+    very script, else its path relative to the working directory (``.venv/bin/enginex`` after
+    ``make start``, where the virtualenv is not activated)."""
+    import os
+    import shutil
+
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.basename(script) != "enginex":
+        return "enginex"  # imported (tests, python -c): no better answer than the name
+    if os.environ.get("UV"):
+        return "uv run enginex"
+    on_path = shutil.which("enginex")
+    if on_path and os.path.samefile(on_path, script):
+        return "enginex"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else script
 
 
 def _read_password(flag: bool, name: str = "--password-stdin") -> str:
@@ -43,6 +67,8 @@ def _read_password(flag: bool, name: str = "--password-stdin") -> str:
 
 async def _in_transaction(settings: Settings,
                           work: Callable[[AsyncSession], Awaitable[Any]]) -> Any:
+    from enginex.db import Database
+
     db = Database(settings)
     try:
         async with db.sessions() as session, session.begin():
@@ -53,8 +79,11 @@ async def _in_transaction(settings: Settings,
 
 async def create_tenant(session: AsyncSession, *, slug: str, name: str, admin_email: str,
                         admin_password: str | None) -> dict[str, str]:
+    from enginex.db import set_tenant
     from enginex.orgs import repository as org_repo
     from enginex.orgs import service as org_service
+    from enginex.tenancy.context import system_context
+    from enginex.tenancy.scopes import Role
 
     org = await org_repo.get_org_by_slug(session, slug)
     if org is None:
@@ -82,7 +111,7 @@ def _check_demo_target(settings: Settings, *, not_production: bool) -> None:
                        "README, and ENGINEX_DATABASE_URL points at PostgreSQL, which is how "
                        "production runs. If this database is not production, run it again "
                        f"with {NOT_PRODUCTION_FLAG} (the platform admin is then not created; "
-                       "make one with `enginex admin create`).")
+                       f"make one with `{command_name()} admin create`).")
 
 
 async def _seed_demo(settings: Settings) -> list[tuple[str, str, str]]:
@@ -90,6 +119,8 @@ async def _seed_demo(settings: Settings) -> list[tuple[str, str, str]]:
     created on the embedded SQLite database only, never on PostgreSQL."""
     from enginex.demo import deploy_demo_agent, seed_demo_skill
     from enginex.orgs import service as org_service
+    from enginex.tenancy.context import system_context
+    from enginex.tenancy.scopes import Role
 
     logins: list[tuple[str, str, str]] = []
     for slug, name in DEMO_TENANTS:
@@ -126,11 +157,11 @@ def _print_demo(logins: list[tuple[str, str, str]], settings: Settings) -> None:
         print(f"  {email:<26} {org:<12} {role}")
     if settings.is_postgres:
         print(f"No platform admin {DEMO_PLATFORM_ADMIN} on PostgreSQL (its password would be "
-              "the published one): create one with `enginex admin create`.")
+              f"the published one): create one with `{command_name()} admin create`.")
     from enginex.demo import demo_instructions
     slug = DEMO_TENANTS[0][0]
     print("\n".join(["", *demo_instructions(settings.base_url, slug, f"admin@{slug}.test",
-                                             DEMO_PASSWORD)]))
+                                             DEMO_PASSWORD, command=command_name())]))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
@@ -172,7 +203,7 @@ SERVE_HEALTHCHECK_SECONDS = 60
 
 def _check_connection_budget(settings: Settings, processes: int, what: str) -> None:
     """Refuse to start processes whose pools alone exceed PostgreSQL's connections."""
-    from enginex.db import check_connection_budget
+    from enginex.db import Database, check_connection_budget
 
     async def work() -> None:
         db = Database(settings)
@@ -324,8 +355,6 @@ def _migrate_embedded(settings: Settings) -> None:
 
 
 def _validate_slug(slug: str) -> None:
-    import re
-
     from enginex.kit.schemas import RESERVED_SLUGS, SLUG_PATTERN
     if not re.match(SLUG_PATTERN, slug) or slug in RESERVED_SLUGS:
         raise CliError("--slug must be 1-40 lowercase letters, digits or dashes (not starting "
@@ -360,6 +389,7 @@ def cmd_reports_sweep(args: argparse.Namespace, settings: Settings) -> None:
     """Remove orphaned report files once (what every worker does every 10 minutes)."""
     from datetime import timedelta
 
+    from enginex.db import Database
     from enginex.reports.storage import ArtifactStorage
     from enginex.reports.sweeper import sweep_orphans
 
@@ -382,6 +412,8 @@ def cmd_reports_sweep(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> None:
+    from enginex.kit.crypto import generate_master_key
+
     print(generate_master_key())
 
 
@@ -391,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     from enginex.client_cli import add_client_commands
     from enginex.credentials.cli import add_keys_commands, add_tenant_commands
 
-    parser = argparse.ArgumentParser(prog="enginex", description=__doc__)
+    parser = argparse.ArgumentParser(prog="enginex", description=plain_text(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the API and dashboard")
@@ -452,10 +484,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # httpx imports its own command line (click, rich, pygments: ~0.5 s) when those happen to be
+    # installed; this process never uses it, and a None entry makes httpx skip it.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # noise per command
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per client request
+    from pydantic import ValidationError
+
+    from enginex.config import get_settings
+
     try:
         settings = get_settings()
     except ValidationError as exc:
@@ -465,14 +504,36 @@ def main(argv: list[str] | None = None) -> None:
         if args.func is not cmd_keys_generate:  # generating a key must work before one is set
             settings.check_safe()
         args.func(args, settings)
-    except (CliError, UnsafeConfigurationError, MasterKeyError) as exc:
-        _fail(str(exc))
-    except AppError as exc:
-        _fail(exc.message)
-    except DBAPIError as exc:
+    except Exception as exc:
+        message = _problem_for_people(exc)
+        if message is None:
+            raise
+        _fail(message)
+
+
+def _problem_for_people(exc: Exception) -> str | None:
+    """The message for an error the user can fix, or None for a bug (shown with its traceback).
+
+    The error classes are looked up in ``sys.modules`` rather than imported: a command that
+    never loaded the ORM (every API-client command) cannot have raised one of its errors, and
+    importing it only to compare would cost the start-up time the lazy imports saved.
+    """
+    from enginex.config import UnsafeConfigurationError
+
+    if isinstance(exc, CliError | UnsafeConfigurationError):
+        return str(exc)
+    crypto, errors, sa_exc = (sys.modules.get(name) for name in
+                              ("enginex.kit.crypto", "enginex.kit.errors", "sqlalchemy.exc"))
+    if crypto is not None and isinstance(exc, crypto.MasterKeyError):
+        return str(exc)
+    if errors is not None and isinstance(exc, errors.AppError):
+        return exc.message
+    if sa_exc is not None and isinstance(exc, sa_exc.DBAPIError):
         problem = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        _fail(f"database error: {problem}. Check ENGINEX_DATABASE_URL (and "
-              "ENGINEX_MIGRATION_DATABASE_URL); if the schema is missing, run `enginex migrate`.")
+        return (f"database error: {problem}. Check ENGINEX_DATABASE_URL (and "
+                "ENGINEX_MIGRATION_DATABASE_URL); if the schema is missing, run "
+                f"`{command_name()} migrate`.")
+    return None
 
 
 def _fail(message: str) -> NoReturn:

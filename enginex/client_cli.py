@@ -31,25 +31,27 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote
 
-import httpx
+from enginex.cli import CliError, command_name, plain_text
 
-from enginex.cli import CliError
-from enginex.config import Settings
+if TYPE_CHECKING:  # httpx (~0.3 s with the click/rich it loads) is imported by the commands
+    import httpx
+
+    from enginex.config import Settings
 
 DEFAULT_API_KEY_ENV = "ENGINEX_API_KEY"
 URL_ENV = "ENGINEX_URL"
 SESSION_STATUSES = ("queued", "running", "waiting_approval", "succeeded", "failed", "cancelled")
 APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired", "cancelled")
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_WAITING_APPROVAL, EXIT_INTERRUPTED = 0, 1, 3, 130
-TIMEOUT = httpx.Timeout(30.0)
+TIMEOUT = 30.0  # seconds, for connecting, each read and each write
 CREATE_ATTEMPTS = 3
 RETRY_STATUSES = frozenset({502, 503, 504})
 # The server sends a keep-alive comment every 15 s on an idle stream; a read that waits much
 # longer than that means the connection is gone, and the watch reconnects.
-STREAM_TIMEOUT = httpx.Timeout(30.0, read=60.0)
+STREAM_TIMEOUT, STREAM_READ_TIMEOUT = 30.0, 60.0
 MAX_RECONNECTS = 5
 LINE_WIDTH = 110
 
@@ -93,6 +95,8 @@ class Api:
 
     def __init__(self, base_url: str, org: str, api_key: str, *,
                  api_key_env: str | None = None) -> None:
+        import httpx
+
         _quiet_http_log()
         self.base_url = base_url.rstrip("/")
         self.org = org
@@ -107,7 +111,7 @@ class Api:
         if not api_key:
             raise CliError(f"set the environment variable {args.api_key_env} to an API key of "
                            f"the organization '{args.org}' (an org admin creates one with "
-                           f"`enginex api-keys create --org {args.org} ...`)")
+                           f"`{command_name()} api-keys create --org {args.org} ...`)")
         return cls(base_url_from(args, settings), args.org, api_key,
                    api_key_env=args.api_key_env)
 
@@ -116,6 +120,8 @@ class Api:
 
     def response(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A successful response; CliError with the API's message otherwise."""
+        import httpx
+
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -128,6 +134,8 @@ class Api:
         """POST that creates something, sent with a fresh ``Idempotency-Key`` and retried with
         the same key when the connection fails or a proxy answers 502/503/504: the server
         then answers the first attempt's result instead of creating twice."""
+        import httpx
+
         headers = {"Idempotency-Key": str(uuid.uuid4())}
         for attempt in range(CREATE_ATTEMPTS):
             try:
@@ -155,9 +163,12 @@ class Api:
 
     def event_stream(self, session_id: str, after: int
                      ) -> AbstractContextManager[httpx.Response]:
+        import httpx
+
         headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
         return self.client.stream("GET", f"/sessions/{quote(session_id, safe='')}/events",
-                                  headers=headers, timeout=STREAM_TIMEOUT)
+                                  headers=headers,
+                                  timeout=httpx.Timeout(STREAM_TIMEOUT, read=STREAM_READ_TIMEOUT))
 
 
 def _id(value: str) -> str:
@@ -481,6 +492,8 @@ def watch_session(api: Api, session_id: str, *, as_json: bool = False,
     (interrupted). A dropped connection is resumed after the last event printed
     (``Last-Event-ID``); CliError after repeated failures without progress.
     """
+    import httpx
+
     watch = _Watch(api, session_id, as_json=as_json, out=out or sys.stdout,
                    err=err or sys.stderr)
     failures = 0
@@ -497,8 +510,8 @@ def watch_session(api: Api, session_id: str, *, as_json: bool = False,
             failures = 0 if watch.last_seq > seen else failures + 1
             if failures > MAX_RECONNECTS:
                 raise CliError(f"lost the event stream of session {session_id} ({problem}); "
-                               f"run `enginex sessions watch {session_id} --org {api.org}` "
-                               "again")
+                               f"run `{command_name()} sessions watch {session_id} "
+                               f"--org {api.org}` again")
             sleep(min(2.0 * failures, 10.0))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -599,6 +612,8 @@ def _read_secret(args: argparse.Namespace) -> str:
 
 def cmd_api_keys_create(args: argparse.Namespace, settings: Settings) -> None:
     """Sign in as an org admin, create an API key, sign out. Prints only the key on stdout."""
+    import httpx
+
     password = _read_secret(args)
     _quiet_http_log()
     base_url = base_url_from(args, settings)
@@ -661,7 +676,7 @@ def add_client_commands(subparsers: Any) -> dict[str, Any]:
     groups: dict[str, Any] = {}
     sessions = subparsers.add_parser(
         "sessions", help="start, follow and cancel sessions (runs) through the API",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = sessions.add_subparsers(dest="action", required=True)
 
     start = _command(actions, "start", cmd_sessions_start, "start a session of an agent",

@@ -294,7 +294,8 @@ def test_api_key_token_is_shown_once_and_revocable(server: Server, org: Org) -> 
         f"/o/{org.slug}/settings/api-keys").text
 
     for data, field, message in (
-            ({"name": "", "role": "viewer", "expires_in_days": "30"}, "name", "at least 1"),
+            ({"name": "", "role": "viewer", "expires_in_days": "30"}, "name",
+             "Give the key a name"),
             ({"name": "x", "role": "root", "expires_in_days": "30"}, "role", "Input should be"),
             ({"name": "x", "role": "viewer", "expires_in_days": "9999"}, "expires_in_days",
              "less than or equal to 3650")):

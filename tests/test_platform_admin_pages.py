@@ -122,9 +122,12 @@ def test_only_platform_admins_open_the_admin_pages(server: Server, platform_admi
     assert page.headers["content-type"].startswith("text/html")
     for heading in ("Tenants", "Worker health", "Create a tenant"):
         assert f">{heading}</h" in page.text
-    # The landing page links to the admin pages for platform admins only.
-    assert 'href="/admin/tenants"' in platform_admin.client.get("/").text
-    assert 'href="/admin/tenants"' not in org.admin.client.get("/").text
+    # The organization chooser links to the admin pages for platform admins only.
+    assert 'href="/admin/tenants"' in platform_admin.client.get("/?choose=1").text
+    assert 'href="/admin/tenants"' not in org.admin.client.get("/?choose=1").text
+    # A platform admin who belongs to no organization lands on the platform pages.
+    landing = platform_admin.client.get("/", follow_redirects=False)
+    assert (landing.status_code, landing.headers["location"]) == (303, "/admin/tenants")
 
 
 # --- counts, never content ----------------------------------------------------------------------

@@ -15,11 +15,10 @@ import os
 import stat
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from enginex.config import Settings
+if TYPE_CHECKING:
+    from enginex.config import Settings
 
 DEFAULT_API_KEY_ENV = "ENGINEX_API_KEY"
 URL_ENV = "ENGINEX_URL"
@@ -74,6 +73,8 @@ def push(directory: Path, org: str, base_url: str, api_key: str, *,
     Returns the deployed version as the API describes it, plus ``created`` (False when the same
     content was already deployed). Raises PushFailed with the server's message and problems.
     """
+    import httpx  # here, not at the top: `enginex --help` must start fast
+
     data = zip_directory(directory)
     url = f"{base_url.rstrip('/')}/api/v1/orgs/{org}/agents"
     try:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from enginex.config import Settings
-from enginex.db import Database, set_tenant
-from enginex.tenancy.context import system_context
+if TYPE_CHECKING:  # the ORM is imported by the command: `enginex --help` must not load it
+    from enginex.config import Settings
 
 
 def add_audit_commands(subparsers: Any) -> None:
@@ -27,7 +26,9 @@ def add_audit_commands(subparsers: Any) -> None:
 
 async def _verify(settings: Settings, slug: str) -> tuple[bool, str]:
     from enginex.audit.service import verify_chain
+    from enginex.db import Database, set_tenant
     from enginex.orgs import repository as org_repo
+    from enginex.tenancy.context import system_context
 
     db = Database(settings)
     try:

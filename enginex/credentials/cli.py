@@ -17,26 +17,16 @@ import asyncio
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from enginex.config import Settings
-from enginex.credentials.rotation import (
-    Checkpoint,
-    RotationError,
-    RotationReport,
-    delete_tenant,
-    purge_deleted_content,
-    rotate_master,
-    rotate_tenant,
-    tenant_key_status,
-)
-from enginex.credentials.vault import Keyring, previous_master_key, verify_master_key
-from enginex.db import Database
-from enginex.kit.crypto import load_master_key
+if TYPE_CHECKING:  # imported by the commands: `enginex --help` must not load the ORM
+    from enginex.config import Settings
+    from enginex.credentials.rotation import Checkpoint, RotationReport
+    from enginex.db import Database
 
 KILL_AT_ENV = "ENGINEX_TEST_KILL_ROTATION_AT"
 
-Command = Callable[[argparse.Namespace, Settings], None]
+Command = Callable[[argparse.Namespace, "Settings"], None]
 
 
 def _cli_error(message: str) -> Exception:
@@ -69,6 +59,8 @@ def _migrate_embedded(settings: Settings) -> None:
 
 
 async def _with_database(settings: Settings, work: Callable[[Database], Awaitable[Any]]) -> Any:
+    from enginex.db import Database
+
     db = Database(settings)
     try:
         return await work(db)
@@ -77,6 +69,9 @@ async def _with_database(settings: Settings, work: Callable[[Database], Awaitabl
 
 
 def _keys(settings: Settings) -> tuple[bytes, bytes | None]:
+    from enginex.credentials.vault import previous_master_key
+    from enginex.kit.crypto import load_master_key
+
     return load_master_key(settings), previous_master_key()
 
 
@@ -84,6 +79,8 @@ def check_master_key(settings: Settings) -> None:
     """At process start (serve, worker): refuse a master key the database does not know, or
     an unfinished master-key rotation without its previous key (MasterKeyError, with how to
     fix it). A new database registers the key."""
+    from enginex.credentials.vault import Keyring, verify_master_key
+
     master, previous = _keys(settings)
     keyring = Keyring(master, previous)
 
@@ -105,6 +102,8 @@ def _print_report(report: RotationReport, what: str) -> None:
 
 
 def cmd_rotate_master(args: argparse.Namespace, settings: Settings) -> None:
+    from enginex.credentials.rotation import rotate_master
+    from enginex.credentials.vault import Keyring
     from enginex.llm.service import LLMKeyBox
 
     _migrate_embedded(settings)
@@ -125,6 +124,8 @@ def cmd_rotate_master(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_rotate_tenant(args: argparse.Namespace, settings: Settings) -> None:
+    from enginex.credentials.rotation import RotationError, rotate_tenant
+    from enginex.credentials.vault import Keyring
     from enginex.llm.service import LLMKeyBox
 
     _migrate_embedded(settings)
@@ -144,6 +145,9 @@ def cmd_rotate_tenant(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_keys_status(args: argparse.Namespace, settings: Settings) -> None:
+    from enginex.credentials.rotation import tenant_key_status
+    from enginex.credentials.vault import Keyring
+
     _migrate_embedded(settings)
     master, previous = _keys(settings)
     keyring = Keyring(master, previous)
@@ -161,6 +165,7 @@ def cmd_keys_status(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_tenant_delete(args: argparse.Namespace, settings: Settings) -> None:
+    from enginex.credentials.rotation import delete_tenant, purge_deleted_content
     from enginex.orgs.repository import get_org_by_slug
     from enginex.reports.storage import ArtifactStorage
 

@@ -17,7 +17,8 @@ import ipaddress
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -86,6 +87,31 @@ def binding(credential: Credential) -> Binding:
 
 def _invalid(message: str, field: str) -> ValidationFailed:
     return ValidationFailed(f"{field}: {message}", details={"field": field})
+
+
+class _Problems:
+    """Collects the ValidationFailed of several independent checks, so that a form reports
+    every invalid field at once instead of one per submission."""
+
+    def __init__(self) -> None:
+        self.found: list[ValidationFailed] = []
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        try:
+            yield
+        except ValidationFailed as exc:
+            self.found.append(exc)
+
+    def raise_any(self) -> None:
+        """Raise the one problem as it is, or several as one ValidationFailed whose message
+        lists them all and whose ``details.fields`` maps each field to its message."""
+        if len(self.found) == 1:
+            raise self.found[0]
+        if self.found:
+            fields = {str(e.details.get("field")): e.message for e in self.found}
+            raise ValidationFailed(" ".join(e.message for e in self.found),
+                                   details={"field": next(iter(fields)), "fields": fields})
 
 
 def check_values(kind: str, values: dict[str, str]) -> list[str]:
@@ -258,14 +284,22 @@ async def create_credential(db: AsyncSession, ctx: TenantContext, *, name: str, 
     repo = CredentialRepository(db, ctx)
     taken = Conflict(f"A credential named '{name}' already exists in this organization; "
                      "choose another name or update that one.", details={"field": "name"})
-    if not re.match(NAME_PATTERN, name):
-        raise _invalid("1-64 lowercase letters, digits, '-' or '_', starting with a letter "
-                       "or digit.", "name")
-    fields = check_values(kind, values)
-    config = check_settings(kind, settings or {}, allow_private_network=allow_private_network)
-    hosts = check_allowed_hosts(allowed_hosts)
-    if expires_at is not None and kind != "oauth2":
-        raise _invalid("only oauth2 credentials expire.", "expires_at")
+    problems = _Problems()
+    with problems.check():
+        if not re.match(NAME_PATTERN, name):
+            raise _invalid("1-64 lowercase letters, digits, '-' or '_', starting with a letter "
+                           "or digit.", "name")
+    with problems.check():
+        fields = check_values(kind, values)
+    with problems.check():
+        config = check_settings(kind, settings or {},
+                                allow_private_network=allow_private_network)
+    with problems.check():
+        hosts = check_allowed_hosts(allowed_hosts)
+    with problems.check():
+        if expires_at is not None and kind != "oauth2":
+            raise _invalid("only oauth2 credentials expire.", "expires_at")
+    problems.raise_any()
     if await repo.get_by_name(name) is not None:
         raise taken
     now = utcnow()

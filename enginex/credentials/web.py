@@ -78,6 +78,15 @@ def _values(kind: str, form: dict[str, str], custom_names: list[str] | None = No
     return {f: form[f"value.{f}"] for f, _ in _type_fields(kind) if form.get(f"value.{f}")}
 
 
+def _field_messages(exc: AppError) -> dict[str, str]:
+    """Every invalid field of a refused form (the service lists them in ``details.fields``
+    when there are several), else the one the error names."""
+    fields = exc.details.get("fields") if isinstance(exc.details, dict) else None
+    if isinstance(fields, dict) and fields:
+        return {str(k): str(v) for k, v in fields.items()}
+    return app_error_fields(exc, "values")
+
+
 async def _page(request: Request, db: AsyncSession, web: WebContext, *,
                 status_code: int = 200, error: str | None = None,
                 form_type: str | None = None, create_form: dict[str, str] | None = None,
@@ -132,7 +141,7 @@ async def create_credential(request: Request, db: DB,
     except AppError as exc:
         await db.rollback()
         return await _page(request, db, web, status_code=exc.status_code, form_type=kind,
-                           create_form=kept, create_errors=app_error_fields(exc, "values"))
+                           create_form=kept, create_errors=_field_messages(exc))
     return RedirectResponse(f"/o/{web.ctx.org_slug}/settings/credentials?notice=created",
                             status_code=303)
 

@@ -55,17 +55,20 @@ async def seed_demo_skill(db: AsyncSession, ctx: TenantContext) -> bool:
     return True
 
 
-def demo_instructions(base_url: str, slug: str, admin_email: str, password: str) -> list[str]:
-    """How to run the demo agent from a shell, as printed by ``enginex demo``."""
+def demo_instructions(base_url: str, slug: str, admin_email: str, password: str, *,
+                      command: str = "enginex") -> list[str]:
+    """How to run the demo agent from a shell, as printed by ``enginex demo``; ``command`` is
+    how the user runs enginex (``.venv/bin/enginex`` when the virtualenv is not activated)."""
+    enginex = command
     return [
         f"Demo agent '{DEMO_AGENT_KEY}' is in the catalog of both demo organizations. "
         "Run it from a shell",
-        f"while `enginex serve` is running (API at {base_url}):",
-        f"  export ENGINEX_API_KEY=$(echo '{password}' | enginex api-keys create --org {slug} "
+        f"while `{enginex} serve` is running (API at {base_url}):",
+        f"  export ENGINEX_API_KEY=$(echo '{password}' | {enginex} api-keys create --org {slug} "
         f"--email {admin_email} --role operator --password-stdin)",
-        f"  enginex sessions start {DEMO_AGENT_KEY} --org {slug} "
+        f"  {enginex} sessions start {DEMO_AGENT_KEY} --org {slug} "
         f"--input-file timesheet={DEMO_TIMESHEET} --watch",
-        f"  enginex approvals decide APPROVAL_ID --org {slug} --decision approve",
-        f"  enginex sessions watch SESSION_ID --org {slug}",
-        f"  enginex reports list --org {slug} --session SESSION_ID",
+        f"  {enginex} approvals decide APPROVAL_ID --org {slug} --decision approve",
+        f"  {enginex} sessions watch SESSION_ID --org {slug}",
+        f"  {enginex} reports list --org {slug} --session SESSION_ID",
     ]

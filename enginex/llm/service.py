@@ -62,6 +62,11 @@ if TYPE_CHECKING:
     from enginex.credentials.runtime import StepSecrets
 
 PROVIDERS: tuple[str, ...] = ("scripted", "openai_compatible", "anthropic")
+BASE_URL_MISSING = (
+    "an openai_compatible provider needs the base URL of its API, the part before "
+    "/chat/completions: https://api.openai.com/v1 for OpenAI, http://localhost:11434/v1 for "
+    "Ollama, or your gateway's address. The anthropic kind may leave it empty (Anthropic's own "
+    "API); scripted takes none.")
 API_KEY_PURPOSE = "llm_settings.api_key"
 _LEGACY_FORMAT = b"\x01"
 _NONCE_BYTES = 12
@@ -165,8 +170,7 @@ async def update_llm_settings(db: AsyncSession, ctx: TenantContext, *, provider:
                                    "(for example gpt-4o-mini or claude-sonnet-4-5).",
                                    details={"field": "default_model"})
         if provider == "openai_compatible" and not base_url:
-            raise ValidationFailed("base_url: required for the 'openai_compatible' provider "
-                                   "(for example https://api.openai.com/v1).",
+            raise ValidationFailed(f"base_url: {BASE_URL_MISSING}",
                                    details={"field": "base_url"})
     if base_url:
         base_url = base_url.rstrip("/")
@@ -308,8 +312,7 @@ async def _checked_settings(db: AsyncSession, ctx: TenantContext, *, kind: str,
                                               "leave it empty.")
         return None
     if kind == "openai_compatible" and not base_url:
-        raise _invalid("base_url", "required for an openai_compatible provider (for example "
-                                   "https://api.openai.com/v1).")
+        raise _invalid("base_url", BASE_URL_MISSING)
     if kind == "anthropic" and not credential_name:
         raise _invalid("credential_name", "required for an anthropic provider: name the "
                                           "organization credential that holds the API key.")

@@ -296,6 +296,10 @@ async def api_keys_page(request: Request, db: DB,
     return await _api_keys_page(request, db, web)
 
 
+KEY_NAME_MISSING = ("Give the key a name that says who or what uses it, e.g. 'CI deploys' or "
+                    "'nightly report': the list of keys shows it, and so does the audit log.")
+
+
 @router.post("/o/{org}/settings/api-keys", response_class=HTMLResponse)
 async def create_api_key(request: Request, db: DB,
                          web: Annotated[WebContext, WebTenant(Scope.APIKEYS_WRITE)]
@@ -309,6 +313,9 @@ async def create_api_key(request: Request, db: DB,
         expiry = None
     elif isinstance(expiry, str) and (days := ascii_int_or_none(expiry)) is not None:
         expiry = days
+    if not typed["name"].strip():
+        return await _api_keys_page(request, db, web, status_code=422, key_form=typed,
+                                    key_errors={"name": KEY_NAME_MISSING})
     try:
         body = ApiKeyCreate.model_validate({"name": typed["name"], "role": typed["role"],
                                             "expires_in_days": expiry})

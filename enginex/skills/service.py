@@ -77,9 +77,11 @@ def parse_skill(skill_md: str) -> SkillText:
         details = {k: v for k, v in (("line", exc.line), ("key", exc.key)) if v is not None}
         raise _invalid(str(exc), "skill_md", **details) from None
     if document.name is None:
-        raise _invalid("the front matter must name the skill; start the text with\n---\n"
-                       f"name: my-skill\ndescription: what it is for\n---\n(name: {NAME_RULE})",
-                       "skill_md", key="name")
+        problem = ("the front matter must name the skill" if document.has_front_matter else
+                   "this SKILL.md has no front matter, which must name the skill")
+        raise _invalid(f"{problem}. Start the file with these lines, then the instructions:\n"
+                       f"---\nname: my-skill\ndescription: what the skill is for\n---\n"
+                       f"(name: {NAME_RULE})", "skill_md", key="name")
     if not document.instructions.strip():
         raise _invalid("there are no instructions after the front matter; write the "
                        "Markdown instructions below the closing '---'", "skill_md")

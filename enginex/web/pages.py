@@ -137,8 +137,18 @@ async def _home_context(db: AsyncSession, principal: Principal) -> dict[str, obj
 @router.get("/", response_class=HTMLResponse)
 async def home(request: Request, db: DB,
                principal: Annotated[UserPrincipal, WebUser()]) -> Response:
-    return templates.TemplateResponse(request, "home.html",
-                                      await _home_context(db, principal))
+    """Where a signed-in user lands: the organization itself when there is nothing to choose
+    (one active membership, not a platform admin), the platform pages for a platform admin
+    without memberships, else the list of organizations. ``?choose=1`` always shows the list."""
+    context = await _home_context(db, principal)
+    if "choose" not in request.query_params:
+        orgs = context["orgs"]
+        assert isinstance(orgs, list)
+        if principal.is_platform_admin and not orgs:
+            return RedirectResponse("/admin/tenants", status_code=303)
+        if not principal.is_platform_admin and len(orgs) == 1 and orgs[0].status == "active":
+            return RedirectResponse(f"/o/{orgs[0].slug}", status_code=303)
+    return templates.TemplateResponse(request, "home.html", context)
 
 
 @router.post("/logout")

@@ -22,12 +22,19 @@ from tests.factories import PASSWORD, Actor, Org, Server, accept_as, anonymous, 
 pytestmark = pytest.mark.browser
 
 SIGN_IN_HEADING = "Sign in to EngineX"
-LANDING_HEADING = "Your organizations"
+LANDING_HEADING = "Your organizations"  # the chooser, for a member of several organizations
+CHOOSER = "/?choose=1"  # the list of one's organizations, whatever their number
+ORG_HEADING = "Overview"  # a member of one organization lands in it, on its overview
 WRONG_CREDENTIALS = "Wrong email or password. Check both and try again."
 
 
 def _operator(org: Org) -> Actor:
     return org.members["operator"]
+
+
+def _landing(org: Org) -> str:
+    """Where the operator of ``org`` (a member of that organization only) lands: in it."""
+    return f"/o/{org.slug}"
 
 
 def _assert_no_horizontal_scroll(browsing: Browsing) -> None:
@@ -63,15 +70,15 @@ def test_signed_out_visitor_is_sent_to_sign_in_and_back(browsing: Browsing,
 
     landing = browsing.sign_in(_operator(web_org).email)
 
-    assert page.url == browsing.url("/")
+    assert page.url == browsing.url(_landing(web_org))
     assert landing is not None and landing.status == 200
-    expect(page.get_by_role("heading", name=LANDING_HEADING)).to_be_visible()
+    expect(page.get_by_role("heading", name=ORG_HEADING)).to_be_visible()
     _assert_links_work(browsing)
     # Signed in, the sign-in page sends the user straight on instead of asking again.
     page.goto("/login?next=/")
-    assert page.url == browsing.url("/")
+    assert page.url == browsing.url(_landing(web_org))
     page.goto("/login?next=/login")  # and never in a loop back to itself
-    assert page.url == browsing.url("/")
+    assert page.url == browsing.url(_landing(web_org))
     browsing.problems.assert_clean()
 
 
@@ -95,8 +102,8 @@ def test_sign_in_never_follows_next_off_site(browsing: Browsing, web_org: Org) -
         page.locator("input[name=next]").evaluate("(field, value) => { field.value = value; }",
                                                   target)
         browsing.sign_in(_operator(web_org).email)
-        assert page.url == browsing.url("/"), target
-        expect(page.get_by_role("heading", name=LANDING_HEADING)).to_be_visible()
+        assert page.url == browsing.url(_landing(web_org)), target
+        expect(page.get_by_role("heading", name=ORG_HEADING)).to_be_visible()
 
     # The control: a same-site ``next``, query string included, is followed.
     browsing.context.clear_cookies()
@@ -133,8 +140,8 @@ def test_wrong_password_shows_the_error_and_keeps_the_email(browsing: Browsing,
     page.get_by_label("Password").fill(PASSWORD)
     with page.expect_navigation():
         page.get_by_label("Password").press("Enter")
-    assert page.url == browsing.url("/")
-    expect(page.get_by_role("heading", name=LANDING_HEADING)).to_be_visible()
+    assert page.url == browsing.url(_landing(web_org))
+    expect(page.get_by_role("heading", name=ORG_HEADING)).to_be_visible()
     # Chromium reports the 401 document itself as a failed resource; nothing else may fail.
     browsing.problems.assert_clean(allowed_console=lambda text: text == (
         "Failed to load resource: the server responded with a status of 401 (Unauthorized) "
@@ -189,9 +196,12 @@ def test_sign_out_then_back_shows_nothing_private(browsing: Browsing, server: Se
                                                   web_org: Org) -> None:
     page = browsing.page
     operator = _operator(web_org)
-    page.goto("/")
+    # The organization list (a one-organization member otherwise lands in the organization,
+    # whose address, in the sign-in link's ``next``, would name it).
+    page.goto(CHOOSER)
     landing = browsing.sign_in(operator.email)
     assert landing is not None and landing.headers.get("cache-control") == "no-store"
+    expect(page.get_by_role("heading", name=LANDING_HEADING)).to_be_visible()
     expect(page.get_by_role("banner")).to_contain_text(operator.email)
     cookies = {c["name"]: c["value"] for c in browsing.context.cookies()}
     assert cookies, "signing in set no session cookie"
@@ -209,14 +219,14 @@ def test_sign_out_then_back_shows_nothing_private(browsing: Browsing, server: Se
     page.wait_for_load_state()
     # Back asked the server for the landing page again, which sent the browser to sign-in.
     assert back.request.redirected_from is not None
-    assert back.request.redirected_from.url == browsing.url("/")
-    assert page.url == browsing.url("/login?next=/")
+    assert back.request.redirected_from.url == browsing.url(CHOOSER)
+    assert page.url == browsing.url(f"/login?next={quote(CHOOSER, safe='/')}")
     expect(page.get_by_role("heading", name=SIGN_IN_HEADING)).to_be_visible()
     for private in (operator.email, web_org.name, web_org.slug):
         assert private not in page.content()
 
     page.reload()
-    assert page.url == browsing.url("/login?next=/")
+    assert page.url == browsing.url(f"/login?next={quote(CHOOSER, safe='/')}")
     assert operator.email not in page.content()
 
     # The old session token is dead on the server too, not merely forgotten by the browser.
@@ -272,8 +282,8 @@ def test_sign_in_and_landing_fit_a_phone(phone: Browsing, web_org: Org) -> None:
     page.get_by_label("Password").fill(PASSWORD)
     with page.expect_navigation():
         page.get_by_role("button", name="Sign in").tap()
-    assert page.url == phone.url("/")
-    expect(page.get_by_role("heading", name=LANDING_HEADING)).to_be_visible()
+    assert page.url == phone.url(_landing(web_org))
+    expect(page.get_by_role("heading", name=ORG_HEADING)).to_be_visible()
     expect(page.get_by_role("button", name="Sign out")).to_be_in_viewport()
     _assert_no_horizontal_scroll(phone)
     phone.screenshot("landing-phone")
