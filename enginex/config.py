@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
     # addresses or networks (CIDR). Empty: those headers are ignored.
     trusted_proxies: str = ""
+    # Tests only: cheap argon2id parameters instead of the OWASP ones (auth/passwords.py), so
+    # the suite's thousands of password hashes cost microseconds. Refused on https:// below.
+    argon2_test_profile: bool = False
 
     @property
     def trusted_proxy_list(self) -> list[str]:
@@ -120,6 +123,11 @@ class Settings(BaseSettings):
                     "'10.0.0.5,10.1.0.0/16'; '*' is not accepted (anyone could then choose "
                     "the address that sign-in throttling counts)."
                 ) from None
+        if self.base_url.startswith("https://") and self.argon2_test_profile:
+            raise UnsafeConfigurationError(
+                "ENGINEX_ARGON2_TEST_PROFILE=true is for the test suite only: it stores "
+                "passwords with weak argon2 parameters. Remove ENGINEX_ARGON2_TEST_PROFILE."
+            )
         if self.base_url.startswith("https://") and self.cookie_secure is False:
             raise UnsafeConfigurationError(
                 "ENGINEX_BASE_URL is https:// but ENGINEX_COOKIE_SECURE=false: session cookies "

@@ -21,10 +21,18 @@ import pytest
 import uvicorn
 
 from enginex.app import create_app
+from enginex.auth.passwords import hasher_parameters
 from enginex.config import Settings
 from enginex.kit.crypto import generate_master_key
 from enginex.migrate import upgrade
 from tests.factories import Org, Server, make_org, make_platform_admin, wait_for
+
+# Cheap argon2 parameters (enginex/auth/passwords.py) for every server the tests run, in this
+# process or in a subprocess that inherits the environment; ENGINEX_ARGON2_TEST_PROFILE=false
+# runs the suite with the production parameters. Resolved now, before any test cleans the
+# environment, so the whole session hashes alike.
+os.environ.setdefault("ENGINEX_ARGON2_TEST_PROFILE", "true")
+hasher_parameters()
 
 PG_ADMIN_DSN = os.environ.get("ENGINEX_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 OWNER_ROLE = "enginex_test_owner"
