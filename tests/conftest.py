@@ -40,6 +40,28 @@ APP_ROLE = "enginex_test_app"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+# Database backends the ``server`` tests run on; ``make test-fast`` sets "sqlite". CI runs both.
+TEST_BACKENDS = {b.strip() for b in
+                 os.environ.get("ENGINEX_TEST_BACKENDS", "sqlite,postgres").split(",")
+                 if b.strip()}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the fuzz modules ``fuzz`` (``-m "not fuzz"`` leaves them out) and deselect tests
+    of a backend outside ``ENGINEX_TEST_BACKENDS``."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        if item.path.name.startswith("test_fuzz_"):
+            item.add_marker(pytest.mark.fuzz)
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        (dropped if backend is not None and backend not in TEST_BACKENDS else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 import uuid
@@ -22,6 +23,14 @@ ROLES = ("admin", "builder", "operator", "viewer")
 WAIT_SECONDS = 60.0
 
 T = TypeVar("T")
+# ``make test-deep`` (ENGINEX_TEST_DEEP=1) runs the fuzz tests with their full example counts.
+DEEP = os.environ.get("ENGINEX_TEST_DEEP", "").lower() in {"1", "true", "yes"}
+
+
+def fuzz_examples(full: int, quick: int) -> int:
+    """How many examples a fuzz test generates: ``full`` under ``make test-deep``, ``quick``
+    (the same properties, fewer generated inputs) in ``make test``."""
+    return full if DEEP else quick
 
 
 def wait_for(condition: Callable[[], T], *, what: str, timeout: float = WAIT_SECONDS,
