@@ -123,15 +123,15 @@ class Settings(BaseSettings):
                     "'10.0.0.5,10.1.0.0/16'; '*' is not accepted (anyone could then choose "
                     "the address that sign-in throttling counts)."
                 ) from None
-        if self.base_url.startswith("https://") and self.argon2_test_profile:
-            raise UnsafeConfigurationError(
-                "ENGINEX_ARGON2_TEST_PROFILE=true is for the test suite only: it stores "
-                "passwords with weak argon2 parameters. Remove ENGINEX_ARGON2_TEST_PROFILE."
-            )
         if self.base_url.startswith("https://") and self.cookie_secure is False:
             raise UnsafeConfigurationError(
                 "ENGINEX_BASE_URL is https:// but ENGINEX_COOKIE_SECURE=false: session cookies "
                 "would travel without the Secure flag. Remove ENGINEX_COOKIE_SECURE."
+            )
+        if self.base_url.startswith("https://") and self.argon2_test_profile:
+            raise UnsafeConfigurationError(
+                "ENGINEX_ARGON2_TEST_PROFILE=true is for the test suite only: it stores "
+                "passwords with weak argon2 parameters. Remove ENGINEX_ARGON2_TEST_PROFILE."
             )
 
 
