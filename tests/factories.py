@@ -8,6 +8,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -117,7 +118,6 @@ def api_key_client(server: Server, token: str) -> httpx.Client:
 
 
 def make_platform_admin(server: Server) -> Actor:
-    from enginex.cli import _in_transaction
     from enginex.orgs.service import ensure_user
 
     email = f"root-{secrets.token_hex(4)}@platform.test"
@@ -126,7 +126,7 @@ def make_platform_admin(server: Server) -> Actor:
         user, _ = await ensure_user(session, email=email, password=PASSWORD, platform_admin=True)
         user.is_platform_admin = True
 
-    asyncio.run(_in_transaction(server.settings, work))
+    run_db(server, work)
     return sign_in(server, email)
 
 
@@ -200,7 +200,9 @@ def run_db(server: Server, work: Any) -> Any:
     """
     from enginex.cli import _in_transaction
 
-    return asyncio.run(_in_transaction(server.settings, work))
+    # In a thread of its own: a browser test's thread already runs Playwright's event loop.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(_in_transaction(server.settings, work))).result()
 
 
 def client_from(server: Server, address: str | None = None) -> httpx.Client:
