@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
     # addresses or networks (CIDR). Empty: those headers are ignored.
     trusted_proxies: str = ""
+    # Tests only: cheap argon2id parameters instead of the OWASP ones (auth/passwords.py), so
+    # the suite's thousands of password hashes cost microseconds. Refused on https:// below.
+    argon2_test_profile: bool = False
 
     @property
     def trusted_proxy_list(self) -> list[str]:
@@ -135,6 +138,11 @@ class Settings(BaseSettings):
             raise UnsafeConfigurationError(
                 "ENGINEX_BASE_URL is https:// but ENGINEX_COOKIE_SECURE=false: session cookies "
                 "would travel without the Secure flag. Remove ENGINEX_COOKIE_SECURE."
+            )
+        if self.base_url.startswith("https://") and self.argon2_test_profile:
+            raise UnsafeConfigurationError(
+                "ENGINEX_ARGON2_TEST_PROFILE=true is for the test suite only: it stores "
+                "passwords with weak argon2 parameters. Remove ENGINEX_ARGON2_TEST_PROFILE."
             )
 
 

@@ -21,15 +21,45 @@ import pytest
 import uvicorn
 
 from enginex.app import create_app
+from enginex.auth.passwords import hasher_parameters
 from enginex.config import Settings
 from enginex.kit.crypto import generate_master_key
 from enginex.migrate import upgrade
 from tests.factories import Org, Server, make_org, make_platform_admin, wait_for
 
+# Cheap argon2 parameters (enginex/auth/passwords.py) for every server the tests run, in this
+# process or in a subprocess that inherits the environment; ENGINEX_ARGON2_TEST_PROFILE=false
+# runs the suite with the production parameters. Resolved now, before any test cleans the
+# environment, so the whole session hashes alike.
+os.environ.setdefault("ENGINEX_ARGON2_TEST_PROFILE", "true")
+hasher_parameters()
+
 PG_ADMIN_DSN = os.environ.get("ENGINEX_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 OWNER_ROLE = "enginex_test_owner"
 APP_ROLE = "enginex_test_app"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+# Database backends the ``server`` tests run on; ``make test-fast`` sets "sqlite". CI runs both.
+TEST_BACKENDS = {b.strip() for b in
+                 os.environ.get("ENGINEX_TEST_BACKENDS", "sqlite,postgres").split(",")
+                 if b.strip()}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the fuzz modules ``fuzz`` (``-m "not fuzz"`` leaves them out) and deselect tests
+    of a backend outside ``ENGINEX_TEST_BACKENDS``."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        if item.path.name.startswith("test_fuzz_"):
+            item.add_marker(pytest.mark.fuzz)
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        (dropped if backend is not None and backend not in TEST_BACKENDS else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def _free_port() -> int:

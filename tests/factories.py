@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,6 +24,14 @@ ROLES = ("admin", "builder", "operator", "viewer")
 WAIT_SECONDS = 60.0
 
 T = TypeVar("T")
+# ``make test-deep`` (ENGINEX_TEST_DEEP=1) runs the fuzz tests with their full example counts.
+DEEP = os.environ.get("ENGINEX_TEST_DEEP", "").lower() in {"1", "true", "yes"}
+
+
+def fuzz_examples(full: int, quick: int) -> int:
+    """How many examples a fuzz test generates: ``full`` under ``make test-deep``, ``quick``
+    (the same properties, fewer generated inputs) in ``make test``."""
+    return full if DEEP else quick
 
 
 def wait_for(condition: Callable[[], T], *, what: str, timeout: float = WAIT_SECONDS,
@@ -107,7 +118,6 @@ def api_key_client(server: Server, token: str) -> httpx.Client:
 
 
 def make_platform_admin(server: Server) -> Actor:
-    from enginex.cli import _in_transaction
     from enginex.orgs.service import ensure_user
 
     email = f"root-{secrets.token_hex(4)}@platform.test"
@@ -116,7 +126,7 @@ def make_platform_admin(server: Server) -> Actor:
         user, _ = await ensure_user(session, email=email, password=PASSWORD, platform_admin=True)
         user.is_platform_admin = True
 
-    asyncio.run(_in_transaction(server.settings, work))
+    run_db(server, work)
     return sign_in(server, email)
 
 
@@ -128,35 +138,54 @@ def accept(server: Server, token: str, password: str = PASSWORD) -> httpx.Respon
 
 def make_org(server: Server, platform_admin: Actor, label: str, *,
              roles: tuple[str, ...] = ROLES, with_keys: bool = True) -> Org:
-    """A new organization with one signed-in member per role and one API key per role."""
+    """A new organization with one signed-in member per role and one API key per role.
+
+    Made as the API would make it (the platform admin creates the tenant, its admin accepts
+    the invitation, invites one person per role and creates the keys: the same rows and audit
+    entries), but through the service functions in one transaction, since this setup is not
+    what the tests are about; each member then signs in over HTTP for a real session cookie.
+    """
     slug = f"{label}-{secrets.token_hex(4)}"
-    admin_email = f"admin-{slug}@example.org"
-    response = platform_admin.client.post("/api/v1/admin/tenants", json={
-        "slug": slug, "name": f"Org {slug}", "admin_email": admin_email})
-    assert response.status_code == 201, response.text
-    created = response.json()
-    assert accept(server, created["invitation_token"]).status_code == 200
-    org = Org(id=created["id"], slug=slug, name=created["name"])
-    admin = sign_in(server, admin_email)
-    admin.role = "admin"
-    org.members["admin"] = admin
-    for role in roles:
-        if role == "admin":
-            continue
-        email = f"{role}-{slug}@example.org"
-        invite = admin.client.post(f"/api/v1/orgs/{slug}/invitations",
-                                   json={"email": email, "role": role})
-        assert invite.status_code == 201, invite.text
-        assert accept(server, invite.json()["token"]).status_code == 200
-        actor = sign_in(server, email)
+    emails = {role: f"{role}-{slug}@example.org" for role in ("admin", *roles)}
+    created: dict[str, Any] = {}
+
+    async def work(session: Any) -> None:
+        from enginex.admin.service import create_tenant
+        from enginex.auth.service import create_api_key
+        from enginex.orgs.service import accept_invitation, create_invitation
+        from enginex.tenancy.context import TenantContext
+        from enginex.tenancy.principal import UserPrincipal
+        from enginex.tenancy.scopes import ROLE_SCOPES, Role
+
+        tenant = await create_tenant(session, slug=slug, name=f"Org {slug}",
+                                     admin_email=emails["admin"], region="default",
+                                     actor_id=uuid.UUID(platform_admin.user_id))
+        assert tenant.invitation_token is not None
+        admin, org, _ = await accept_invitation(session, token=tenant.invitation_token,
+                                                password=PASSWORD)
+        principal = UserPrincipal(user_id=admin.id, email=admin.email, is_platform_admin=False,
+                                  session_id=uuid.uuid4(), csrf_token="")
+        ctx = TenantContext(org_id=org.id, org_slug=org.slug, principal=principal,
+                            role=Role.ADMIN, scopes=ROLE_SCOPES[Role.ADMIN])
+        for role in roles:
+            if role != "admin":
+                token, _ = await create_invitation(session, ctx, email=emails[role],
+                                                   role=Role(role))
+                await accept_invitation(session, token=token, password=PASSWORD)
+        keys = {}
+        if with_keys:
+            for role in roles:
+                keys[role], _ = await create_api_key(session, ctx, name=f"{role} key",
+                                                     role=Role(role), expires_at=None,
+                                                     actor=principal)
+        created.update(id=str(org.id), name=org.name, keys=keys)
+
+    run_db(server, work)
+    org = Org(id=created["id"], slug=slug, name=created["name"], api_keys=created["keys"])
+    for role in dict.fromkeys(("admin", *roles)):
+        actor = sign_in(server, emails[role])
         actor.role = role
         org.members[role] = actor
-    if with_keys:
-        for role in roles:
-            key = admin.client.post(f"/api/v1/orgs/{slug}/api-keys",
-                                    json={"name": f"{role} key", "role": role})
-            assert key.status_code == 201, key.text
-            org.api_keys[role] = key.json()["token"]
     return org
 
 
@@ -171,7 +200,9 @@ def run_db(server: Server, work: Any) -> Any:
     """
     from enginex.cli import _in_transaction
 
-    return asyncio.run(_in_transaction(server.settings, work))
+    # In a thread of its own: a browser test's thread already runs Playwright's event loop.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(_in_transaction(server.settings, work))).result()
 
 
 def client_from(server: Server, address: str | None = None) -> httpx.Client:

@@ -30,6 +30,7 @@ from tests.factories import (
     Server,
     api_key_client,
     deploy_agent,
+    fuzz_examples,
     make_org,
     make_platform_admin,
     start_session,
@@ -37,7 +38,7 @@ from tests.factories import (
 
 FUZZED_HEADERS = ["Last-Event-ID", "Authorization", "Cookie", "Origin", "X-Forwarded-For",
                   "Idempotency-Key", "Accept"]
-MAX_EXAMPLES = 200
+MAX_EXAMPLES = fuzz_examples(200, quick=50)
 SETTINGS = hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
                                database=None, print_blob=False,
                                suppress_health_check=list(hypothesis.HealthCheck))

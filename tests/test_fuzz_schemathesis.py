@@ -88,9 +88,17 @@ from schemathesis.core.result import Ok
 from schemathesis.pytest.lazy import get_all_tests
 
 from enginex.tenancy.guards import access_rules, registered_routes
-from tests.factories import Org, Server, deploy_agent, sign_in, start_session, wait_for_status
+from tests.factories import (
+    Org,
+    Server,
+    deploy_agent,
+    fuzz_examples,
+    sign_in,
+    start_session,
+    wait_for_status,
+)
 
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = fuzz_examples(12, quick=4)
 FUZZ_ADDRESS = "127.77.0.1"
 LOOPBACK_URL = "http://127.0.0.1:9/"
 API_PREFIXES = ("/api/", "/healthz", "/readyz")

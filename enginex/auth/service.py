@@ -28,6 +28,7 @@ from enginex.auth.models import ApiKey, AuthSession, User
 from enginex.auth.passwords import (
     check_password_policy,
     hash_password_off_loop,
+    needs_rehash,
     verify_password_off_loop,
 )
 from enginex.config import Settings
@@ -214,6 +215,11 @@ async def login(db: AsyncSession, settings: Settings, *, email: str, password: s
                              code="invalid_credentials")
         failed.user_id = user.id if user is not None else None
         raise failed
+    # A hash made with other argon2 parameters is upgraded now that the password is known;
+    # hashed before the transaction below opens, like the verification.
+    rehashed = (await hash_password_off_loop(password)
+                if user.password_hash and not user.disabled and needs_rehash(user.password_hash)
+                else None)
     await repo.delete_failures(db, attempt.ids)
     if user.disabled:
         await db.commit()
@@ -221,6 +227,8 @@ async def login(db: AsyncSession, settings: Settings, *, email: str, password: s
                         code="account_disabled")
     assert attempt.pair is not None
     await repo.clear_failures(db, attempt.account, attempt.pair)
+    if rehashed is not None:
+        user.password_hash = rehashed  # same password: password_changed_at stays
     return await open_session(db, settings, user, user_agent=user_agent)
 
 
