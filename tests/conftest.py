@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from enginex.auth.passwords import hasher_parameters
 from enginex.config import Settings
 from enginex.kit.crypto import generate_master_key
 from enginex.migrate import upgrade
-from tests.factories import Org, Server, make_org, make_platform_admin, wait_for
+from tests.factories import Org, Server, free_port, make_org, make_platform_admin, wait_for
 
 # Cheap argon2 parameters (enginex/auth/passwords.py) for every server the tests run, in this
 # process or in a subprocess that inherits the environment; ENGINEX_ARGON2_TEST_PROFILE=false
@@ -60,12 +59,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _pg_available() -> str | None:
@@ -150,7 +143,7 @@ class _ServerThread:
     as in a real deployment: Origin checks compare with the base URL only."""
 
     def __init__(self, settings: Settings) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.settings = settings.model_copy(update={"base_url": f"http://127.0.0.1:{self.port}"})
         self.app = create_app(self.settings)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,

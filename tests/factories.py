@@ -303,3 +303,13 @@ def private_network(server: Server, allowed: bool = True) -> Iterator[None]:
         yield
     finally:
         settings.allow_private_network = before
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for servers the tests
+    start)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

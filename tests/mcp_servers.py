@@ -33,7 +33,7 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from tests.factories import wait_for
+from tests.factories import free_port, wait_for
 
 STDIO_SERVER = Path(__file__).parent / "fixtures" / "mcp_stdio_server.py"
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
@@ -143,16 +143,10 @@ def make_http_server() -> MCPServer:
     return server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serve_http_mcp() -> Iterator[str]:
     """A fresh HTTP MCP server in a thread; yields its endpoint URL (``.../mcp``)."""
-    port = _free_port()
+    port = free_port()
     app = make_http_server().streamable_http_app()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))

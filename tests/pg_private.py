@@ -31,7 +31,8 @@ import pytest
 
 from enginex.config import Settings
 from enginex.kit.crypto import generate_master_key
-from tests.conftest import APP_ROLE, IN_CI, OWNER_ROLE, _free_port
+from tests.conftest import APP_ROLE, IN_CI, OWNER_ROLE
+from tests.factories import free_port
 
 SYSTEM_USER = "postgres"
 
@@ -54,7 +55,7 @@ class PrivateCluster:
         self.root = Path(tempfile.mkdtemp(prefix="enginex-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self._as_root = os.geteuid() == 0
         if self._as_root:
             shutil.chown(self.root, SYSTEM_USER)

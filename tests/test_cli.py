@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import pytest
 from enginex.cli import DEMO_PASSWORD, NOT_PRODUCTION_FLAG, main
 from enginex.config import Settings, get_settings
 from enginex.kit.crypto import generate_master_key, load_master_key
+from tests.factories import free_port
 
 ENGINEX = Path(sys.executable).with_name("enginex")
 PASSWORD = "plum-orbit-lantern-42"
@@ -325,16 +325,10 @@ def test_unusable_settings_are_refused_before_anything_changes(
     assert not (tmp_path / "bad").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Cli, subprocess.Popen[bytes], str]]:
     cli = Cli(tmp_path / "served")
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen([str(ENGINEX), "serve", "--port", str(port)], env=cli.env(),
                                stdout=log, stderr=subprocess.STDOUT)

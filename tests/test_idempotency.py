@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import TIMESHEET, Org, Server, add_member, deploy_agent
+from tests.factories import TIMESHEET, Org, Server, add_member, deploy_agent, free_port
 
 
 def _sessions(org: Org) -> list[dict[str, Any]]:
@@ -137,12 +136,6 @@ def test_a_fork_retried_with_its_key_forks_once(server: Server, org_a: Org) -> N
 # --- a killed API process ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _serve_command(port: int) -> list[str]:
     script = shutil.which("enginex", path=str(Path(sys.executable).parent))
     prefix = [script] if script else [sys.executable, "-c",
@@ -154,7 +147,7 @@ def _start_api(server: Server, log_path: Path) -> tuple[subprocess.Popen[bytes],
     """Another API process of the same deployment (same database, key and storage), as a
     replica behind a load balancer would be, and its base URL once it answers."""
     settings = server.settings
-    port = _free_port()
+    port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENGINEX_")},
            "ENGINEX_DATABASE_URL": settings.resolved_database_url,
            "ENGINEX_MIGRATION_DATABASE_URL": settings.resolved_migration_url,

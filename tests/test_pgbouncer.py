@@ -37,7 +37,6 @@ from tests.conftest import (
     OWNER_ROLE,
     PG_ADMIN_DSN,
     PgDatabase,
-    _free_port,
     _pg_available,
     _ServerThread,
 )
@@ -45,6 +44,7 @@ from tests.factories import (
     Org,
     Server,
     deploy_agent,
+    free_port,
     make_org,
     make_platform_admin,
     start_session,
@@ -73,7 +73,7 @@ class PgBouncer:
 
     def __init__(self, binary: str, users: tuple[str, ...]) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="enginex-pgbouncer-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.log = self.root / "pgbouncer.log"
         (self.root / "userlist.txt").write_text(
             "".join(f'"{user}" ""\n' for user in users))

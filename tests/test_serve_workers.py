@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from enginex.config import Settings
 from tests.factories import (
     Server,
     deploy_agent,
+    free_port,
     make_org,
     make_platform_admin,
     start_session,
@@ -33,12 +33,6 @@ from tests.factories import (
 )
 
 ENGINEX = Path(sys.executable).with_name("enginex")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -93,7 +87,7 @@ def _client_connection_owners(pids: set[int], port: int) -> set[int]:
 @pytest.fixture
 def served_by_two(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Server, Path]]:
     data_dir = tmp_path / "data"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEX_")}
     env.update(ENGINEX_DATA_DIR=str(data_dir), ENGINEX_BASE_URL=f"http://127.0.0.1:{port}",
                ENGINEX_LOG_LEVEL="WARNING")

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import uuid
@@ -37,7 +36,7 @@ from enginex.kit.crypto import generate_master_key, load_master_key
 from enginex.migrate import upgrade
 from enginex.orgs.service import create_organization
 from tests.conftest import PG_ADMIN_DSN, PgDatabase, settings_for
-from tests.factories import Actor, Org, Server, make_org, run_db
+from tests.factories import Actor, Org, Server, free_port, make_org, run_db
 
 ENGINEX = Path(sys.executable).with_name("enginex")
 
@@ -63,14 +62,8 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ENGINEX), "serve", "--port", str(_free_port()), "--no-worker"],
+    return subprocess.run([str(ENGINEX), "serve", "--port", str(free_port()), "--no-worker"],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
