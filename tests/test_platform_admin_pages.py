@@ -42,6 +42,7 @@ from tests.factories import (
     anonymous,
     deploy_agent,
     make_org,
+    make_platform_admin,
     pending_approval,
     run_db,
     sign_in,
@@ -125,8 +126,10 @@ def test_only_platform_admins_open_the_admin_pages(server: Server, platform_admi
     # The organization chooser links to the admin pages for platform admins only.
     assert 'href="/admin/tenants"' in platform_admin.client.get("/?choose=1").text
     assert 'href="/admin/tenants"' not in org.admin.client.get("/?choose=1").text
-    # A platform admin who belongs to no organization lands on the platform pages.
-    landing = platform_admin.client.get("/", follow_redirects=False)
+    # A platform admin who belongs to no organization lands on the platform pages (a fresh
+    # one: the session's platform admin may have joined organizations in earlier tests).
+    newcomer = make_platform_admin(server)
+    landing = newcomer.client.get("/", follow_redirects=False)
     assert (landing.status_code, landing.headers["location"]) == (303, "/admin/tenants")
 
 

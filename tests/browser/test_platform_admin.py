@@ -24,6 +24,7 @@ from tests.factories import (
     Server,
     deploy_agent,
     make_org,
+    make_platform_admin,
     pending_approval,
     start_session,
     wait_for_status,
@@ -60,10 +61,12 @@ def _no_horizontal_scroll(page: Page) -> None:
 
 
 def test_a_new_tenant_admin_joins_through_the_copied_link_and_is_then_suspended(
-        browsing: Browsing, browser: Browser, server: Server, platform_admin: Actor) -> None:
+        browsing: Browsing, browser: Browser, server: Server) -> None:
     page = browsing.page
     page.goto("/")
-    browsing.sign_in(platform_admin.email)  # a member of no organization: lands on the tenants
+    # A fresh platform admin, a member of no organization: lands on the tenants (the
+    # session's platform admin may have joined organizations in other tests).
+    browsing.sign_in(make_platform_admin(server).email)
     assert page.url == browsing.url("/admin/tenants")
     expect(page.get_by_role("heading", name="Tenants", exact=True)).to_be_visible()
     expect(page.locator(f'#workers [data-worker="{server.app.state.worker.name}"]')
