@@ -37,6 +37,7 @@ PLATFORM_FUNCTIONS = {
 # Reviewed functions a later migration may add (present only once that migration exists).
 OPTIONAL_PLATFORM_FUNCTIONS = {
     "enginex_claim_run": "the fair scheduler: the next claimable run across tenants (ids)",
+    "enginex_claim_runs": "the batch claimer (0013): up to N claimable runs, fairly (ids)",
     "enginex_expire_approvals": "worker housekeeping: expires overdue approvals (a count)",
     "enginex_mcp_catalog_usage": "servers using an MCP catalog entry, for its deletion (a count)",
 }
