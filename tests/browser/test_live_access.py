@@ -69,3 +69,29 @@ def test_signing_out_stops_the_live_timeline(browsing: Browsing, tenant: Org,
     expect(status).to_have_text("Your session has ended. Sign in again.", timeout=DEADLINE_MS)
     expect(status).to_have_attribute("data-live", "false")
     expect(page.locator("#timeline")).to_have_attribute("data-live", "false")
+
+
+def test_a_stream_cut_before_its_last_event_still_says_why(
+        browsing: Browsing, tenant: Org, short_recheck: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy or a busy server can end the stream before ``access_revoked`` arrives; the
+    browser's reconnect is then refused without a reason. The page asks the server whether
+    it is still signed in and says so, rather than only "reload"."""
+    from enginex.tenancy import streams
+
+    monkeypatch.setattr(streams, "access_revoked_event", lambda error: b"")
+    run = start_session(tenant)
+    assert wait_for_status(tenant, run["id"], {"waiting_approval", "failed"},
+                           timeout=60)["status"] == "waiting_approval"
+    page = browsing.page
+    page.goto(f"/o/{tenant.slug}/sessions/{run['id']}")
+    browsing.sign_in(tenant.members["operator"].email)
+    status = page.locator("#timeline-status")
+    expect(status).to_have_text("Following live", timeout=DEADLINE_MS)
+
+    csrf = page.request.get(browsing.url("/api/v1/me")).json()["csrf_token"]
+    assert page.request.post(browsing.url("/api/v1/auth/logout"),
+                             headers={"X-CSRF-Token": csrf}).status == 204
+
+    expect(status).to_have_text("Your session has ended. Sign in again.", timeout=DEADLINE_MS)
+    expect(page.locator("#timeline")).to_have_attribute("data-live", "false")

@@ -144,7 +144,22 @@
     source.addEventListener("open", function () { say("Following live", true); });
     source.addEventListener("error", function () {
       if (source.readyState === EventSource.CLOSED) {
+        // A reconnect was refused, and the browser does not say why: ask the server whether
+        // this browser is still signed in, so a lost final event still gets the right words.
+        list.setAttribute("data-live", "false");
         say("Live updates stopped; reload the page to see new events.", false);
+        fetch("/api/v1/me", { credentials: "same-origin", headers: { Accept: "application/json" } })
+          .then(function (response) {
+            if (response.ok) { return; }
+            if (response.status === 401) {  // the words of access_revoked for a sign-out
+              say("Your session has ended. Sign in again.", false);
+              return;
+            }
+            return response.json().then(function (body) {
+              if (body && body.error && body.error.message) { say(body.error.message, false); }
+            });
+          })
+          .catch(function () { /* keep the message above */ });
       } else {
         say("Reconnecting\u2026", true);
       }
