@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Locator, expect
 
 from tests.browser.conftest import Browsing
 from tests.factories import (
@@ -50,21 +50,28 @@ def short_recheck(server: Server) -> Iterator[None]:
         settings.stream_recheck_seconds = before
 
 
-def test_signing_out_stops_the_live_timeline(browsing: Browsing, tenant: Org,
-                                             short_recheck: None) -> None:
+def _follow_then_sign_out(browsing: Browsing, tenant: Org, email: str) -> Locator:
+    """Open the page of a session waiting for approval as ``email``, wait until it follows
+    live, then sign that browser out through the API; the page's status line."""
     run = start_session(tenant)
     assert wait_for_status(tenant, run["id"], {"waiting_approval", "failed"},
                            timeout=60)["status"] == "waiting_approval"
     page = browsing.page
     page.goto(f"/o/{tenant.slug}/sessions/{run['id']}")
-    browsing.sign_in(tenant.members["viewer"].email)
+    browsing.sign_in(email)
     status = page.locator("#timeline-status")
     expect(status).to_have_text("Following live", timeout=DEADLINE_MS)
-
     csrf = page.request.get(browsing.url("/api/v1/me")).json()["csrf_token"]
     signed_out = page.request.post(browsing.url("/api/v1/auth/logout"),
                                    headers={"X-CSRF-Token": csrf})
     assert signed_out.status == 204
+    return status
+
+
+def test_signing_out_stops_the_live_timeline(browsing: Browsing, tenant: Org,
+                                             short_recheck: None) -> None:
+    page = browsing.page
+    status = _follow_then_sign_out(browsing, tenant, tenant.members["viewer"].email)
 
     expect(status).to_have_text("Your session has ended. Sign in again.", timeout=DEADLINE_MS)
     expect(status).to_have_attribute("data-live", "false")
@@ -80,18 +87,8 @@ def test_a_stream_cut_before_its_last_event_still_says_why(
     from enginex.tenancy import streams
 
     monkeypatch.setattr(streams, "access_revoked_event", lambda error: b"")
-    run = start_session(tenant)
-    assert wait_for_status(tenant, run["id"], {"waiting_approval", "failed"},
-                           timeout=60)["status"] == "waiting_approval"
     page = browsing.page
-    page.goto(f"/o/{tenant.slug}/sessions/{run['id']}")
-    browsing.sign_in(tenant.members["operator"].email)
-    status = page.locator("#timeline-status")
-    expect(status).to_have_text("Following live", timeout=DEADLINE_MS)
-
-    csrf = page.request.get(browsing.url("/api/v1/me")).json()["csrf_token"]
-    assert page.request.post(browsing.url("/api/v1/auth/logout"),
-                             headers={"X-CSRF-Token": csrf}).status == 204
+    status = _follow_then_sign_out(browsing, tenant, tenant.members["operator"].email)
 
     expect(status).to_have_text("Your session has ended. Sign in again.", timeout=DEADLINE_MS)
     expect(page.locator("#timeline")).to_have_attribute("data-live", "false")
