@@ -146,8 +146,12 @@ class _ServerThread:
         self.port = free_port()
         self.settings = settings.model_copy(update={"base_url": f"http://127.0.0.1:{self.port}"})
         self.app = create_app(self.settings)
+        # Keep-alive well above uvicorn's 5 s: on a loaded machine a test client's pooled
+        # connection can sit idle that long, and a request sent as the server closes it fails
+        # with "Server disconnected without sending a response" (a harness race, not the app).
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
+                                                    log_level="warning", lifespan="on",
+                                                    timeout_keep_alive=120))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self) -> None:

@@ -64,12 +64,19 @@ class EnginexCli:
 
 
 def test_the_shipped_demo_package_is_the_test_fixture() -> None:
-    """One package, two places: the shipped copy and the fixture the engine tests use."""
+    """One package, two places: the shipped copy and the fixture the engine tests use.
+
+    Only the version differs: the shipped demo's version goes up whenever its content changes
+    (a demo database seeded by an older release then gets a new version instead of a conflict
+    on the old one), while the fixture keeps 1.0.0, which the tests that deploy further
+    versions of it build on."""
     shipped = load_demo_agent()
     fixture = load_directory(AGENT_FIXTURES / "hourly_tracking", known_tools=known_tool_names())
     assert shipped.manifest.agent.id == DEMO_AGENT_KEY
     assert shipped.files == fixture.files
-    assert shipped.content_hash == fixture.content_hash
+    assert fixture.manifest.agent.version == "1.0.0"
+    assert shipped.manifest.model_copy(update={"agent": fixture.manifest.agent}) \
+        == fixture.manifest
     assert DEMO_TIMESHEET.read_text().startswith("date,person,project,hours\n")
 
 
@@ -92,13 +99,13 @@ def test_operator_journey_through_the_cli(server: Server, org_a: Org, org_b: Org
 
     pushed = cli.ok("agents", "push", str(DEMO_AGENT_DIR), "--org", slug,
                     api_key=keys["builder"])
-    assert pushed.startswith(f"deployed: {DEMO_AGENT_KEY} 1.0.0 to '{slug}'"), pushed
+    assert pushed.startswith(f"deployed: {DEMO_AGENT_KEY} 1.1.0 to '{slug}'"), pushed
 
     # Starts, then follows the events and stops (exit status 3) at the manager's approval.
     waiting = cli.run("sessions", "start", DEMO_AGENT_KEY, "--org", slug,
                       "--input", f"timesheet={TIMESHEET}", "--watch", api_key=keys["operator"])
     assert waiting.code == 3, (waiting.out, waiting.err)
-    started = re.match(rf"started session (\S+) \({DEMO_AGENT_KEY} 1\.0\.0, queued\)\n",
+    started = re.match(rf"started session (\S+) \({DEMO_AGENT_KEY} 1\.1\.0, queued\)\n",
                        waiting.out)
     assert started, waiting.out
     session_id = started.group(1)
@@ -186,10 +193,10 @@ def test_demo_deploys_the_agent_into_both_demo_tenants_idempotently(tmp_path: Pa
         await set_tenant(session, org.id)
         summary, versions = await get_agent(session, system_context(org.id, slug),
                                             DEMO_AGENT_KEY)
-        assert summary.latest_version == "1.0.0"
+        assert summary.latest_version == "1.1.0"
         return [(v.version, v.content_hash, v.deployed_by is None) for v in versions]
 
     settings = Settings(data_dir=data_dir)
     for slug, _ in DEMO_TENANTS:
         versions = asyncio.run(_in_transaction(settings, lambda s, slug=slug: catalog(s, slug)))
-        assert versions == [("1.0.0", expected, True)], slug
+        assert versions == [("1.1.0", expected, True)], slug

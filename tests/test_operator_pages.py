@@ -312,7 +312,7 @@ def test_session_page_shows_graph_approval_and_decides_once(server: Server,
     assert "node-current" not in finished
     assert "fine" in text_of(finished)  # the decision's comment in the timeline
     assert "Hourly tracking report" in finished  # the session's report is linked
-    assert finished.count("Replay from here") == 3  # every checkpoint but the last one
+    assert finished.count("Replay from here") == 4  # every checkpoint but the last one
 
     live = page(operator, f"{path}/live")
     assert live.status_code == 200 and live.text.lstrip().startswith('<div id="session-live"')

@@ -25,7 +25,7 @@ from enginex.agents.package import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "agents"
 HOURLY = FIXTURES / "hourly_tracking"
-TOOLS = {"http_request", "set_output", "render_report"}
+TOOLS = {"http_request", "set_output", "render_report", "tabulate_csv"}
 
 
 # --- archive builders (shared with tests/test_agents_api.py) -------------------------------
@@ -107,19 +107,26 @@ def test_hourly_tracking_fixture_is_valid() -> None:
     assert manifest.agent.id == "hourly-tracking" and manifest.agent.version == "1.0.0"
     assert manifest.inputs["timesheet"].required and manifest.inputs["timesheet"].multiline
     assert [n.id for n in manifest.graph.nodes] == ["summarise", "manager_approval",
-                                                    "write_report", "rejected"]
+                                                    "write_report", "rejected", "tabulate"]
+    assert manifest.graph.entry_node == "tabulate"
     assert manifest.graph.terminal_nodes == ["write_report", "rejected"]
+    # The numbers come from the data (the tabulate_csv tool), not from the scripted model.
+    tabulate = manifest.graph.node("tabulate")
+    assert tabulate.node_type == "tool" and tabulate.tool == "tabulate_csv"
+    assert tabulate.arguments["csv"] == "{{ timesheet }}" and tabulate.output_key == "hours"
     approval = manifest.graph.node("manager_approval")
     assert approval.node_type == "approval" and approval.output_key == "approval"
-    assert approval.question == "Approve the hours for this period?\n\n{{ summary }}"
+    assert approval.question == ("Approve the hours for this period?\n\n{{ hours.markdown }}"
+                                 "\n\n{{ summary }}")
     assert [(e.source, e.target, e.condition, e.expr) for e in manifest.graph.edges] == [
         ("summarise", "manager_approval", "on_success", None),
         ("manager_approval", "write_report", "conditional", "approval.decision == 'approve'"),
         ("manager_approval", "rejected", "conditional", "approval.decision == 'reject'"),
+        ("tabulate", "summarise", "on_success", None),
     ]
     turn = manifest.scripted_replies["summarise"][0]
-    assert [c["arguments"]["key"] for c in turn["tool_calls"]] == ["summary", "total_hours"]
-    assert turn["tool_calls"][1]["arguments"]["value"] == 37.5
+    assert [c["arguments"]["key"] for c in turn["tool_calls"]] == ["summary"]
+    assert not any(ch.isdigit() for ch in turn["tool_calls"][0]["arguments"]["value"])
     assert set(package.files) == {"README.md", "prompts/summarise.md", "prompts/report.md"}
     assert "per person and project" in package.files["prompts/summarise.md"]
     assert "{{ approval.decision }}" in package.files["prompts/report.md"]
@@ -197,12 +204,12 @@ def test_graph_rules() -> None:
                                "\"approval.decision == 'approve'\""}
 
     def unreachable(m: dict[str, Any]) -> None:
-        m["graph"]["edges"] = [m["graph"]["edges"][0]]
+        m["graph"]["edges"] = [m["graph"]["edges"][3], m["graph"]["edges"][0]]
         m["graph"]["nodes"][1]["id"] = "manager_approval"
         m["graph"]["terminal_nodes"] = ["write_report"]
     problems = _broken(unreachable)
     assert problems["graph"] == "no terminal node can be reached from the entry node " \
-                                "'summarise'"
+                                "'tabulate'"
     assert problems["graph.nodes[1]"].startswith("node 'manager_approval' has no outgoing "
                                                  "edges and is not a terminal node")
 

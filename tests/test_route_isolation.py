@@ -76,7 +76,7 @@ def victim_ids(victim: Org) -> dict[str, str]:
     assert invite.status_code == 201
     deployed = deploy_agent(victim)
     # One finished session with a report, and one waiting for its approval.
-    finished = start_session(victim, {"timesheet": f"canary-{victim.slug},1"})
+    finished = start_session(victim, {"timesheet": f"2026-11-02,canary-{victim.slug},Apollo,1"})
     wait_for_status(victim, finished["id"], {"waiting_approval"})
     decided = victim.members["operator"].client.post(
         f"/api/v1/orgs/{victim.slug}/approvals/"
@@ -86,7 +86,7 @@ def victim_ids(victim: Org) -> dict[str, str]:
     wait_for_status(victim, finished["id"], {"succeeded"})
     report = victim.admin.client.get(f"/api/v1/orgs/{victim.slug}/reports",
                                      params={"session": finished["id"]}).json()[0]
-    waiting = start_session(victim, {"timesheet": f"canary-{victim.slug},2"})
+    waiting = start_session(victim, {"timesheet": f"2026-11-02,canary-{victim.slug},Apollo,2"})
     wait_for_status(victim, waiting["id"], {"waiting_approval"})
     approval = pending_approval(victim, waiting["id"])
     # A credential whose value holds the canary: no response to anyone, the victim's own

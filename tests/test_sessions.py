@@ -45,7 +45,8 @@ def test_operator_journey_to_an_approved_report(server: Server, org_a: Org) -> N
         assert kind in kinds, kind
     checkpoints = operator.get(
         f"/api/v1/orgs/{org_a.slug}/sessions/{run['id']}/checkpoints").json()
-    assert checkpoints[-1]["path"] == ["summarise", "manager_approval", "manager_approval",
+    assert checkpoints[-1]["path"] == ["tabulate", "summarise", "manager_approval",
+                                       "manager_approval",
                                        "write_report"]
     assert checkpoints[-1]["state"]["approval"]["decision"] == "approve"
 
@@ -123,10 +124,10 @@ def test_cancel_and_fork(server: Server, org_a: Org) -> None:
     inbox = client.get(f"/api/v1/orgs/{org_a.slug}/approvals",
                        params={"status": "pending"}).json()
     assert all(a["run_id"] != run["id"] for a in inbox)
-    fork = client.post(f"{base}/fork", json={"step": 1})
+    fork = client.post(f"{base}/fork", json={"step": 2})  # after tabulate and summarise
     assert fork.status_code == 201, fork.text
     forked = fork.json()
-    assert forked["parent_run_id"] == run["id"] and forked["forked_from_step"] == 1
+    assert forked["parent_run_id"] == run["id"] and forked["forked_from_step"] == 2
     wait_for_status(org_a, forked["id"], {"waiting_approval"})
     events = client.get(f"/api/v1/orgs/{org_a.slug}/sessions/{forked['id']}/events").json()
     # The fork starts after the summarising step: no LLM call is made again.

@@ -340,7 +340,7 @@ def test_set_output_and_render_report_write_the_context() -> None:
 def test_registry_lists_the_builtin_tools() -> None:
     registry = builtin_registry()
     assert builtin_tool_names() == registry.names() == {"http_request", "set_output",
-                                                        "render_report"}
+                                                        "render_report", "tabulate_csv"}
     specs = registry.specs(["http_request", "missing", "set_output"])
     assert [s.name for s in specs] == ["http_request", "set_output"]
     assert specs[0].parameters["required"] == ["url"]

@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from enginex.agents import service
 from enginex.agents.package import DEFAULT_LIMITS, PackageInvalid, PackageProblem
 from enginex.kit.errors import AppError, NotFound
+from enginex.llm import service as llm_service
 from enginex.orgs import service as orgs_service
 from enginex.orgs.web import paginate
 from enginex.tenancy.guards import DB, make_router
@@ -156,6 +157,10 @@ async def agent_page(request: Request, agent_key: str, db: DB,
         from_version = names[1] if len(names) > 1 else (names[0] if names else "")
         to_version = names[0] if names else ""
     members = await orgs_service.list_members(db, ctx)
+    latest = newest_first[0] if newest_first else None
+    scripted_model = bool(latest is not None and latest.manifest.get("scripted_replies")
+                          and await llm_service.resolve_model(db, ctx, "default") is None
+                          and await llm_service.get_llm_settings(db, ctx) is None)
     notice = next((text.format(params[key]) for key, text in NOTICES
                    if params.get(key) in names), None)
     return render(request, "agents/agent.html", principal=web.principal, ctx=ctx,
@@ -168,6 +173,8 @@ async def agent_page(request: Request, agent_key: str, db: DB,
                   deployers={m.user_id: m.email for m in members}, notice=notice,
                   base=base, can_write=ctx.has(Scope.AGENTS_WRITE),
                   can_start=ctx.has(Scope.RUNS_WRITE) and not summary.deprecated,
+                  scripted_model=scripted_model,
+                  can_configure_llm=ctx.has(Scope.SETTINGS_WRITE),
                   start_url=f"/o/{ctx.org_slug}/sessions/new?agent="
                             f"{quote(summary.agent.key, safe='')}")
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 from enginex.tools.base import ToolRegistry
 from enginex.tools.builtin import HttpRequestTool, RenderReportTool, SetOutputTool
+from enginex.tools.data import TabulateCsvTool
+
+BUILTIN_TOOLS = (HttpRequestTool, SetOutputTool, RenderReportTool, TabulateCsvTool)
 
 
 def builtin_registry() -> ToolRegistry:
-    """A fresh registry holding ``http_request``, ``set_output`` and ``render_report``."""
+    """A fresh registry holding ``http_request``, ``set_output``, ``render_report`` and
+    ``tabulate_csv``."""
     registry = ToolRegistry()
-    for tool in (HttpRequestTool(), SetOutputTool(), RenderReportTool()):
-        registry.register(tool)
+    for tool in BUILTIN_TOOLS:
+        registry.register(tool())
     return registry
 
 
 def builtin_tool_names() -> set[str]:
     """Names of the built-in tools (what agent manifests may list without MCP)."""
-    return {HttpRequestTool.spec.name, SetOutputTool.spec.name, RenderReportTool.spec.name}
+    return {tool.spec.name for tool in BUILTIN_TOOLS}
