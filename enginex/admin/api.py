@@ -51,10 +51,10 @@ async def list_tenants(db: DB, _: Admin) -> list[TenantOut]:
 async def create_tenant(body: TenantCreate, request: Request, db: DB,
                         admin: Admin) -> TenantCreated:
     """Create a tenant. An existing user becomes its admin; otherwise an invitation is made."""
+    base = request.app.state.settings.base_url.rstrip("/")
     created = await service.create_tenant(db, slug=body.slug, name=body.name,
                                           admin_email=body.admin_email, region=body.region,
-                                          actor_id=admin.user_id)
-    base = request.app.state.settings.base_url.rstrip("/")
+                                          actor_id=admin.user_id, base_url=base)
     summary = await service.summarize_tenant(db, created.org)
     return TenantCreated(
         **_out(summary).model_dump(), admin_user_id=created.admin_user_id,

@@ -80,8 +80,9 @@ async def list_workers(db: AsyncSession) -> list[WorkerHealth]:
 
 
 async def create_tenant(db: AsyncSession, *, slug: str, name: str, admin_email: str,
-                        region: str, actor_id: uuid.UUID) -> NewTenant:
-    """Create a tenant with its first admin (existing user) or an admin invitation."""
+                        region: str, actor_id: uuid.UUID, base_url: str) -> NewTenant:
+    """Create a tenant with its first admin (existing user) or an admin invitation (mailed
+    through the outbox; links start with ``base_url``)."""
     org, ctx = await org_service.create_organization(db, slug=slug, name=name, region=region)
     await record(db, ctx, "org.created", target_kind="organization", target_id=org.id,
                  actor_kind="platform_admin", actor_id=actor_id)
@@ -89,7 +90,8 @@ async def create_tenant(db: AsyncSession, *, slug: str, name: str, admin_email: 
     if user is not None:
         await org_service.add_member(db, ctx, user, Role.ADMIN)
         return NewTenant(org, user.id, None)
-    token, _ = await org_service.create_invitation(db, ctx, email=admin_email, role=Role.ADMIN)
+    token, _ = await org_service.create_invitation(db, ctx, email=admin_email, role=Role.ADMIN,
+                                                  base_url=base_url)
     return NewTenant(org, None, token)
 
 
