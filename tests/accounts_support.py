@@ -69,7 +69,7 @@ class SmtpServer:
 def body_of(message: EmailMessage) -> str:
     part = message.get_body(preferencelist=("plain",))
     assert part is not None
-    return str(part.get_content())
+    return str(part.get_content()).replace("\r\n", "\n")
 
 
 def enginex(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
