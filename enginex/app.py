@@ -22,6 +22,7 @@ from enginex.audit.api import router as audit_router
 from enginex.audit.web import router as audit_web_router
 from enginex.auth.api import router as auth_router
 from enginex.auth.service import AuthKeys
+from enginex.auth.web import router as auth_web_router
 from enginex.config import Settings, get_settings
 from enginex.credentials.api import router as credentials_router
 from enginex.credentials.web import router as credentials_web_router
@@ -53,7 +54,8 @@ ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
-               audit_web_router, credentials_web_router, mcp_web_router, skills_web_router)
+               audit_web_router, credentials_web_router, mcp_web_router, skills_web_router,
+               auth_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -418,10 +418,12 @@ def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from enginex.admin.cli import add_user_commands
     from enginex.agents.cli import add_agents_commands
     from enginex.audit.cli import add_audit_commands
     from enginex.client_cli import add_client_commands
     from enginex.credentials.cli import add_keys_commands, add_tenant_commands
+    from enginex.mail.cli import add_outbox_commands
 
     parser = argparse.ArgumentParser(prog="enginex", description=plain_text(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -480,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only files last written more than N minutes ago (default 60)")
     sweep.set_defaults(func=cmd_reports_sweep)
     add_audit_commands(sub)
+    add_user_commands(sub)
+    add_outbox_commands(sub)
     return parser
 
 

@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     # Tests only: cheap argon2id parameters instead of the OWASP ones (auth/passwords.py), so
     # the suite's thousands of password hashes cost microseconds. Refused on https:// below.
     argon2_test_profile: bool = False
+    # Outgoing mail (docs/ACCOUNTS.md): smtp://[user:pass@]host[:port] or smtps://...; empty:
+    # mail waits in the outbox for the platform admin (/admin/outbox, `enginex outbox list`).
+    smtp_url: str = ""
+    mail_from: str = "EngineX <enginex@localhost>"
+    # A password-reset link works once, for this many minutes.
+    password_reset_ttl_minutes: int = Field(default=30, ge=5, le=24 * 60)
+    # Reset requests per email address and per client address in login_window_minutes.
+    password_reset_max_per_email: int = Field(default=5, ge=1)
+    password_reset_max_per_address: int = Field(default=30, ge=1)
 
     @property
     def trusted_proxy_list(self) -> list[str]:
@@ -138,6 +147,12 @@ class Settings(BaseSettings):
             raise UnsafeConfigurationError(
                 "ENGINEX_BASE_URL is https:// but ENGINEX_COOKIE_SECURE=false: session cookies "
                 "would travel without the Secure flag. Remove ENGINEX_COOKIE_SECURE."
+            )
+        if self.smtp_url and not self.smtp_url.startswith(("smtp://", "smtps://")):
+            raise UnsafeConfigurationError(
+                "ENGINEX_SMTP_URL must start with smtp:// or smtps:// (e.g. "
+                "smtp://mail.example.com:587 or smtps://user:pass@mail.example.com:465); "
+                "leave it empty to keep mail in the outbox for the platform admin."
             )
         if self.base_url.startswith("https://") and self.argon2_test_profile:
             raise UnsafeConfigurationError(

@@ -159,7 +159,8 @@ def make_org(server: Server, platform_admin: Actor, label: str, *,
 
         tenant = await create_tenant(session, slug=slug, name=f"Org {slug}",
                                      admin_email=emails["admin"], region="default",
-                                     actor_id=uuid.UUID(platform_admin.user_id))
+                                     actor_id=uuid.UUID(platform_admin.user_id),
+                                     base_url=server.base_url)
         assert tenant.invitation_token is not None
         admin, org, _ = await accept_invitation(session, token=tenant.invitation_token,
                                                 password=PASSWORD)
@@ -170,7 +171,7 @@ def make_org(server: Server, platform_admin: Actor, label: str, *,
         for role in roles:
             if role != "admin":
                 token, _ = await create_invitation(session, ctx, email=emails[role],
-                                                   role=Role(role))
+                                                   role=Role(role), base_url=server.base_url)
                 await accept_invitation(session, token=token, password=PASSWORD)
         keys = {}
         if with_keys:

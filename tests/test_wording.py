@@ -73,12 +73,12 @@ def test_the_credential_form_reports_every_invalid_field_at_once(org_a: Org) -> 
     assert fixed.status_code == 303, fixed.text
 
 
-DESTRUCTIVE = ("Delete", "Revoke", "Remove", "Suspend", "Cancel")
+DESTRUCTIVE = ("Delete", "Revoke", "Remove", "Suspend", "Disable", "Cancel")
 
 
 def test_red_marks_destructive_controls_only() -> None:
     """Every control drawn in danger red (``class="danger"``, ``details.confirm``) says that
-    it deletes, revokes, removes, suspends or cancels; a harmless choice is never red."""
+    it deletes, revokes, removes, suspends, disables or cancels; a harmless choice is never red."""
     from pathlib import Path
 
     import enginex.web

@@ -65,3 +65,32 @@ class WorkerOut(ResponseBody):
     alive: bool = Field(description="Seen within three heartbeat intervals.")
     slots: int = Field(description="Runs the worker executes at once.")
     steps_committed: int = Field(description="Steps committed since the worker started.")
+
+
+class UserOut(ResponseBody):
+    """An account (global): never its password hash or sessions."""
+
+    id: uuid.UUID
+    email: str
+    display_name: str
+    is_platform_admin: bool
+    disabled: bool = Field(description="A disabled account cannot sign in; its sessions were "
+                                        "ended and the API keys it created do not work.")
+    created_at: datetime
+
+
+class OutboxMessageOut(ResponseBody):
+    """A queued, sent or failed email. ``body`` holds the text (with its link) until the
+    message is sent; a sent message's body is erased."""
+
+    id: uuid.UUID
+    kind: str
+    recipient: str
+    subject: str
+    body: str
+    status: Literal["queued", "sent", "failed"]
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None

@@ -1,4 +1,5 @@
-"""Platform administration: create, list, suspend and reactivate tenants; worker health.
+"""Platform administration: create, list, suspend and reactivate tenants; worker health;
+disable and enable user accounts; the mail outbox.
 
 Platform admins see metadata and counts only (members, agents, sessions by status, queue
 depth, pending approvals -- through the narrow reads of tenancy/platform.py), never tenant
@@ -16,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from enginex.admin import repository as admin_repo
 from enginex.audit.service import record
 from enginex.auth import repository as auth_repo
-from enginex.kit.errors import NotFound
+from enginex.auth.models import User
+from enginex.kit.errors import Conflict, NotFound
 from enginex.orgs import repository as org_repo
 from enginex.orgs import service as org_service
 from enginex.orgs.models import Organization
@@ -78,8 +80,9 @@ async def list_workers(db: AsyncSession) -> list[WorkerHealth]:
 
 
 async def create_tenant(db: AsyncSession, *, slug: str, name: str, admin_email: str,
-                        region: str, actor_id: uuid.UUID) -> NewTenant:
-    """Create a tenant with its first admin (existing user) or an admin invitation."""
+                        region: str, actor_id: uuid.UUID, base_url: str) -> NewTenant:
+    """Create a tenant with its first admin (existing user) or an admin invitation (mailed
+    through the outbox; links start with ``base_url``)."""
     org, ctx = await org_service.create_organization(db, slug=slug, name=name, region=region)
     await record(db, ctx, "org.created", target_kind="organization", target_id=org.id,
                  actor_kind="platform_admin", actor_id=actor_id)
@@ -87,7 +90,8 @@ async def create_tenant(db: AsyncSession, *, slug: str, name: str, admin_email: 
     if user is not None:
         await org_service.add_member(db, ctx, user, Role.ADMIN)
         return NewTenant(org, user.id, None)
-    token, _ = await org_service.create_invitation(db, ctx, email=admin_email, role=Role.ADMIN)
+    token, _ = await org_service.create_invitation(db, ctx, email=admin_email, role=Role.ADMIN,
+                                                  base_url=base_url)
     return NewTenant(org, None, token)
 
 
@@ -109,3 +113,55 @@ async def set_tenant_status(db: AsyncSession, org_id: uuid.UUID, status: str, *,
 
 async def find_tenant_by_slug(db: AsyncSession, slug: str) -> Organization | None:
     return await org_repo.get_org_by_slug(db, slug)
+
+
+# --- user accounts -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserPage:
+    items: list[User]
+    next_after: str | None  # the email to continue after, None on the last page
+
+
+async def list_users_page(db: AsyncSession, *, search: str = "", after: str | None = None,
+                          limit: int = PAGE_SIZE) -> UserPage:
+    """One page of accounts in email order, those whose email contains ``search``."""
+    users = await auth_repo.list_users_page(db, search=search.strip(), after=after,
+                                            limit=limit + 1)
+    more = len(users) > limit
+    users = users[:limit]
+    return UserPage(users, users[-1].email if more else None)
+
+
+async def access_user(db: AsyncSession, user_id: uuid.UUID) -> User:
+    """The account with ``user_id``; NotFound if there is none."""
+    user = await auth_repo.get_user(db, user_id)
+    if user is None:
+        raise NotFound()
+    return user
+
+
+async def set_user_disabled(db: AsyncSession, user_id: uuid.UUID, disabled: bool, *,
+                            actor_id: uuid.UUID | None) -> tuple[User, bool]:
+    """Disable (everywhere) or re-enable an account; returns it and whether it changed.
+
+    Disabling deletes the user's browser sessions in this transaction (their cookies stop
+    at once); API keys the user created stop on their next request (the key guard checks
+    the creator), open event streams at their next access re-check (at most
+    ``stream_recheck_seconds``). Enabling lets the user sign in again and makes their
+    unexpired, unrevoked keys work again. Conflict when a platform admin would disable
+    their own account. NotFound for an unknown id. The caller commits, then audits
+    (``audit.service.record_in_user_orgs``: the account is global, its audit trail lives in
+    each of its organizations).
+    """
+    user = await access_user(db, user_id)
+    if disabled and actor_id == user.id:
+        raise Conflict("You cannot disable your own account: ask another platform admin.",
+                       code="own_account")
+    changed = user.disabled != disabled
+    if changed:
+        user.disabled = disabled
+        if disabled:
+            await auth_repo.delete_user_sessions(db, user.id)
+    return user, changed

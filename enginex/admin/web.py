@@ -1,4 +1,5 @@
-"""Platform admin pages: tenants with their counts, worker health, create, suspend/reactivate.
+"""Platform admin pages: tenants with their counts, worker health, create, suspend/reactivate;
+user accounts (disable/enable) and the mail outbox.
 
 Every page is ``WebPlatformAdmin()``: anonymous visitors go to sign-in, everyone else who is
 not a platform admin gets the forbidden page. The pages call the same service functions as
@@ -17,8 +18,10 @@ from pydantic import ValidationError
 
 from enginex.admin import service
 from enginex.admin.schemas import TenantCreate
-from enginex.kit.errors import AppError, ValidationFailed
+from enginex.audit.service import record_in_user_orgs
+from enginex.kit.errors import AppError, Conflict, ValidationFailed
 from enginex.kit.schemas import SLUG_PATTERN
+from enginex.mail.service import list_outbox
 from enginex.runs.models import ACTIVE, FINISHED, WORKER_HEARTBEAT_SECONDS
 from enginex.tenancy.guards import DB, make_router
 from enginex.tenancy.principal import UserPrincipal
@@ -83,7 +86,8 @@ async def create_tenant(request: Request, db: DB, principal: Admin) -> HTMLRespo
     try:
         created = await service.create_tenant(db, slug=body.slug, name=body.name,
                                               admin_email=body.admin_email, region=body.region,
-                                              actor_id=principal.user_id)
+                                              actor_id=principal.user_id,
+                                              base_url=request.app.state.settings.base_url)
     except AppError as exc:
         await db.rollback()
         field = str(exc.details.get("field") or "form")
@@ -126,3 +130,63 @@ async def workers(request: Request, db: DB, principal: Admin) -> HTMLResponse:
                             "heartbeat_seconds": int(WORKER_HEARTBEAT_SECONDS)}
     template = "admin/_workers.html" if is_htmx(request) else "admin/workers.html"
     return render(request, template, principal=principal, **data)
+
+
+@router.get("/admin/users", response_class=HTMLResponse)
+async def users(request: Request, db: DB, principal: Admin,
+                q: Annotated[str, Query(max_length=254)] = "",
+                after: Annotated[str | None, Query(max_length=254)] = None) -> HTMLResponse:
+    """Accounts (50 a page, email order), searchable by part of the email."""
+    page = await service.list_users_page(db, search=q, after=after)
+    return render(request, "admin/users.html", principal=principal, page=page, q=q,
+                  after=after)
+
+
+@router.get("/admin/users/{user_id}", response_class=HTMLResponse)
+async def user(request: Request, user_id: uuid.UUID, db: DB, principal: Admin,
+               changed: Annotated[Literal["disabled", "enabled"] | None, Query()] = None
+               ) -> HTMLResponse:
+    """One account, with the button that disables or enables it."""
+    found = await service.access_user(db, user_id)
+    notice = f"{found.email} is now {changed}." if changed else None
+    return render(request, "admin/user.html", principal=principal, user=found, notice=notice)
+
+
+async def _set_disabled(request: Request, db: DB, principal: UserPrincipal,
+                        user_id: uuid.UUID, disabled: bool) -> Response:
+    try:
+        _, changed = await service.set_user_disabled(db, user_id, disabled,
+                                                     actor_id=principal.user_id)
+    except Conflict as exc:
+        await db.rollback()
+        return render(request, "admin/user.html", principal=principal, status_code=409,
+                      user=await service.access_user(db, user_id), error=exc.message)
+    await db.commit()
+    if changed:
+        await record_in_user_orgs(request.app.state.db.sessions, user_id,
+                                  "user.disabled" if disabled else "user.enabled",
+                                  actor_kind="platform_admin", actor_id=principal.user_id)
+    state = "disabled" if disabled else "enabled"
+    return RedirectResponse(f"/admin/users/{user_id}?changed={state}", status_code=303)
+
+
+@router.post("/admin/users/{user_id}/disable")
+async def disable_user(request: Request, user_id: uuid.UUID, db: DB,
+                       principal: Admin) -> Response:
+    """Disable the account everywhere (see ``POST /api/v1/admin/users/{id}/disable``)."""
+    return await _set_disabled(request, db, principal, user_id, True)
+
+
+@router.post("/admin/users/{user_id}/enable")
+async def enable_user(request: Request, user_id: uuid.UUID, db: DB,
+                      principal: Admin) -> Response:
+    """Enable the account again."""
+    return await _set_disabled(request, db, principal, user_id, False)
+
+
+@router.get("/admin/outbox", response_class=HTMLResponse)
+async def outbox(request: Request, db: DB, principal: Admin) -> HTMLResponse:
+    """The newest 200 emails; without ENGINEX_SMTP_URL this is where their links are read."""
+    return render(request, "admin/outbox.html", principal=principal,
+                  messages=await list_outbox(db),
+                  smtp=bool(request.app.state.settings.smtp_url))

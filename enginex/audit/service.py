@@ -39,7 +39,7 @@ from enginex.kit.time import utcnow
 from enginex.tenancy.context import TenantContext, system_context
 
 __all__ = ["AuditFilter", "AuditPage", "AuditRepository", "Verdict", "export_chain",
-           "list_entries", "record", "record_login", "verify_chain"]
+           "list_entries", "record", "record_in_user_orgs", "record_login", "verify_chain"]
 
 LOGIN_FAILURE_WINDOW = timedelta(minutes=15)
 EXPORT_BATCH = 500
@@ -168,6 +168,26 @@ async def record_login(sessions: async_sessionmaker[AsyncSession], user_id: uuid
                          details={"method": method}, actor_kind="user", actor_id=user_id)
             written += 1
     return written
+
+
+async def record_in_user_orgs(sessions: async_sessionmaker[AsyncSession], user_id: uuid.UUID,
+                              action: str, *, actor_kind: str, actor_id: uuid.UUID | None,
+                              details: dict[str, Any] | None = None) -> int:
+    """Record an event of an account (global, like the account: a password reset, a platform
+    admin disabling it) in each organization the user belongs to, one transaction per
+    organization, as ``record_login``. Returns how many entries were written. Call after the
+    event's own transaction committed; a user in no organization leaves only the log line."""
+    from enginex.tenancy.platform import list_user_orgs
+
+    async with sessions() as db:
+        orgs = await list_user_orgs(db, user_id)
+    for org in orgs:
+        async with sessions() as db, db.begin():
+            await set_tenant(db, org.org_id)
+            await record(db, system_context(org.org_id, org.slug), action, target_kind="user",
+                         target_id=user_id, details=details, actor_kind=actor_kind,
+                         actor_id=actor_id)
+    return len(orgs)
 
 
 async def _recent_failure(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID) -> bool:

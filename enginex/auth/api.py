@@ -6,9 +6,10 @@ import uuid
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Request, Response, status
+from fastapi import BackgroundTasks, Request, Response, status
 
-from enginex.auth import service
+from enginex.audit.service import record_in_user_orgs
+from enginex.auth import reset, service
 from enginex.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -17,6 +18,9 @@ from enginex.auth.schemas import (
     MeOut,
     OrgMembershipOut,
     PasswordChange,
+    PasswordResetConfirm,
+    PasswordResetRequest,
+    PasswordResetRequested,
 )
 from enginex.config import Settings
 from enginex.kit.errors import Forbidden
@@ -123,6 +127,44 @@ async def change_password(body: PasswordChange, request: Request, response: Resp
                           session_id=result.session.id,
                           csrf_token=request.app.state.auth_keys.csrf_token(result.session.id))
     return await describe_principal(db, fresh)
+
+
+@router.post("/auth/password-reset", response_model=PasswordResetRequested,
+             status_code=status.HTTP_202_ACCEPTED, responses={429: {}})
+async def request_password_reset(body: PasswordResetRequest, request: Request, db: DB,
+                                 background: BackgroundTasks, _: Annotated[None, Public()]
+                                 ) -> PasswordResetRequested:
+    """Ask for a password-reset link by email. Public: whoever forgot their password is
+    signed out. The answer is the same whether or not an account uses the address (the
+    account is looked up after the response is sent); throttled per email and per client
+    address (429 with Retry-After)."""
+    settings: Settings = request.app.state.settings
+    await reset.admit_request(db, settings, email=body.email,
+                              client_address=client_address(request))
+    background.add_task(reset.issue_reset_quietly, request.app.state.db.sessions, settings,
+                        email=body.email)
+    return PasswordResetRequested(message=reset.RESET_REQUESTED)
+
+
+async def confirm_and_audit(request: Request, db: DB, *, token: str, new_password: str) -> None:
+    """``reset.confirm_reset``, committed, then audited in the user's organizations."""
+    user = await reset.confirm_reset(db, token=token, new_password=new_password)
+    user_id = user.id
+    await db.commit()
+    await record_in_user_orgs(request.app.state.db.sessions, user_id, "auth.password_reset",
+                              actor_kind="user", actor_id=user_id)
+
+
+@router.post("/auth/password-reset/confirm", status_code=status.HTTP_204_NO_CONTENT,
+             responses={404: {}, 422: {}})
+async def confirm_password_reset(body: PasswordResetConfirm, request: Request, db: DB,
+                                 _: Annotated[None, Public()]) -> Response:
+    """Set a new password with the token of a reset email. Public: the token is the
+    credential (single use, short-lived). Every browser session of the account ends; API
+    keys stay. 404 for an unknown, used or expired token; 422 when the password breaks the
+    policy (the token stays usable)."""
+    await confirm_and_audit(request, db, token=body.token, new_password=body.new_password)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/orgs/{org}/api-keys", response_model=list[ApiKeyOut])

@@ -90,3 +90,18 @@ class LoginFailure(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)
+
+
+class PasswordReset(Base):
+    """A password-reset link. Only the SHA-256 digest of its token is stored; it works once
+    (``used_at``) and until ``expires_at``. Global, like the user it belongs to."""
+
+    __tablename__ = "password_resets"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    token_digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                               index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]

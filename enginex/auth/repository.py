@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from enginex.auth.models import ApiKey, AuthSession, LoginFailure, User
+from enginex.auth.models import ApiKey, AuthSession, LoginFailure, PasswordReset, User
 from enginex.db import UTCDateTime
 from enginex.kit.errors import NotFound
 from enginex.tenancy.repository import ScopedRepository
@@ -40,6 +40,53 @@ async def delete_session(db: AsyncSession, session_id: uuid.UUID) -> None:
 
 async def delete_user_sessions(db: AsyncSession, user_id: uuid.UUID) -> None:
     await db.execute(delete(AuthSession).where(AuthSession.user_id == user_id))
+
+
+async def get_reset_with_user(db: AsyncSession,
+                              digest: bytes) -> tuple[PasswordReset, User] | None:
+    stmt = (select(PasswordReset, User).join(User, User.id == PasswordReset.user_id)
+            .where(PasswordReset.token_digest == digest))
+    row = (await db.execute(stmt)).first()
+    return (row[0], row[1]) if row else None
+
+
+async def use_reset(db: AsyncSession, reset_id: uuid.UUID, now: datetime) -> bool:
+    """Mark the reset used if it still is unused and unexpired; False when another request
+    used it first (or it expired meanwhile): one conditional UPDATE decides."""
+    result = await db.execute(update(PasswordReset)
+                              .where(PasswordReset.id == reset_id,
+                                     PasswordReset.used_at.is_(None),
+                                     PasswordReset.expires_at > now)
+                              .values(used_at=now))
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def end_user_resets(db: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
+    """Every unused reset link of the user stops working (its password just changed)."""
+    await db.execute(update(PasswordReset)
+                     .where(PasswordReset.user_id == user_id, PasswordReset.used_at.is_(None))
+                     .values(used_at=now))
+
+
+async def prune_resets(db: AsyncSession, before: datetime) -> None:
+    await db.execute(delete(PasswordReset).where(PasswordReset.expires_at < before))
+
+
+async def set_user_disabled(db: AsyncSession, user_id: uuid.UUID, disabled: bool) -> None:
+    await db.execute(update(User).where(User.id == user_id).values(disabled=disabled))
+
+
+async def list_users_page(db: AsyncSession, *, search: str, after: str | None,
+                          limit: int) -> list[User]:
+    """Users in email order (case-insensitive), those whose email contains ``search``,
+    starting after the email ``after``."""
+    stmt = select(User).order_by(func.lower(User.email)).limit(limit)
+    if search:
+        escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(func.lower(User.email).like(f"%{escaped}%", escape="\\"))
+    if after:
+        stmt = stmt.where(func.lower(User.email) > after.lower())
+    return list((await db.execute(stmt)).scalars())
 
 
 async def touch_session(db: AsyncSession, session_id: uuid.UUID, now: datetime) -> None:

@@ -23,6 +23,20 @@ class PasswordChange(RequestBody):
     new_password: Password
 
 
+class PasswordResetRequest(RequestBody):
+    email: Email
+
+
+class PasswordResetRequested(ResponseBody):
+    message: str
+
+
+class PasswordResetConfirm(RequestBody):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="The code after '#' in the link of the reset email (pwr_...).")
+    new_password: Password
+
+
 class OrgMembershipOut(ResponseBody):
     id: uuid.UUID
     slug: str

@@ -73,6 +73,11 @@ def _account_key(email: str) -> str:
     return "acct:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:40]
 
 
+async def clear_account_failures(db: AsyncSession, email: str) -> None:
+    """Forget the account's failed sign-ins (its password was just replaced)."""
+    await repo.clear_failures(db, _account_key(email))
+
+
 def _address_key(address: str) -> str:
     return "addr:" + hashlib.sha256(address.encode()).hexdigest()[:40]
 

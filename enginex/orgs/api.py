@@ -70,9 +70,9 @@ async def create_invitation(body: InvitationCreate, request: Request, db: DB,
                             ctx: Annotated[TenantContext, Require(Scope.MEMBERS_WRITE)]
                             ) -> InvitationCreated:
     """Invite someone by email; the response holds the link, once."""
-    token, invitation = await service.create_invitation(db, ctx, email=body.email,
-                                                        role=Role(body.role))
     base = request.app.state.settings.base_url.rstrip("/")
+    token, invitation = await service.create_invitation(db, ctx, email=body.email,
+                                                        role=Role(body.role), base_url=base)
     return InvitationCreated.model_validate({
         **InvitationOut.model_validate(invitation).model_dump(), "token": token,
         "accept_url": f"{base}/invitations/accept#{token}"})

@@ -29,6 +29,7 @@ from enginex.kit.errors import (
 from enginex.kit.ids import new_token, token_digest
 from enginex.kit.parsing import hex_uuid_or_none
 from enginex.kit.time import utcnow
+from enginex.mail.service import queue_invitation
 from enginex.orgs import repository as repo
 from enginex.orgs.models import Invitation, Membership, Organization
 from enginex.tenancy.context import TenantContext, system_context
@@ -181,9 +182,15 @@ def parse_invitation_token(token: str) -> uuid.UUID | None:
     return hex_uuid_or_none(org_hex)
 
 
+def invitation_link(base_url: str, token: str) -> str:
+    """The acceptance link: the token travels in the fragment (web/invitations.py)."""
+    return f"{base_url.rstrip('/')}/invitations/accept#{token}"
+
+
 async def create_invitation(db: AsyncSession, ctx: TenantContext, *, email: str,
-                            role: Role) -> tuple[str, Invitation]:
-    """Invite ``email`` with ``role``; the token is returned once. Audited.
+                            role: Role, base_url: str) -> tuple[str, Invitation]:
+    """Invite ``email`` with ``role``; the token is returned once, and the link is mailed to
+    ``email`` through the outbox (same transaction). Audited.
 
     Forbidden if ``role`` is above the inviter's; Conflict if the person is already a member.
     """
@@ -203,6 +210,10 @@ async def create_invitation(db: AsyncSession, ctx: TenantContext, *, email: str,
     await db.flush()
     await record(db, ctx, "invitation.created", target_kind="invitation",
                  target_id=invitation.id, details={"role": str(role)})
+    org = await repo.get_org(db, ctx.org_id)
+    queue_invitation(db, recipient=invitation.email, org_name=org.name if org else ctx.org_slug,
+                     role=str(role), link=invitation_link(base_url, token),
+                     expires=invitation.expires_at)
     return token, invitation
 
 

@@ -218,8 +218,9 @@ async def create_invitation(request: Request, db: DB,
     typed = {"email": form.get("email", "")[:300], "role": form.get("role", "")}
     try:
         body = InvitationCreate.model_validate(typed)
-        token, invitation = await service.create_invitation(db, web.ctx, email=body.email,
-                                                            role=Role(body.role))
+        token, invitation = await service.create_invitation(
+            db, web.ctx, email=body.email, role=Role(body.role),
+            base_url=request.app.state.settings.base_url)
     except ValidationError as exc:
         return await _members_page(request, db, web, status_code=422, invite_form=typed,
                                    invite_errors=field_errors(exc))

@@ -11,6 +11,8 @@ from enginex.db import Database
 from enginex.llm.base import LLMProvider
 from enginex.llm.providers import ScriptedProvider
 from enginex.llm.service import LLMKeyBox, provider_for, uses_quick_setup
+from enginex.mail.sender import MailSender
+from enginex.mail.smtp import SmtpConfig
 from enginex.mcp.runtime import mcp_tools_factory
 from enginex.reports.storage import ArtifactStorage
 from enginex.runs.engine import EngineDeps
@@ -47,5 +49,7 @@ def build_engine(settings: Settings, db: Database, master_key: bytes) -> EngineD
 
 
 def build_worker(settings: Settings, db: Database, deps: EngineDeps) -> Worker:
+    smtp = SmtpConfig.from_url(settings.smtp_url) if settings.smtp_url else None
     return Worker(db, deps, slots=settings.worker_slots, tenant_limit=settings.tenant_concurrency,
-                  database_url=settings.resolved_database_url)
+                  database_url=settings.resolved_database_url,
+                  mail=lambda sessions: MailSender(sessions, smtp, mail_from=settings.mail_from))

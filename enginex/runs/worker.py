@@ -13,6 +13,8 @@ slots never queue on the platform-wide claim lock against each other.
 Every worker also keeps a row in the global ``workers`` table fresh (name, start, last beat,
 slots, steps committed) for the platform admin's health panel; a clean stop removes it.
 
+Every worker also runs the mail outbox's sender (mail/sender.py) when built with ``mail``.
+
 Every worker also removes orphaned report files (reports/sweeper.py) older than
 ``report_orphan_age`` every ``report_sweep_seconds``; concurrent sweeps are harmless.
 
@@ -34,14 +36,16 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 import psycopg
 from sqlalchemy import delete, func, make_url, update
 
-from enginex.db import ConnectionGate, Database, is_transient_db_error, set_tenant
+from enginex.db import ConnectionGate, Database, SessionFactory, is_transient_db_error, set_tenant
 from enginex.kit.time import utcnow
+from enginex.mail.sender import MailSender
 from enginex.reports.sweeper import DEFAULT_OLDER_THAN, sweep_orphans
 from enginex.runs.engine import EngineDeps, StepInterrupted, execute_step, release_interrupted
 from enginex.runs.models import WORKER_HEARTBEAT_SECONDS, WorkerPresence
@@ -63,7 +67,8 @@ class Worker:
                  database_url: str | None = None,
                  heartbeat_seconds: float = WORKER_HEARTBEAT_SECONDS,
                  report_sweep_seconds: float = REPORT_SWEEP_SECONDS,
-                 report_orphan_age: timedelta = DEFAULT_OLDER_THAN) -> None:
+                 report_orphan_age: timedelta = DEFAULT_OLDER_THAN,
+                 mail: Callable[[SessionFactory], MailSender] | None = None) -> None:
         self.db = db
         # One gate for every connection this worker takes (see the module docstring).
         self.gate = ConnectionGate(db.pool_capacity)
@@ -87,6 +92,7 @@ class Worker:
         self._busy: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self.claims_made = 0  # claim transactions issued (for tests and benchmarks)
+        self.mail = mail(self.sessions) if mail is not None else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -97,6 +103,8 @@ class Worker:
         tasks.append(asyncio.create_task(self._sweeper(), name="worker-sweeper"))
         tasks.append(asyncio.create_task(self._presence(), name="worker-presence"))
         tasks.append(asyncio.create_task(self._report_sweeper(), name="worker-report-sweeper"))
+        if self.mail is not None:
+            tasks.append(asyncio.create_task(self.mail.run(self._stop), name="worker-mail"))
         if self.database_url and self.database_url.startswith("postgresql"):
             tasks.append(asyncio.create_task(self._listen(), name="worker-listen"))
         try:
