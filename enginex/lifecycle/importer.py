@@ -290,6 +290,20 @@ async def import_archive(db: AsyncSession, path: Path, manifest: Manifest, *,
                              "and remove it, then import again")
     staging = storage.root.parent / f".import-{org_id.hex}-{new_id().hex[:8]}"
     result = ImportResult(org_id=org_id, slug=target_slug, kept_id=kept)
+    staging.mkdir(mode=0o700, parents=True)
+    try:
+        await _write(db, path, manifest, result, keyring=keyring, staging=staging,
+                     source=source, source_id=source_id, archive_sha256=archive_sha256)
+    except BaseException:
+        discard_files(staging)
+        raise
+    return result, staging
+
+
+async def _write(db: AsyncSession, path: Path, manifest: Manifest, result: ImportResult, *,
+                 keyring: Keyring, staging: Path, source: dict[str, Any],
+                 source_id: uuid.UUID, archive_sha256: str) -> None:
+    org_id, target_slug = result.org_id, result.slug
     with zipfile.ZipFile(path) as archive:
         with archive.open(ORG_FILE) as member:
             org_lines = [line for _, line in _lines(member, ORG_FILE)]
@@ -304,7 +318,6 @@ async def import_archive(db: AsyncSession, path: Path, manifest: Manifest, *,
         await db.flush()
         await set_tenant(db, org_id)
         rows = _Rows(db, org_id, keyring, result)
-        staging.mkdir(mode=0o700, parents=True)
         for kind in KINDS:
             batch: list[dict[str, Any]] = []
             count = 0
@@ -343,7 +356,6 @@ async def import_archive(db: AsyncSession, path: Path, manifest: Manifest, *,
                           "archive_sha256": archive_sha256,
                           "exported_at": str(manifest.body.get("exported_at", "")),
                           "entries": result.counts.get("audit", 0)})
-    return result, staging
 
 
 def _stage_file(archive: zipfile.ZipFile, kind: Kind, row: dict[str, Any],
