@@ -260,6 +260,7 @@ def test_a_bad_archive_is_refused_and_nothing_is_written(
         pytest.skip("archive checks do not depend on the database")
     seed(org_a)
     good = export_archive(server, org_a)
+    assert_lines_match_the_published_schemas(good)
     cases: dict[str, bytes] = {"truncated": good[: len(good) // 2], "not a zip": b"hello"}
 
     def rewrite(change: Any) -> bytes:
@@ -309,6 +310,34 @@ def test_a_bad_archive_is_refused_and_nothing_is_written(
         assert leftovers == []
         with pytest.raises(ArchiveRefused):
             check_archive(tmp_path / "truncated.zip", max_bytes=10**9)
+
+
+def assert_lines_match_the_published_schemas(archive: bytes) -> None:
+    import jsonschema
+
+    from enginex.lifecycle.schema import all_schemas
+
+    schemas = all_schemas()
+    checked = 0
+    with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
+        for name in zipped.namelist():
+            if name.startswith("files/"):
+                continue
+            validator = jsonschema.Draft202012Validator(
+                schemas[f"{name}.schema.json"],
+                format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+            if name == "manifest.json":
+                body = json.loads(zipped.read(name))
+                body["source"] = {}  # checked as org.jsonl
+                validator = jsonschema.Draft202012Validator(
+                    {**schemas[f"{name}.schema.json"], "properties": {
+                        **schemas[f"{name}.schema.json"]["properties"], "source": {}}})
+                validator.validate(body)
+                continue
+            for line in zipped.read(name).splitlines():
+                validator.validate(json.loads(line))
+                checked += 1
+    assert checked > 20
 
 
 def _forge_audit(good: bytes) -> bytes:
