@@ -30,6 +30,8 @@ from enginex.db import Database
 from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
 from enginex.kit.process import protect_process
+from enginex.lifecycle.api import router as lifecycle_router
+from enginex.lifecycle.web import router as lifecycle_web_router
 from enginex.llm.api import router as llm_router
 from enginex.llm.web import router as llm_web_router
 from enginex.mcp.api import router as mcp_router
@@ -50,12 +52,12 @@ from enginex.web.pages import router as pages_router
 
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
            agents_router, approvals_router, reports_router, llm_router, credentials_router,
-           audit_router, mcp_router, skills_router, pages_router)
+           audit_router, mcp_router, skills_router, lifecycle_router, pages_router)
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
                audit_web_router, credentials_web_router, mcp_web_router, skills_web_router,
-               auth_web_router)
+               auth_web_router, lifecycle_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -423,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     from enginex.audit.cli import add_audit_commands
     from enginex.client_cli import add_client_commands
     from enginex.credentials.cli import add_keys_commands, add_tenant_commands
+    from enginex.lifecycle.cli import add_lifecycle_commands
     from enginex.mail.cli import add_outbox_commands
 
     parser = argparse.ArgumentParser(prog="enginex", description=plain_text(__doc__))
@@ -454,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=cmd_tenant_create)
     add_tenant_commands(tenant)
+    add_lifecycle_commands(tenant)
 
     admin = sub.add_parser("admin", help="platform admins").add_subparsers(dest="action",
                                                                             required=True)

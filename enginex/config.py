@@ -75,6 +75,18 @@ class Settings(BaseSettings):
     # Reset requests per email address and per client address in login_window_minutes.
     password_reset_max_per_email: int = Field(default=5, ge=1)
     password_reset_max_per_address: int = Field(default=30, ge=1)
+    # Data life cycle (docs/DATA_LIFECYCLE.md): exports are kept this many days, a download
+    # link lives this many minutes, an export job's lease this many seconds (a dead worker's
+    # export is taken over after it), and an export reads at most this many rows per second
+    # (0: no limit) so that a large tenant's export does not crowd the database.
+    export_retention_days: int = Field(default=7, ge=1)
+    export_link_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    export_lease_seconds: int = Field(default=60, ge=2)
+    export_rows_per_second: int = Field(default=0, ge=0)
+    # How often the worker looks for life-cycle jobs (exports, expiries).
+    lifecycle_poll_seconds: float = Field(default=2.0, gt=0)
+    # The largest archive ``enginex tenant import`` accepts (compressed and uncompressed).
+    import_max_bytes: int = Field(default=10 * 1024**3, ge=1)
 
     @property
     def trusted_proxy_list(self) -> list[str]:

@@ -6,6 +6,7 @@ from enginex.audit import models as audit_models
 from enginex.auth import models as auth_models
 from enginex.credentials import models as credential_models
 from enginex.idempotency import models as idempotency_models
+from enginex.lifecycle import models as lifecycle_models
 from enginex.llm import models as llm_models
 from enginex.mail import models as mail_models
 from enginex.mcp import models as mcp_models
@@ -15,5 +16,6 @@ from enginex.runs import models as run_models
 from enginex.skills import models as skill_models
 
 __all__ = ["agent_models", "approval_models", "audit_models", "auth_models", "credential_models",
-           "idempotency_models", "llm_models", "mail_models", "mcp_models", "org_models",
+           "idempotency_models", "lifecycle_models", "llm_models", "mail_models", "mcp_models",
+           "org_models",
            "report_models", "run_models", "skill_models"]

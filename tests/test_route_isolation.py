@@ -28,6 +28,7 @@ from tests.factories import (
     start_session,
     wait_for_status,
 )
+from tests.victims_lifecycle import lifecycle_victim_ids
 from tests.victims_llm import llm_victim_ids
 from tests.victims_mcp import mcp_victim_ids
 from tests.victims_skill import skill_victim_ids
@@ -105,7 +106,8 @@ def victim_ids(victim: Org) -> dict[str, str]:
             "version": deployed["version"], "run_id": waiting["id"],
             "approval_id": approval["id"], "report_id": report["id"],
             "credential_id": credential.json()["id"],
-            **llm_victim_ids(victim), **mcp_victim_ids(victim), **skill_victim_ids(victim)}
+            **llm_victim_ids(victim), **mcp_victim_ids(victim), **skill_victim_ids(victim),
+            **lifecycle_victim_ids(victim)}
 
 def fill(path: str, values: dict[str, str]) -> str:
     def sub(match: re.Match[str]) -> str:

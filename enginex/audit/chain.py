@@ -8,6 +8,13 @@ covered: it is the row's storage key, not part of what happened.
 
 Pure functions only (no database), so an exported JSON Lines file can be checked with the same
 code as the database (``verify``).
+
+Imported chains (docs/DATA_LIFECYCLE.md): an organization rebuilt from an export keeps the
+exported entries verbatim, hashes included, and records the import as the next entry, action
+``org.imported``, whose details name ``origin_tenant_id``, the organization id the earlier
+entries were hashed under. When the import had to give the organization a new id, the entries
+before that ``org.imported`` entry are verified with the origin id (``ChainWalker(origins=)``);
+an archive of such a chain writes that id with each entry as ``chain_tenant_id``.
 """
 
 from __future__ import annotations
@@ -47,10 +54,14 @@ def entry_hash(prev_hash: str, canonical_bytes: bytes) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + canonical_bytes).hexdigest()
 
 
-def hash_of(entry: Any, prev_hash: str) -> str:
-    """The hash ``entry`` (an AuditEntry or anything with its attributes) must carry."""
+IMPORTED_ACTION = "org.imported"
+
+
+def hash_of(entry: Any, prev_hash: str, tenant_id: str | None = None) -> str:
+    """The hash ``entry`` (an AuditEntry or anything with its attributes) must carry;
+    ``tenant_id``: the organization id it was hashed under, when not its own (imports)."""
     return entry_hash(prev_hash, canonical(
-        tenant_id=str(entry.tenant_id), seq=entry.seq, at=entry.at,
+        tenant_id=tenant_id or str(entry.tenant_id), seq=entry.seq, at=entry.at,
         actor_kind=entry.actor_kind,
         actor_id=str(entry.actor_id) if entry.actor_id is not None else None,
         action=entry.action, target_kind=entry.target_kind, target_id=entry.target_id,
@@ -75,10 +86,30 @@ class Verdict:
         return f"chain broken at seq {self.broken_seq}: {self.reason}"
 
 
-class ChainWalker:
-    """Checks entries fed in ascending ``seq`` order; stops at the first broken link."""
+Origins = list[tuple[int, str]]
 
-    def __init__(self) -> None:
+
+def origins_of(imports: Iterable[tuple[int, dict[str, Any]]]) -> Origins:
+    """From the ``org.imported`` entries as (seq, details), ascending: [(seq, origin tenant
+    id)], each meaning "entries before seq, after the previous import, were hashed under this
+    id"."""
+    return [(seq, str(details.get("origin_tenant_id", ""))) for seq, details in imports]
+
+
+def chain_tenant(origins: Origins, seq: int) -> str | None:
+    """The tenant id entry ``seq`` was hashed under, None for the entry's own."""
+    for import_seq, origin in origins:
+        if seq < import_seq:
+            return origin
+    return None
+
+
+class ChainWalker:
+    """Checks entries fed in ascending ``seq`` order; stops at the first broken link.
+    ``origins``: see ``origins_of`` (an organization rebuilt by an import)."""
+
+    def __init__(self, origins: Origins | None = None) -> None:
+        self.origins = origins or []
         self.count = 0
         self.expected_seq = 1
         self.prev_hash = GENESIS
@@ -95,7 +126,7 @@ class ChainWalker:
         if entry.prev_hash != self.prev_hash:
             return self._broken(entry.seq, "prev_hash does not match the previous entry's hash "
                                            "(entries reordered, removed or replaced)")
-        if hash_of(entry, entry.prev_hash) != entry.hash:
+        if hash_of(entry, entry.prev_hash, chain_tenant(self.origins, entry.seq)) != entry.hash:
             return self._broken(entry.seq, "the entry's content does not match its hash "
                                            "(the entry was changed)")
         self.count += 1

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from enginex.audit.chain import GENESIS
+from enginex.audit.chain import GENESIS, IMPORTED_ACTION
 from enginex.audit.models import AuditEntry, AuditHead
 from enginex.tenancy.repository import ScopedRepository
 
@@ -90,6 +90,14 @@ class AuditRepository(ScopedRepository[AuditEntry]):
             stmt = stmt.where(AuditEntry.seq < before_seq)
         stmt = stmt.order_by(AuditEntry.seq.desc()).limit(limit)
         return (await self.db.execute(stmt)).scalars().all()
+
+    async def imports(self) -> list[tuple[int, dict[str, Any]]]:
+        """(seq, details) of the ``org.imported`` entries, ascending (chain.origins_of)."""
+        stmt = (select(AuditEntry.seq, AuditEntry.details)
+                .where(AuditEntry.tenant_id == self.ctx.org_id,
+                       AuditEntry.action == IMPORTED_ACTION)
+                .order_by(AuditEntry.seq))
+        return [(seq, dict(details or {})) for seq, details in (await self.db.execute(stmt))]
 
     async def chain_batch(self, after_seq: int, limit: int) -> Sequence[AuditEntry]:
         """Entries in chain order (ascending seq) after ``after_seq``."""

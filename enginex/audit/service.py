@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from enginex.audit.chain import ChainWalker, Verdict, hash_of, normalise_details
+from enginex.audit.chain import ChainWalker, Verdict, hash_of, normalise_details, origins_of
 from enginex.audit.models import AuditEntry
 from enginex.audit.repository import AuditFilter, AuditRepository
 from enginex.db import set_tenant
@@ -130,7 +130,7 @@ async def verify_chain(db: AsyncSession, ctx: TenantContext) -> Verdict:
     """Recompute ``ctx``'s chain; the verdict names the first broken seq, if any. Also compares
     the last entry with the organization's head, so a removed tail is detected."""
     repo = AuditRepository(db, ctx)
-    walker = ChainWalker()
+    walker = ChainWalker(origins_of(await repo.imports()))
     after = 0
     while True:
         batch = await repo.chain_batch(after, EXPORT_BATCH)

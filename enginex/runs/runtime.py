@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.agents.manifest import AgentManifest, LLMNode
@@ -52,4 +54,21 @@ def build_worker(settings: Settings, db: Database, deps: EngineDeps) -> Worker:
     smtp = SmtpConfig.from_url(settings.smtp_url) if settings.smtp_url else None
     return Worker(db, deps, slots=settings.worker_slots, tenant_limit=settings.tenant_concurrency,
                   database_url=settings.resolved_database_url,
-                  mail=lambda sessions: MailSender(sessions, smtp, mail_from=settings.mail_from))
+                  mail=lambda sessions: MailSender(sessions, smtp, mail_from=settings.mail_from),
+                  background=[lifecycle_loop(settings, deps.storage)])
+
+
+def lifecycle_loop(settings: Settings, storage: ArtifactStorage
+                   ) -> Callable[[Worker], Awaitable[None]]:
+    """The life-cycle job loop (exports) as a worker background task."""
+    from enginex.lifecycle.jobs import LifecycleJobs
+
+    async def start(worker: Worker) -> None:
+        await LifecycleJobs(worker.sessions, storage, name=worker.name,
+                            lease_seconds=settings.export_lease_seconds,
+                            poll_seconds=settings.lifecycle_poll_seconds,
+                            retention_days=settings.export_retention_days,
+                            rows_per_second=settings.export_rows_per_second
+                            ).run(worker.stopping)
+
+    return start

@@ -14,6 +14,8 @@ Every worker also keeps a row in the global ``workers`` table fresh (name, start
 slots, steps committed) for the platform admin's health panel; a clean stop removes it.
 
 Every worker also runs the mail outbox's sender (mail/sender.py) when built with ``mail``.
+Every worker also runs the background loops it was given (``background``: the life-cycle
+jobs of enginex/lifecycle/jobs.py, exports and their expiry), with its gated sessions.
 
 Every worker also removes orphaned report files (reports/sweeper.py) older than
 ``report_orphan_age`` every ``report_sweep_seconds``; concurrent sweeps are harmless.
@@ -36,7 +38,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -68,8 +70,10 @@ class Worker:
                  heartbeat_seconds: float = WORKER_HEARTBEAT_SECONDS,
                  report_sweep_seconds: float = REPORT_SWEEP_SECONDS,
                  report_orphan_age: timedelta = DEFAULT_OLDER_THAN,
-                 mail: Callable[[SessionFactory], MailSender] | None = None) -> None:
+                 mail: Callable[[SessionFactory], MailSender] | None = None,
+                 background: Sequence[Callable[[Worker], Awaitable[None]]] = ()) -> None:
         self.db = db
+        self.background = tuple(background)
         # One gate for every connection this worker takes (see the module docstring).
         self.gate = ConnectionGate(db.pool_capacity)
         self.sessions = self.gate.sessions(db.sessions)
@@ -97,6 +101,11 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set when the worker is asked to stop (background loops end on it)."""
+        return self._stop
+
     async def run(self) -> None:
         """Run until ``stop()``; cancellation-safe (a cancelled step just loses its lease)."""
         tasks = [asyncio.create_task(self._claimer(), name="worker-claimer")]
@@ -105,6 +114,8 @@ class Worker:
         tasks.append(asyncio.create_task(self._report_sweeper(), name="worker-report-sweeper"))
         if self.mail is not None:
             tasks.append(asyncio.create_task(self.mail.run(self._stop), name="worker-mail"))
+        tasks.extend(asyncio.create_task(start(self), name=f"worker-background-{n}")
+                     for n, start in enumerate(self.background))
         if self.database_url and self.database_url.startswith("postgresql"):
             tasks.append(asyncio.create_task(self._listen(), name="worker-listen"))
         try:

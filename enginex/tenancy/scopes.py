@@ -31,6 +31,8 @@ class Scope(StrEnum):
     SETTINGS_READ = "settings:read"
     SETTINGS_WRITE = "settings:write"
     AUDIT_READ = "audit:read"
+    # Org admins only: a full export holds every member's e-mail address and all content.
+    DATA_EXPORT = "data:export"
 
 
 _VIEWER = frozenset({

@@ -1,0 +1,1 @@
+"""The data life cycle of an organization: export, import (docs/DATA_LIFECYCLE.md)."""
