@@ -115,8 +115,12 @@ async def login_submit(request: Request, db: DB, _: Annotated[None, Public()]) -
 
         slug = await route_email(request, email)
         if slug is not None:
+            # A page that moves on by itself, not a redirect: the sign-in form's CSP
+            # (form-action 'self') would block the form's redirect chain from leaving for
+            # the IdP; a new navigation from this page may.
             query = urlencode({"next": target, "login_hint": email})
-            return RedirectResponse(f"/sso/{slug}/start?{query}", status_code=303)
+            return templates.TemplateResponse(request, "sso/continue.html",
+                                              {"start": f"/sso/{slug}/start?{query}"})
         if "sso" in form:
             return _login_error(request, target, email, SSO_NOT_SET_UP, 422)
     if not email or not password:
