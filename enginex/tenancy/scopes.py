@@ -33,6 +33,9 @@ class Scope(StrEnum):
     AUDIT_READ = "audit:read"
     # Org admins only: a full export holds every member's e-mail address and all content.
     DATA_EXPORT = "data:export"
+    # Single sign-on: connections, domains, role-mapping rules, enforcement (admins only).
+    SSO_READ = "sso:read"
+    SSO_WRITE = "sso:write"
 
 
 _VIEWER = frozenset({
