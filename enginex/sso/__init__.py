@@ -1,0 +1,1 @@
+"""Enterprise single sign-on per organization (issue 14)."""
