@@ -158,6 +158,9 @@ def parse_xml(data: bytes, *, what: str, max_bytes: int) -> etree._Element:
     if len(data) > max_bytes:
         raise _reject(f"The {what} is {len(data)} bytes; at most {max_bytes} are accepted.",
                       "too_large")
+    if b"<!doctype" in data[:4096].lower():
+        raise _reject(f"The {what} has a DOCTYPE declaration; SAML messages never need one, "
+                      "so it is refused (no entities are expanded).", "doctype")
     try:
         root = etree.fromstring(data, parser=_parser())
     except etree.XMLSyntaxError as exc:
