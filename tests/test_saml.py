@@ -361,7 +361,7 @@ def test_response_signed_for_another_destination_is_refused(idp, idp_settings):
 
 
 def test_response_to_another_request_is_refused(idp, idp_settings):
-    request, response = sign_in(idp, idp_settings)
+    _request, response = sign_in(idp, idp_settings)
     with pytest.raises(saml.SamlRejected) as caught:
         saml.validate_response(response, sp=SP, idp=idp_settings,
                                pending_request_ids={"_some_other_request"},

@@ -357,15 +357,15 @@ def _text_only_attr(element: etree._Element, name: str) -> str:
 
 async def fetch_idp_metadata(url: str, *, transport: httpx.AsyncBaseTransport,
                              max_bytes: int = DEFAULT_MAX_METADATA_BYTES,
-                             timeout: float = METADATA_FETCH_TIMEOUT_SECONDS) -> bytes:
+                             timeout_seconds: float = METADATA_FETCH_TIMEOUT_SECONDS) -> bytes:
     """Download IdP metadata: GET without redirects or cookies, at most ``max_bytes`` read,
-    ``timeout`` seconds. Pass ``enginex.tools.egress.guarded_transport(...)`` so private
+    ``timeout_seconds``. Pass ``enginex.tools.egress.guarded_transport(...)`` so private
     addresses are refused like every other outbound request. Raises SamlRejected."""
     if urlsplit(url).scheme not in ("http", "https"):
         raise _reject("The metadata URL must start with https:// (or http://).",
                       "bad_metadata_url")
     try:
-        async with httpx.AsyncClient(transport=transport, timeout=timeout,
+        async with httpx.AsyncClient(transport=transport, timeout=timeout_seconds,
                                      follow_redirects=False) as client, \
                 client.stream("GET", url, headers={"Accept": "application/xml"}) as response:
             if response.status_code != 200:
