@@ -23,6 +23,15 @@ if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
   fi
 fi
 
+# xmlsec1 for the SAML tests: pysaml2's IdP (tests/idp/saml/) signs real responses with it.
+if ! command -v xmlsec1 >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get install -y -qq xmlsec1 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq xmlsec1; }
+  else
+    echo "xmlsec1 is missing: sudo apt-get install -y xmlsec1" >&2
+  fi
+fi
+
 # PostgreSQL on 127.0.0.1:5432 for the RLS tests; start the local cluster if it is down.
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then

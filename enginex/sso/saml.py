@@ -35,7 +35,6 @@ import zlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -258,10 +257,11 @@ def new_request_id() -> str:
 
 
 def build_authn_request(sp: ServiceProvider, idp: IdentityProvider, *, now: datetime,
+                        request_id: str | None = None,
                         relay_state: str | None = None) -> AuthnRequest:
     """An unsigned AuthnRequest for the HTTP-Redirect binding (SAML bindings 3.4.4.1:
     DEFLATE, base64, URL-encode), asking for an HTTP-POST response at ``sp.acs_url``."""
-    request_id = new_request_id()
+    request_id = request_id or new_request_id()
     request = etree.Element(
         f"{{{NS['samlp']}}}AuthnRequest",
         {"ID": request_id, "Version": "2.0", "IssueInstant": _instant(now),
@@ -602,7 +602,3 @@ def _check_bearer(subject: etree._Element, *, sp: ServiceProvider,
             return in_response_to, expiry
     raise problems[0]
 
-
-def describe(error: SamlRejected) -> dict[str, Any]:
-    """The reason code of a refusal, for logs and audit entries (no personal data)."""
-    return {"reason": error.details.get("reason"), "message": error.message}
