@@ -42,6 +42,11 @@ from enginex.runs.runtime import build_engine, build_worker
 from enginex.runs.web import router as runs_web_router
 from enginex.skills.api import router as skills_router
 from enginex.skills.web import router as skills_web_router
+from enginex.sso.api import router as sso_router
+from enginex.sso.oidc import OidcCache
+from enginex.sso.service import DnsTxtResolver
+from enginex.sso.signin import FlowSealer
+from enginex.sso.web import router as sso_web_router
 from enginex.web.errors import install_error_handlers
 from enginex.web.invitations import router as invitations_web_router
 from enginex.web.middleware import SecurityMiddleware
@@ -49,11 +54,12 @@ from enginex.web.pages import router as pages_router
 
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
            agents_router, approvals_router, reports_router, llm_router, credentials_router,
-           audit_router, mcp_router, skills_router, pages_router)
+           audit_router, mcp_router, skills_router, sso_router, pages_router)
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
-               audit_web_router, credentials_web_router, mcp_web_router, skills_web_router)
+               audit_web_router, credentials_web_router, mcp_web_router, skills_web_router,
+               sso_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -90,6 +96,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth_keys = AuthKeys(csrf=derive_key(master, "csrf"))
     app.state.engine = build_engine(settings, app.state.db, master)
     app.state.storage = app.state.engine.storage
+    # SSO: IdP discovery/JWKS cache, the DNS TXT resolver for domain verification (tests
+    # replace it with their own), and the key sealing the sign-in flow cookie.
+    app.state.oidc_cache = OidcCache()
+    app.state.dns_resolver = DnsTxtResolver()
+    app.state.sso_flow_sealer = FlowSealer(master)
     install_error_handlers(app)
     for router in (*ROUTERS, *WEB_ROUTERS):
         app.include_router(router)

@@ -29,7 +29,27 @@ if ! command -v xmlsec1 >/dev/null 2>&1; then
     apt-get install -y -qq xmlsec1 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq xmlsec1; }
   else
     echo "xmlsec1 is missing: sudo apt-get install -y xmlsec1" >&2
+    case "${CI:-}" in
+      1|true|yes) exit 1 ;;
+    esac
   fi
+fi
+# The real OpenID Provider of the SSO tests (npm oidc-provider, pinned in package-lock.json).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get install -y -qq nodejs npm >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+  else
+    echo "node/npm are missing: sudo apt-get install -y nodejs npm" >&2
+  fi
+fi
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -f tests/idp/oidc/node_modules/oidc-provider/package.json ]; then
+    (cd tests/idp/oidc && npm ci --no-audit --no-fund --silent)
+  fi
+else
+  case "${CI:-}" in
+    1|true|yes) echo "node and npm are required for the SSO tests (tests/idp/oidc)" >&2; exit 1 ;;
+  esac
 fi
 
 # PostgreSQL on 127.0.0.1:5432 for the RLS tests; start the local cluster if it is down.

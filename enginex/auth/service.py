@@ -313,6 +313,9 @@ class OrgAccess:
     slug: str
     status: str
     role: Role | None  # None: not a member (for API keys: the key belongs to another org)
+    # The organization requires SSO and this principal neither signed in through its SSO nor
+    # is exempt (platform admin, break-glass admin): the guard answers 403 sso_required.
+    sso_required: bool = False
 
 
 def _parent_alive(found: repo.KeyForAuth, now: datetime) -> bool:
@@ -457,8 +460,11 @@ async def authenticate_for_org(request: Request, db: AsyncSession, slug: str, *,
     request.state.principal = user_principal
     if row.org_id is None or row.org_slug is None or row.org_status is None:
         return user_principal, None
+    sso_required = bool(row.org_require_sso) and not row.is_platform_admin \
+        and row.user_id != row.org_break_glass_user_id and row.session_sso_org_id != row.org_id
     return user_principal, OrgAccess(row.org_id, row.org_slug, row.org_status,
-                                     Role(row.role) if row.role else None)
+                                     Role(row.role) if row.role else None,
+                                     sso_required=sso_required)
 
 
 # --- API keys --------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ A route declares exactly one of:
 
 Order of checks in ``Require``: no credentials -> 401; unknown org, org of which the caller is
 not a member, or an API key of another org -> 404 (one body for all); suspended org -> 403;
-member without the scope -> 403. The org comes only from the path.
+an org that requires SSO and a browser session its SSO did not open (unless platform admin or
+the org's break-glass admin) -> 403 ``sso_required``; member without the scope -> 403. The org
+comes only from the path.
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ def decide_tenant_access(principal: Principal, access: OrgAccess | None,
     if access.status != "active":
         raise Forbidden("This organization is suspended. Contact the platform operator.",
                         code="org_suspended")
+    if access.sso_required:
+        raise Forbidden(f"This organization requires single sign-on: sign in through your "
+                        f"identity provider at /sso/{access.slug}/start.", code="sso_required",
+                        details={"sso_start": f"/sso/{access.slug}/start"})
     ctx = TenantContext(org_id=access.org_id, org_slug=access.slug, principal=principal,
                         role=access.role, scopes=ROLE_SCOPES[access.role])
     ctx.require(scope)

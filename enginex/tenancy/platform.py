@@ -161,6 +161,11 @@ class SessionForOrg:
     org_slug: str | None
     org_status: str | None
     role: str | None
+    # SSO enforcement (enginex/sso): the organization requires SSO, its break-glass admin,
+    # and the organization whose SSO opened this session (None: a password sign-in).
+    org_require_sso: bool | None = None
+    org_break_glass_user_id: uuid.UUID | None = None
+    session_sso_org_id: uuid.UUID | None = None
 
 
 _SESSION_COLUMNS = (
@@ -169,12 +174,13 @@ _SESSION_COLUMNS = (
     sa.column("email", sa.String()), sa.column("is_platform_admin", sa.Boolean()),
     sa.column("disabled", sa.Boolean()), sa.column("org_id", sa.Uuid()),
     sa.column("org_slug", sa.String()), sa.column("org_status", sa.String()),
-    sa.column("role", sa.String()),
+    sa.column("role", sa.String()), sa.column("require_sso", sa.Boolean()),
+    sa.column("sso_break_glass_user_id", sa.Uuid()), sa.column("sso_org_id", sa.Uuid()),
 )
 _SESSION_SELECT = (
     "SELECT s.id AS session_id, s.expires_at, s.last_seen_at, u.id AS user_id, u.email, "
     "u.is_platform_admin, u.disabled, o.id AS org_id, o.slug AS org_slug, "
-    "o.status AS org_status, m.role "
+    "o.status AS org_status, m.role, o.require_sso, o.sso_break_glass_user_id, s.sso_org_id "
     "FROM auth_sessions s JOIN users u ON u.id = s.user_id "
     "LEFT JOIN organizations o ON o.slug = :slug ")
 _SESSION_FOR_ORG_PG = sa.text(

@@ -31,6 +31,9 @@ class Scope(StrEnum):
     SETTINGS_READ = "settings:read"
     SETTINGS_WRITE = "settings:write"
     AUDIT_READ = "audit:read"
+    # Single sign-on: connections, domains, role-mapping rules, enforcement (admins only).
+    SSO_READ = "sso:read"
+    SSO_WRITE = "sso:write"
 
 
 _VIEWER = frozenset({

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -27,6 +27,8 @@ LOGIN_NOT_FROM_THIS_SITE = (
     "Sign-in was refused: the form was not sent from this site's sign-in page (the browser's "
     "Origin or Referer header must name this site). Open the sign-in page of this site and "
     "try again; if you did, the server's ENGINEX_BASE_URL may not match the address you use.")
+SSO_NOT_SET_UP = ("Single sign-on is not set up for this email's domain. Enter your password "
+                  "to sign in.")
 
 
 class _WebUser(AccessRule):
@@ -95,6 +97,8 @@ async def login_page(request: Request, db: DB, _: Annotated[None, Public()],
 
 @router.post("/login", response_class=HTMLResponse)
 async def login_submit(request: Request, db: DB, _: Annotated[None, Public()]) -> Response:
+    """Sign in. With an email and no password, an email of a verified SSO domain is sent to
+    its organization's identity provider (``/sso/{org}/start``); otherwise the password."""
     settings: Settings = request.app.state.settings
     form = await request.form()
     email = str(form.get("email") or "")[:254]
@@ -103,6 +107,18 @@ async def login_submit(request: Request, db: DB, _: Annotated[None, Public()]) -
     if not comes_from_this_site(request, settings.base_url):
         # Login CSRF: another site must not sign this browser into an account of its choosing.
         return _login_error(request, target, email, LOGIN_NOT_FROM_THIS_SITE, 403)
+    if email and not password:
+        # Single sign-on: an email of a domain verified by an organization with an enabled
+        # connection goes to that organization's identity provider; any other email gets the
+        # password form again.
+        from enginex.sso.signin import route_email
+
+        slug = await route_email(request, email)
+        if slug is not None:
+            query = urlencode({"next": target, "login_hint": email})
+            return RedirectResponse(f"/sso/{slug}/start?{query}", status_code=303)
+        if "sso" in form:
+            return _login_error(request, target, email, SSO_NOT_SET_UP, 422)
     if not email or not password:
         return _login_error(request, target, email, "Enter your email and password.", 422)
     try:
