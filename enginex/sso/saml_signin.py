@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.config import Settings
@@ -157,6 +158,45 @@ def identity_provider(connection: SsoConnection) -> saml.IdentityProvider:
     return saml.IdentityProvider(
         entity_id=str(settings["idp_entity_id"]), sso_url=str(settings["sso_url"]),
         certificates=tuple(saml.load_certificate(c) for c in settings["certificates"]))
+
+
+async def inspect_connection(connection: SsoConnection, *, allow_private: bool
+                             ) -> tuple[list[str], dict[str, Any], list[dict[str, Any]]]:
+    """The test button of a SAML connection: its IdP values, its certificates (subject,
+    expiry, SHA-256 fingerprint) and the problems found: certificates expired or expiring
+    within 30 days, and, with a metadata URL, a fetch failure or metadata that now differs
+    from the saved settings (save the connection again to take the IdP's new values)."""
+    settings = connection.settings
+    problems: list[str] = []
+    found: dict[str, Any] = {"idp_entity_id": settings.get("idp_entity_id"),
+                             "sso_url": settings.get("sso_url"),
+                             "metadata_url": settings.get("metadata_url")}
+    keys: list[dict[str, Any]] = []
+    now = utcnow()
+    idp = identity_provider(connection)
+    for certificate in idp.certificates:
+        expires = certificate.not_valid_after_utc
+        keys.append({"subject": certificate.subject.rfc4514_string(),
+                     "not_valid_after": expires.isoformat(),
+                     "sha256": certificate.fingerprint(hashes.SHA256()).hex(":")})
+        if expires <= now:
+            problems.append(f"The certificate {certificate.subject.rfc4514_string()} expired "
+                            f"on {expires:%Y-%m-%d}.")
+        elif expires <= now + timedelta(days=30):
+            problems.append(f"The certificate {certificate.subject.rfc4514_string()} expires "
+                            f"on {expires:%Y-%m-%d}; add the IdP's next certificate.")
+    if settings.get("metadata_url"):
+        try:
+            fresh = await resolve_saml_settings({"metadata_url": settings["metadata_url"]},
+                                                allow_private=allow_private)
+        except ValidationFailed as exc:
+            problems.append(exc.message)
+        else:
+            for name in ("idp_entity_id", "sso_url", "certificates"):
+                if fresh.get(name) != settings.get(name):
+                    problems.append(f"The IdP metadata now has another {name}; save the "
+                                    "connection again to use it.")
+    return problems, found, keys
 
 
 # --- the flow -------------------------------------------------------------------------------

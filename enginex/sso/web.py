@@ -267,9 +267,10 @@ async def sso_start(request: Request, org: str, db: DB, _: Annotated[None, Publi
     except AppError as exc:
         return _sso_error(request, exc)
     response = RedirectResponse(url, status_code=303)
-    response.set_cookie(FLOW_COOKIE, flow, max_age=FLOW_SECONDS, path=FLOW_COOKIE_PATH,
-                        httponly=True, samesite="lax",
-                        secure=request.app.state.settings.secure_cookies)
+    if flow:  # OIDC only; a SAML flow lives in saml_requests (the IdP's POST is cross-site)
+        response.set_cookie(FLOW_COOKIE, flow, max_age=FLOW_SECONDS, path=FLOW_COOKIE_PATH,
+                            httponly=True, samesite="lax",
+                            secure=request.app.state.settings.secure_cookies)
     return response
 
 
