@@ -45,10 +45,11 @@ MAX_CERTIFICATES = 4
 NAMEID_TRANSIENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
 NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
 # Attribute names IdPs use for the email address and the display name (Okta, Entra ID,
-# Google Workspace, Keycloak, ADFS, eduPerson OIDs), tried in this order.
+# Google Workspace, Keycloak, ADFS; the LDAP 'mail' and PKCS #9 emailAddress OIDs that
+# URI-format IdPs such as Shibboleth and pysaml2 send), tried in this order.
 EMAIL_ATTRIBUTES = ("email", "mail", "emailAddress", "Email",
                     "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress",
-                    "urn:oid:0.9.2342.19200300.100.1.3")
+                    "urn:oid:0.9.2342.19200300.100.1.3", "urn:oid:1.2.840.113549.1.9.1.1")
 NAME_ATTRIBUTES = ("displayName", "name", "cn",
                    "http://schemas.microsoft.com/identity/claims/displayname",
                    "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name",

@@ -39,15 +39,15 @@ class KeyPair:
         return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def make_key_pair(directory: Path, name: str) -> KeyPair:
-    """A 2048-bit RSA key and a self-signed certificate valid for a day, written as PEM."""
+def make_key_pair(directory: Path, name: str, *, valid_days: int = 365) -> KeyPair:
+    """A 2048-bit RSA key and a self-signed certificate valid for ``valid_days``, as PEM."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.now(UTC)
     certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
                    .not_valid_before(now - timedelta(hours=1))
-                   .not_valid_after(now + timedelta(days=1))
+                   .not_valid_after(now + timedelta(days=valid_days))
                    .sign(key, hashes.SHA256()))
     directory.mkdir(parents=True, exist_ok=True)
     key_path = directory / f"{name}.key"
