@@ -152,6 +152,10 @@ async def create_connection(db: AsyncSession, ctx: TenantContext, data: Connecti
     if await connections.get_by_name(data.name) is not None:
         raise Conflict(f"An SSO connection named '{data.name}' already exists; choose another "
                        "name.", details={"field": "name"})
+    if (data.saml if kind == ConnectionKind.OIDC else data.oidc) is not None:
+        wrong = "saml" if kind == ConnectionKind.OIDC else "oidc"
+        raise _invalid(wrong, f"a connection of kind '{kind}' takes '{kind}' settings, "
+                              f"not '{wrong}'.")
     if kind == ConnectionKind.SAML:
         if data.saml is None:
             raise _invalid("saml", "a SAML connection needs its 'saml' settings.")

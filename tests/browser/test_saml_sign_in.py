@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import Browsing
-from tests.factories import Actor, Org, Server, make_org
+from tests.factories import Actor, Org, Server, make_org, private_network
 from tests.idp.saml.http_idp import HttpIdp, IdpUser
 from tests.idp.saml.idp import make_key_pair
 from tests.test_saml_signin import ENG_ADMINS, SamlOrg, set_up_org, sp_metadata
@@ -71,3 +71,30 @@ def test_new_user_signs_in_with_saml_in_the_browser_and_gets_the_mapped_role(
     assert response is not None and response.status == 404
     browsing.problems.assert_clean(
         allowed_console=lambda message: "404" in message and f"/o/{other.slug}" in message)
+
+
+def test_org_admin_adds_a_saml_connection_on_the_page_and_tests_it(
+        browsing: Browsing, server: Server, saml_world: tuple[HttpIdp, SamlOrg, Org]):
+    idp, _, other = saml_world
+    page = browsing.page
+    page.goto(browsing.url("/login"))
+    browsing.sign_in(other.admin.email)
+    page.goto(browsing.url(f"/o/{other.slug}/settings/sso"))
+    expect(page.locator("#saml-acs-url")).to_have_text(
+        f"{server.base_url}/sso/{other.slug}/saml/acs")
+    expect(page.locator("#saml-metadata-url")).to_have_text(
+        f"{server.base_url}/sso/{other.slug}/saml/metadata")
+    page.get_by_text("Add a SAML connection").click()
+    form = page.locator("#new-saml-connection")
+    form.get_by_label("Name").fill("corp-saml")
+    form.get_by_label("IdP metadata URL").fill(idp.metadata_url)
+    with private_network(server):
+        form.get_by_role("button", name="Add SAML connection").click()
+        expect(page.get_by_role("status")).to_have_text("Connection created.")
+        row = page.get_by_role("row").filter(has_text="corp-saml")
+        expect(row).to_contain_text(idp.metadata_url)
+        row.get_by_role("button", name="Test corp-saml").click()
+        report = page.locator("#test-report")
+        expect(report).to_contain_text("The SAML settings look right")
+        expect(report).to_contain_text("CN=idp")
+    browsing.problems.assert_clean()
