@@ -1,6 +1,7 @@
 """The OpenID Connect relying party: discovery, JWKS, the authorization request and the
 id_token checks. Authlib runs the OAuth 2.0 flow (authorization URL with PKCE S256, the
-code exchange with client_secret_basic); joserfc does the JWT/JWK work.
+code exchange with client_secret_basic, over httpx2 as Authlib 1.6 does); joserfc does the
+JWT/JWK work.
 
 Contracts:
 
@@ -31,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import httpx2
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from joserfc import jwt
@@ -47,7 +49,7 @@ from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
 from enginex.kit.errors import AppError
-from enginex.tools.egress import guarded_transport
+from enginex.tools.egress import guarded_sdk_transport, guarded_transport
 
 # Asymmetric algorithms only: 'none' is no signature, and HMAC (HS*) would make the client
 # secret a verification key that the IdP's admins also hold.
@@ -223,7 +225,7 @@ async def exchange_code(metadata: dict[str, Any], config: OidcConfig, *, client_
                 token_endpoint_auth_method="client_secret_basic",  # noqa: S106 - a method name
                 redirect_uri=redirect_uri,
                 code_challenge_method="S256",
-                transport=guarded_transport(allow_private=allow_private),
+                transport=guarded_sdk_transport(allow_private=allow_private),
                 timeout=HTTP_TIMEOUT_SECONDS, trust_env=False) as client:
             token = await client.fetch_token(token_endpoint, grant_type="authorization_code",
                                              code=code, code_verifier=code_verifier)
@@ -232,7 +234,7 @@ async def exchange_code(metadata: dict[str, Any], config: OidcConfig, *, client_
                         f"({exc.error}: {exc.description or 'no description'}). Sign in again; "
                         "if it keeps failing, check the connection's client id and secret.",
                         code="sso_code_refused") from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx2.HTTPError) as exc:
         raise OidcError(f"Could not reach the identity provider's token endpoint "
                         f"({type(exc).__name__}).", code="sso_idp_unreachable") from None
     id_token = token.get("id_token")

@@ -122,11 +122,11 @@ async def route_email(request: Request, email: str) -> str | None:
         org = await get_org(db, org_id)
         if org is None or org.status != "active":
             return None
+        slug = org.slug
         await set_tenant(db, org.id)
-        ctx = system_context(org.id, org.slug)
-        found = await repo.ConnectionRepository(db, ctx).first_enabled()
+        found = await repo.ConnectionRepository(db, system_context(org.id, slug)).first_enabled()
         await db.rollback()
-        return org.slug if found is not None else None
+        return slug if found is not None else None
 
 
 async def _org_connection(db: AsyncSession, slug: str,
