@@ -47,6 +47,7 @@ from minisignxml.errors import CertificateMismatch, MiniSignXMLError
 from minisignxml.verify import extract_verified_element_and_certificate
 
 from enginex.kit.errors import BadRequest
+from enginex.tools.egress import EgressRefused
 
 NS = {
     "samlp": "urn:oasis:names:tc:SAML:2.0:protocol",
@@ -379,13 +380,10 @@ async def fetch_idp_metadata(url: str, *, transport: httpx.AsyncBaseTransport,
                     raise _reject(f"The metadata at that URL is over {max_bytes} bytes.",
                                   "too_large")
                 chunks.append(chunk)
+    except EgressRefused as exc:
+        raise _reject(f"The metadata URL is refused: {exc}.", "metadata_fetch") from None
     except httpx.HTTPError as exc:
         raise _reject(f"The metadata could not be fetched: {exc}.", "metadata_fetch") from None
-    except Exception as exc:
-        # The egress guard refuses private addresses with its own exception type.
-        if type(exc).__name__ == "EgressRefused":
-            raise _reject(f"The metadata URL is refused: {exc}.", "metadata_fetch") from None
-        raise
     return b"".join(chunks)
 
 
