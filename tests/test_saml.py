@@ -423,3 +423,31 @@ def test_failed_status_without_assertion_is_refused_with_the_idp_status(idp, idp
               b'</samlp:Status></samlp:Response>')
     error = refused("status", base64.b64encode(failed).decode(), request, idp_settings)
     assert "user locked" in error.message
+
+
+# --- connection settings (enginex/sso/saml_signin.py) ---------------------------------------
+
+
+def test_connection_settings_from_uploaded_metadata_or_by_hand(idp, keys):
+    from enginex.kit.errors import ValidationFailed
+    from enginex.sso.saml_signin import check_saml_settings
+
+    uploaded = check_saml_settings({"metadata_xml": idp.metadata_xml().decode()})
+    assert uploaded["idp_entity_id"] == IDP_ENTITY_ID
+    assert uploaded["sso_url"] == IDP_SSO_URL
+    assert uploaded["certificates"] == [keys["idp"].cert_pem]
+    by_hand = check_saml_settings({"idp_entity_id": IDP_ENTITY_ID, "sso_url": IDP_SSO_URL,
+                                   "certificates": [keys["idp"].cert_pem,
+                                                    keys["rollover"].cert_pem],
+                                   "email_attribute": "mail"})
+    assert len(by_hand["certificates"]) == 2 and by_hand["email_attribute"] == "mail"
+    for bad, field in (({"metadata_xml": "<nope/>"}, "metadata_xml"),
+                       ({"idp_entity_id": IDP_ENTITY_ID, "sso_url": IDP_SSO_URL,
+                         "certificates": ["not a certificate"]}, "certificates"),
+                       ({"idp_entity_id": IDP_ENTITY_ID, "sso_url": "javascript:alert(1)",
+                         "certificates": [keys["idp"].cert_pem]}, "sso_url"),
+                       ({"sso_url": IDP_SSO_URL, "certificates": [keys["idp"].cert_pem]},
+                        "idp_entity_id")):
+        with pytest.raises(ValidationFailed) as caught:
+            check_saml_settings(bad)
+        assert caught.value.details["field"] == field
