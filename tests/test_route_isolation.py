@@ -31,6 +31,7 @@ from tests.factories import (
 from tests.victims_llm import llm_victim_ids
 from tests.victims_mcp import mcp_victim_ids
 from tests.victims_skill import skill_victim_ids
+from tests.victims_sso import PUBLIC_SSO_ROUTES, sso_victim_ids
 
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 WEB_KINDS = {"web", "web_tenant", "web_platform_admin"}
@@ -105,7 +106,8 @@ def victim_ids(victim: Org) -> dict[str, str]:
             "version": deployed["version"], "run_id": waiting["id"],
             "approval_id": approval["id"], "report_id": report["id"],
             "credential_id": credential.json()["id"],
-            **llm_victim_ids(victim), **mcp_victim_ids(victim), **skill_victim_ids(victim)}
+            **llm_victim_ids(victim), **mcp_victim_ids(victim), **skill_victim_ids(victim),
+            **sso_victim_ids(victim)}
 
 def fill(path: str, values: dict[str, str]) -> str:
     def sub(match: re.Match[str]) -> str:
@@ -211,6 +213,26 @@ def test_every_route_refuses_the_wrong_actor(server: Server, org_a: Org, org_b: 
     print(f"\nisolation[{server.backend}]: {len(cases)} route-methods "
           f"({len(tenant_routes)} tenant paths) x up to {actors} actors = {attempts} attempts, "
           "0 leaks")
+
+
+# Every public route and why it is public. A new public route fails the test below until it
+# is listed here with its reason.
+PUBLIC_ROUTES = {
+    ("GET", "/healthz"): "liveness probe, no data",
+    ("GET", "/readyz"): "readiness probe, no data",
+    ("POST", "/api/v1/auth/login"): "sign-in",
+    ("POST", "/api/v1/invitations/accept"): "accepting an invitation creates the account",
+    ("GET", "/login"): "the sign-in page",
+    ("POST", "/login"): "the sign-in form (password, or an email routed to its SSO)",
+    ("GET", "/invitations/accept"): "the invitation page",
+    ("POST", "/invitations/accept"): "the invitation form",
+    **PUBLIC_SSO_ROUTES,
+}
+
+
+def test_every_public_route_is_declared_with_a_reason(server: Server) -> None:
+    public = {(c.method, c.path) for c in walk_routes(server.app) if c.kind == "public"}
+    assert public == set(PUBLIC_ROUTES), public ^ set(PUBLIC_ROUTES)
 
 
 def test_write_routes_refuse_mass_assignment(server: Server, org_a: Org, platform_admin) -> None:
