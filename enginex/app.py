@@ -47,6 +47,7 @@ from enginex.skills.api import router as skills_router
 from enginex.skills.web import router as skills_web_router
 from enginex.sso.api import router as sso_router
 from enginex.sso.oidc import OidcCache
+from enginex.sso.saml_web import router as saml_web_router
 from enginex.sso.service import DnsTxtResolver
 from enginex.sso.signin import FlowSealer
 from enginex.sso.web import router as sso_web_router
@@ -62,7 +63,7 @@ ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
                audit_web_router, credentials_web_router, mcp_web_router, skills_web_router,
-               auth_web_router, lifecycle_web_router, sso_web_router)
+               auth_web_router, lifecycle_web_router, sso_web_router, saml_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
     # addresses or networks (CIDR). Empty: those headers are ignored.
     trusted_proxies: str = ""
+    # SAML sign-in (docs/SSO_SAML.md): clock difference tolerated with an IdP on NotBefore /
+    # NotOnOrAfter, and the largest SAMLResponse accepted (decoded XML bytes).
+    saml_clock_skew_seconds: int = Field(default=120, ge=0, le=600)
+    saml_max_response_bytes: int = Field(default=262_144, ge=4096, le=1_048_576)
     # Tests only: cheap argon2id parameters instead of the OWASP ones (auth/passwords.py), so
     # the suite's thousands of password hashes cost microseconds. Refused on https:// below.
     argon2_test_profile: bool = False

@@ -23,6 +23,17 @@ if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
   fi
 fi
 
+# xmlsec1 for the SAML tests: pysaml2's IdP (tests/idp/saml/) signs real responses with it.
+if ! command -v xmlsec1 >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get install -y -qq xmlsec1 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq xmlsec1; }
+  else
+    echo "xmlsec1 is missing: sudo apt-get install -y xmlsec1" >&2
+    case "${CI:-}" in
+      1|true|yes) exit 1 ;;
+    esac
+  fi
+fi
 # The real OpenID Provider of the SSO tests (npm oidc-provider, pinned in package-lock.json).
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ]; then

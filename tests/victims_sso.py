@@ -12,6 +12,10 @@ PUBLIC_SSO_ROUTES = {
                                  "IdP answers; reveals only whether SSO is on",
     ("GET", "/sso/{org}/oidc/callback"): "the IdP's redirect back; signs in only a response "
                                          "matching this browser's sealed flow cookie",
+    ("GET", "/sso/{org}/saml/metadata"): "SP metadata IdPs fetch without credentials; holds "
+                                         "only the org's two SAML addresses",
+    ("POST", "/sso/{org}/saml/acs"): "the IdP's cross-site form POST, before any session; "
+                                     "signs in only a signed response to a pending request",
 }
 
 

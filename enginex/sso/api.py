@@ -17,7 +17,7 @@ from enginex.credentials.api import keyring
 from enginex.db import set_tenant
 from enginex.kit.errors import NotFound
 from enginex.orgs.repository import get_org
-from enginex.sso import service
+from enginex.sso import saml_signin, service
 from enginex.sso.models import ConnectionKind, EmailDomain, RoleMappingRule, SsoConnection
 from enginex.sso.schemas import (
     ConnectionCreate,
@@ -51,6 +51,9 @@ def connection_out(request: Request, connection: SsoConnection, slug: str) -> Co
                          groups_claim=connection.groups_claim,
                          settings=dict(connection.settings),
                          redirect_uri=redirect_uri(settings, slug),
+                         **({"saml_acs_url": saml_signin.acs_url(settings, slug),
+                             "saml_entity_id": saml_signin.metadata_url(settings, slug)}
+                            if connection.kind == ConnectionKind.SAML else {}),
                          start_url=start_url(settings, slug),
                          created_at=connection.created_at, updated_at=connection.updated_at)
 
@@ -66,6 +69,7 @@ def domain_out(domain: EmailDomain) -> DomainOut:
 def _input(body: ConnectionCreate | ConnectionUpdate) -> service.ConnectionInput:
     return service.ConnectionInput(
         name=body.name, oidc=body.oidc.model_dump(exclude_none=True) if body.oidc else None,
+        saml=body.saml.model_dump(exclude_none=True) if body.saml else None,
         client_secret=body.client_secret, client_secret_credential=body.client_secret_credential,
         enabled=body.enabled, default_role=Role(body.default_role) if body.default_role else None,
         groups_claim=body.groups_claim)
@@ -89,7 +93,8 @@ async def create_connection(body: ConnectionCreate, request: Request, db: DB,
     """Create an OIDC connection; the client secret goes into the credential vault."""
     connection = await service.create_connection(db, ctx, _input(body),
                                                  kind=ConnectionKind(body.kind),
-                                                 keyring=keyring(request), actor=ctx.principal)
+                                                 keyring=keyring(request), actor=ctx.principal,
+                                                 allow_private=_allow_private(request))
     return connection_out(request, connection, ctx.org_slug)
 
 
@@ -105,7 +110,8 @@ async def update_connection(connection_id: uuid.UUID, body: ConnectionUpdate, re
                             db: DB, ctx: Writer) -> ConnectionOut:
     """Change settings, replace the secret, enable or disable. Fields left out are kept."""
     connection = await service.update_connection(db, ctx, connection_id, _input(body),
-                                                 keyring=keyring(request), actor=ctx.principal)
+                                                 keyring=keyring(request), actor=ctx.principal,
+                                                 allow_private=_allow_private(request))
     return connection_out(request, connection, ctx.org_slug)
 
 

@@ -45,10 +45,33 @@ class OidcSettingsIn(RequestBody):
                                   "Asymmetric only: RS*, PS*, ES*, EdDSA.")
 
 
+Pem = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+
+
+class SamlSettingsIn(RequestBody):
+    """The IdP of a SAML connection: its metadata (``metadata_xml`` uploaded, or
+    ``metadata_url`` fetched), or the three values ``idp_entity_id``, ``sso_url`` and
+    ``certificates`` by hand (docs/SSO_SAML.md)."""
+
+    metadata_url: Url | None = Field(default=None, description="IdP metadata address, "
+                                     "fetched now and at each test (1 MiB, 10 s).")
+    metadata_xml: Annotated[str, StringConstraints(min_length=1, max_length=1_048_576)] | None \
+        = Field(default=None, description="IdP metadata document (uploaded; not stored).")
+    idp_entity_id: Url | None = None
+    sso_url: Url | None = Field(default=None, description="SingleSignOnService, "
+                                                          "HTTP-Redirect binding.")
+    certificates: Annotated[list[Pem], Field(min_length=1, max_length=4)] | None = Field(
+        default=None, description="IdP signing certificates (PEM); several during a rollover.")
+    email_attribute: ClaimName | None = None
+    name_attribute: ClaimName | None = None
+
+
 class ConnectionCreate(RequestBody):
     name: ConnectionName
-    kind: Literal["oidc"] = Field(description="'oidc' (SAML connections: see docs/SSO.md).")
-    oidc: OidcSettingsIn
+    kind: Literal["oidc", "saml"] = Field(description="'oidc' (with 'oidc' settings) or "
+                                                      "'saml' (with 'saml' settings).")
+    oidc: OidcSettingsIn | None = None
+    saml: SamlSettingsIn | None = None
     client_secret: Secret | None = Field(default=None, description=CLIENT_VALUE_HELP)
     client_secret_credential: CredentialName | None = Field(default=None,
                                                             description=CREDENTIAL_HELP)
@@ -62,6 +85,8 @@ class ConnectionUpdate(RequestBody):
 
     name: ConnectionName | None = None
     oidc: OidcSettingsIn | None = None
+    saml: SamlSettingsIn | None = Field(default=None, description="Replaces the SAML "
+                                                                  "settings as a whole.")
     client_secret: Secret | None = Field(default=None, description=CLIENT_VALUE_HELP)
     client_secret_credential: CredentialName | None = Field(default=None,
                                                             description=CREDENTIAL_HELP)
@@ -81,6 +106,10 @@ class ConnectionOut(ResponseBody):
                                                  "client_id, scopes, algorithms, "
                                                  "client_secret_credential (a name).")
     redirect_uri: str = Field(description="Paste into the IdP (OIDC).")
+    saml_acs_url: str | None = Field(default=None, description="SAML: the ACS URL to paste "
+                                                               "into the IdP.")
+    saml_entity_id: str | None = Field(default=None, description="SAML: the SP entity id, "
+                                                                 "also its metadata URL.")
     start_url: str = Field(description="SP-initiated sign-in for this organization.")
     created_at: datetime
     updated_at: datetime

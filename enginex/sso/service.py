@@ -28,6 +28,7 @@ from enginex.kit.ids import new_token
 from enginex.kit.time import utcnow
 from enginex.orgs.repository import get_org
 from enginex.sso import repository as repo
+from enginex.sso import saml_signin
 from enginex.sso.models import (
     ConnectionKind,
     EmailDomain,
@@ -95,6 +96,7 @@ class ConnectionInput:
 
     name: str | None = None
     oidc: dict[str, Any] | None = None
+    saml: dict[str, Any] | None = None
     client_secret: str | None = None
     client_secret_credential: str | None = None
     enabled: bool | None = None
@@ -138,19 +140,32 @@ async def _check_secret_credential(db: AsyncSession, ctx: TenantContext,
 
 async def create_connection(db: AsyncSession, ctx: TenantContext, data: ConnectionInput, *,
                             kind: ConnectionKind, keyring: Keyring,
-                            actor: Principal | None) -> SsoConnection:
+                            actor: Principal | None,
+                            allow_private: bool = False) -> SsoConnection:
     """Create a connection. OIDC needs settings and a client secret (value or credential
-    name). Conflict for a taken name. Audited as ``sso.connection_created`` (name, kind,
-    issuer, client id; never the secret)."""
-    if kind != ConnectionKind.OIDC:
-        raise _invalid("kind", "only 'oidc' connections are created here.")
+    name); SAML needs the IdP's metadata or entity id, SSO URL and certificates
+    (saml_signin.check_saml_settings; a metadata URL is fetched through the egress guard).
+    Conflict for a taken name. Audited as ``sso.connection_created`` (name, kind, issuer,
+    client id; never the secret)."""
     assert data.name is not None
     connections = repo.ConnectionRepository(db, ctx)
     if await connections.get_by_name(data.name) is not None:
         raise Conflict(f"An SSO connection named '{data.name}' already exists; choose another "
                        "name.", details={"field": "name"})
-    settings = check_oidc_settings(data.oidc or {})
-    if data.client_secret is not None:
+    if (data.saml if kind == ConnectionKind.OIDC else data.oidc) is not None:
+        wrong = "saml" if kind == ConnectionKind.OIDC else "oidc"
+        raise _invalid(wrong, f"a connection of kind '{kind}' takes '{kind}' settings, "
+                              f"not '{wrong}'.")
+    if kind == ConnectionKind.SAML:
+        if data.saml is None:
+            raise _invalid("saml", "a SAML connection needs its 'saml' settings.")
+        settings = await saml_signin.resolve_saml_settings(data.saml,
+                                                           allow_private=allow_private)
+    else:
+        settings = check_oidc_settings(data.oidc or {})
+    if kind == ConnectionKind.SAML:
+        pass  # no secret: the IdP signs, EngineX only verifies
+    elif data.client_secret is not None:
         settings["client_secret_credential"] = await _store_secret(
             db, ctx, data.name, data.client_secret, keyring=keyring, actor=actor)
     elif data.client_secret_credential is not None:
@@ -172,7 +187,8 @@ async def create_connection(db: AsyncSession, ctx: TenantContext, data: Connecti
     await record(db, ctx, SsoAuditAction.CONNECTION_CREATED, target_kind="sso_connection",
                  target_id=connection.id,
                  details={"name": connection.name, "kind": connection.kind,
-                          "issuer": settings["issuer"], "client_id": settings["client_id"],
+                          "issuer": settings.get("issuer") or settings.get("idp_entity_id"),
+                          "client_id": settings.get("client_id"),
                           "enabled": connection.enabled,
                           "default_role": connection.default_role},
                  **_actor_details(actor))
@@ -181,7 +197,8 @@ async def create_connection(db: AsyncSession, ctx: TenantContext, data: Connecti
 
 async def update_connection(db: AsyncSession, ctx: TenantContext, connection_id: uuid.UUID,
                             data: ConnectionInput, *, keyring: Keyring,
-                            actor: Principal | None) -> SsoConnection:
+                            actor: Principal | None,
+                            allow_private: bool = False) -> SsoConnection:
     """Change a connection; fields left None are kept. Audited as
     ``sso.connection_updated`` with the names of the changed fields."""
     connections = repo.ConnectionRepository(db, ctx)
@@ -195,7 +212,15 @@ async def update_connection(db: AsyncSession, ctx: TenantContext, connection_id:
         changed.append("name")
     settings = dict(connection.settings)
     if data.oidc is not None:
+        if connection.kind != ConnectionKind.OIDC:
+            raise _invalid("oidc", "this is not an OIDC connection.")
         settings.update(check_oidc_settings(data.oidc))
+        changed.append("settings")
+    if data.saml is not None:
+        if connection.kind != ConnectionKind.SAML:
+            raise _invalid("saml", "this is not a SAML connection.")
+        settings = await saml_signin.resolve_saml_settings(data.saml,
+                                                           allow_private=allow_private)
         changed.append("settings")
     if data.client_secret is not None:
         settings["client_secret_credential"] = await _store_secret(
@@ -264,6 +289,10 @@ async def test_connection(db: AsyncSession, ctx: TenantContext, connection_id: u
     it) and report what was found and what is wrong. Never sends the client secret. Audited
     as ``sso.connection_tested`` with the outcome."""
     connection = await access_connection(db, ctx, connection_id)
+    if connection.kind == ConnectionKind.SAML:
+        inspected = await saml_signin.inspect_connection(connection,
+                                                         allow_private=allow_private)
+        return await _tested(db, ctx, connection, *inspected, actor=actor)
     config = OidcConfig.from_settings(connection.settings)
     problems: list[str] = []
     discovery: dict[str, Any] = {"url": discovery_url(config.issuer)}
@@ -291,6 +320,12 @@ async def test_connection(db: AsyncSession, ctx: TenantContext, connection_id: u
             problems.append("The IdP's JWKS holds no keys.")
     except OidcError as exc:
         problems.append(exc.message)
+    return await _tested(db, ctx, connection, problems, discovery, keys, actor=actor)
+
+
+async def _tested(db: AsyncSession, ctx: TenantContext, connection: SsoConnection,
+                  problems: list[str], discovery: dict[str, Any], keys: list[dict[str, Any]],
+                  *, actor: Principal | None) -> TestReport:
     ok = not problems
     await record(db, ctx, SsoAuditAction.CONNECTION_TESTED, target_kind="sso_connection",
                  target_id=connection.id, details={"name": connection.name, "ok": ok},

@@ -45,6 +45,7 @@ from enginex.sso.oidc import (
     validate_id_token,
 )
 from enginex.sso.provisioning import Assertion, SignedIn, groups_from, sign_in_user
+from enginex.sso.saml_signin import begin_saml
 from enginex.sso.service import SECRET_FIELD, normalise_domain
 from enginex.tenancy.context import TenantContext, system_context
 
@@ -147,11 +148,14 @@ async def _org_connection(db: AsyncSession, slug: str,
 async def begin(db: AsyncSession, request: Request, slug: str, *, next_path: str,
                 login_hint: str | None) -> tuple[str, str]:
     """Start an SP-initiated sign-in at ``slug``'s enabled connection: returns the IdP URL to
-    redirect to and the sealed flow cookie. NotFound (with a message) when the organization
-    has no enabled connection; OidcError when the IdP's discovery fails."""
+    redirect to and the sealed flow cookie (empty for SAML, whose flow state is the stored
+    request id: see saml_signin.py). NotFound (with a message) when the organization has no
+    enabled connection; OidcError when the IdP's discovery fails."""
     ctx, connection = await _org_connection(db, slug)
+    if connection.kind == ConnectionKind.SAML:
+        return await begin_saml(db, request.app.state.settings, ctx, connection,
+                                next_path=next_path), ""
     if connection.kind != ConnectionKind.OIDC:
-        # SAML connections start in enginex/sso/saml.py (issue 14, item 1).
         raise NotFound.with_message(NO_SSO_MESSAGE)
     settings: Settings = request.app.state.settings
     cache: OidcCache = request.app.state.oidc_cache

@@ -21,7 +21,7 @@ from enginex.auth.api import set_session_cookie
 from enginex.credentials.api import keyring
 from enginex.kit.errors import AppError, ValidationFailed
 from enginex.orgs.repository import MembershipRepository
-from enginex.sso import service
+from enginex.sso import saml_signin, service
 from enginex.sso.models import ConnectionKind
 from enginex.sso.signin import (
     FLOW_COOKIE,
@@ -77,6 +77,8 @@ async def _page(request: Request, db: AsyncSession, web: WebContext, *,
                   enforcement=await service.get_enforcement(db, ctx),
                   admins=[(m[0], m[1]) for m in members if m[3] == str(Role.ADMIN)],
                   redirect_uri=redirect_uri(settings, ctx.org_slug),
+                  saml_acs_url=saml_signin.acs_url(settings, ctx.org_slug),
+                  saml_metadata_url=saml_signin.metadata_url(settings, ctx.org_slug),
                   start_url=start_url(settings, ctx.org_slug),
                   txt_name=service.txt_record_name, txt_value=service.txt_record_value,
                   can_write=ctx.has(Scope.SSO_WRITE), roles=ROLES, draft=draft or {},
@@ -112,19 +114,46 @@ def _connection_input(form: dict[str, str], *, creating: bool) -> service.Connec
         groups_claim=form.get("groups_claim", "").strip()[:200] or None)
 
 
+SAML_FIELDS = ("metadata_url", "metadata_xml", "idp_entity_id", "sso_url", "email_attribute",
+               "name_attribute")
+
+
+def _saml_input(form: dict[str, str], *, creating: bool) -> service.ConnectionInput:
+    """A SAML connection from its form (``kind=saml``): the IdP metadata URL, the pasted
+    metadata, or entity id + SSO URL + certificate. On update, settings left empty are kept."""
+    role = form.get("default_role") or None
+    if role is not None and role not in ROLES:
+        raise ValidationFailed("default_role: choose admin, builder, operator or viewer.")
+    saml = {k: form[k].strip() for k in SAML_FIELDS if form.get(k, "").strip()}
+    if form.get("certificate", "").strip():
+        saml["certificates"] = [form["certificate"].strip()]
+    return service.ConnectionInput(
+        name=form.get("name", "").strip()[:64] or None if creating else None,
+        saml=saml if creating or saml else None,
+        enabled=form.get("enabled") == "on",
+        default_role=Role(role) if role else None,
+        groups_claim=form.get("groups_claim", "").strip()[:200] or None)
+
+
 @router.post("/o/{org}/settings/sso/connections", response_class=HTMLResponse)
 async def create_connection(request: Request, db: DB,
                             web: Annotated[WebContext, WebTenant(Scope.SSO_WRITE)]) -> Response:
-    """Create an OIDC connection from the form; errors re-render without the secret."""
+    """Create an OIDC connection (or a SAML one, ``kind=saml``) from the form; errors
+    re-render without the secret."""
     form = await _form(request)
     draft = {k: form.get(k, "")[:500] for k in ("name", "issuer", "client_id", "scopes",
-                                                "groups_claim", "default_role")}
+                                                "groups_claim", "default_role", "kind",
+                                                "metadata_url", "idp_entity_id", "sso_url")}
+    saml = form.get("kind") == "saml"
     try:
-        data = _connection_input(form, creating=True)
+        data = _saml_input(form, creating=True) if saml \
+            else _connection_input(form, creating=True)
         if not data.name:
             raise ValidationFailed("name: required (lowercase letters, digits, '-' or '_').")
-        await service.create_connection(db, web.ctx, data, kind=ConnectionKind.OIDC,
-                                        keyring=keyring(request), actor=web.principal)
+        await service.create_connection(
+            db, web.ctx, data, kind=ConnectionKind.SAML if saml else ConnectionKind.OIDC,
+            keyring=keyring(request), actor=web.principal,
+            allow_private=request.app.state.settings.allow_private_network)
     except AppError as exc:
         return await _failed(request, db, web, exc, draft)
     return _back(web, "connection_created")
@@ -136,9 +165,11 @@ async def update_connection(request: Request, connection_id: uuid.UUID, db: DB,
     """Save a connection's settings (a new secret only when one is typed)."""
     form = await _form(request)
     try:
-        await service.update_connection(db, web.ctx, connection_id,
-                                        _connection_input(form, creating=False),
-                                        keyring=keyring(request), actor=web.principal)
+        data = _saml_input(form, creating=False) if form.get("kind") == "saml" \
+            else _connection_input(form, creating=False)
+        await service.update_connection(
+            db, web.ctx, connection_id, data, keyring=keyring(request), actor=web.principal,
+            allow_private=request.app.state.settings.allow_private_network)
     except AppError as exc:
         return await _failed(request, db, web, exc)
     return _back(web, "connection_saved")
@@ -267,9 +298,10 @@ async def sso_start(request: Request, org: str, db: DB, _: Annotated[None, Publi
     except AppError as exc:
         return _sso_error(request, exc)
     response = RedirectResponse(url, status_code=303)
-    response.set_cookie(FLOW_COOKIE, flow, max_age=FLOW_SECONDS, path=FLOW_COOKIE_PATH,
-                        httponly=True, samesite="lax",
-                        secure=request.app.state.settings.secure_cookies)
+    if flow:  # OIDC only; a SAML flow lives in saml_requests (the IdP's POST is cross-site)
+        response.set_cookie(FLOW_COOKIE, flow, max_age=FLOW_SECONDS, path=FLOW_COOKIE_PATH,
+                            httponly=True, samesite="lax",
+                            secure=request.app.state.settings.secure_cookies)
     return response
 
 
