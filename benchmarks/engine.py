@@ -2,6 +2,12 @@
 
 For each backend (SQLite, and PostgreSQL when reachable) this script:
 
+0. **engine/ceiling** (all that ``--quick`` runs): an in-process ``Worker`` drains the no-op
+   agent's runs (steps/s), then the worker's own SQL, captured per transaction with its
+   parameters (``SqlCapture``), is replayed raw: ``pgbench`` on PostgreSQL (one client per
+   slot, prepared statements, every iteration on fresh clones of the captured runs), raw
+   ``sqlite3`` on SQLite. The last lines print ``engine/ceiling <backend>: <ratio>`` (engine
+   steps/s / replay steps/s, median of the rounds). See benchmarks/README.md;
 1. creates a throwaway database (SQLite: a temporary data directory; PostgreSQL: a database
    owned by a fresh owner role, the app connecting as a fresh role under row-level security,
    as ``tests/conftest.py`` does) and runs the migrations;

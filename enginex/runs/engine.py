@@ -667,11 +667,25 @@ def _step_update(finished: bool) -> Any:
 
 
 _STEP_UPDATE = {finished: _step_update(finished) for finished in (False, True)}
-_INSERT_EVENT = text(
-    "INSERT INTO run_events (tenant_id, run_id, seq, at, kind, node_id, data) "
-    "VALUES (:tenant, :run, :seq, :at, :kind, :node_id, :data)"
-).bindparams(bindparam("tenant", type_=Uuid()), bindparam("run", type_=Uuid()),
-             bindparam("at", type_=UTCDateTime()), bindparam("data", type_=JSON()))
+_EVENT_COLUMNS = "INSERT INTO run_events (tenant_id, run_id, seq, at, kind, node_id, data) VALUES "
+_insert_events_cache: dict[int, Any] = {}
+
+
+def _insert_events(n: int) -> Any:
+    """One multi-row INSERT of a step's ``n`` events (kept per ``n``)."""
+    statement = _insert_events_cache.get(n)
+    if statement is None:
+        rows = ", ".join(f"(:tenant, :run, :seq_{i}, :at, :kind_{i}, :node_id_{i}, :data_{i})"
+                         for i in range(n))
+        statement = text(_EVENT_COLUMNS + rows).bindparams(
+            bindparam("tenant", type_=Uuid()), bindparam("run", type_=Uuid()),
+            bindparam("at", type_=UTCDateTime()),
+            *[bindparam(f"data_{i}", type_=JSON()) for i in range(n)])
+        if n <= 64:
+            _insert_events_cache[n] = statement
+    return statement
+
+
 _INSERT_CHECKPOINT = text(
     "INSERT INTO checkpoints (tenant_id, run_id, step, at, node_id, next_node, status, state, "
     "path) VALUES (:tenant, :run, :step, :at, :node_id, :next_node, :status, :state, :path)"
@@ -730,10 +744,11 @@ async def _commit(deps: EngineDeps, loaded: _Loaded, worker: str, step: int, nod
                                                       "status": status_after}))
         now = utcnow()
         first = last_seq - len(result.events) + 1
-        await db.execute(_INSERT_EVENT, [
-            {"tenant": tenant_id, "run": run.id, "seq": first + i, "at": now, "kind": kind,
-             "node_id": event_node, "data": data}
-            for i, (kind, event_node, data) in enumerate(result.events)])
+        events: dict[str, Any] = {"tenant": tenant_id, "run": run.id, "at": now}
+        for i, (kind, event_node, data) in enumerate(result.events):
+            events.update({f"seq_{i}": first + i, f"kind_{i}": kind, f"node_id_{i}": event_node,
+                           f"data_{i}": data})
+        await db.execute(_insert_events(len(result.events)), events)
         await db.execute(_INSERT_CHECKPOINT, {
             "tenant": tenant_id, "run": run.id, "step": step, "at": now, "node_id": node_id,
             "next_node": following, "status": status_after, "state": state, "path": path})
