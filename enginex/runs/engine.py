@@ -209,7 +209,8 @@ async def _version(db: AsyncSession, tenant_id: uuid.UUID, version_id: uuid.UUID
 
 async def _load(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
                 worker: str) -> _Loaded | None:
-    async with deps.sessions() as db:
+    # Only reads: on SQLite a deferred transaction, so loads never queue for the write lock.
+    async with deps.sessions(execution_options={READ_ONLY: True}) as db:
         await set_tenant(db, tenant_id)
         row = (await db.execute(_LOAD, {"tenant": tenant_id, "run": run_id})).first()
         if row is None:  # no such run, organization or agent version
