@@ -2,6 +2,12 @@
 
 For each backend (SQLite, and PostgreSQL when reachable) this script:
 
+0. **engine/ceiling** (all that ``--quick`` runs): an in-process ``Worker`` drains the no-op
+   agent's runs (steps/s), then the worker's own SQL, captured per transaction with its
+   parameters (``SqlCapture``), is replayed raw: ``pgbench`` on PostgreSQL (one client per
+   slot, prepared statements, every iteration on fresh clones of the captured runs), raw
+   ``sqlite3`` on SQLite. The last lines print ``engine/ceiling <backend>: <ratio>`` (engine
+   steps/s / replay steps/s, median of the rounds). See benchmarks/README.md;
 1. creates a throwaway database (SQLite: a temporary data directory; PostgreSQL: a database
    owned by a fresh owner role, the app connecting as a fresh role under row-level security,
    as ``tests/conftest.py`` does) and runs the migrations;
@@ -33,6 +39,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import sqlite3
@@ -42,13 +49,18 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.rows
+import psycopg.types.json
+from psycopg.conninfo import make_conninfo
+from sqlalchemy import event, make_url
 
 from benchmarks.pgdb import PG_ADMIN_DSN, BenchError, PgDatabase, pg_problem
 from enginex.agents.models import Agent, AgentVersion
@@ -56,14 +68,17 @@ from enginex.agents.package import LoadedPackage, load_directory
 from enginex.agents.service import deploy_package, known_tool_names
 from enginex.config import Settings
 from enginex.db import Database, set_tenant
-from enginex.kit.crypto import generate_master_key
+from enginex.kit.crypto import generate_master_key, load_master_key
 from enginex.kit.ids import new_id
 from enginex.kit.time import utcnow
 from enginex.migrate import upgrade
 from enginex.orgs.service import create_organization
+from enginex.runs.engine import EngineDeps
 from enginex.runs.models import Checkpoint, Run, RunEvent
+from enginex.runs.runtime import build_engine
 from enginex.runs.scheduler import claim_next
 from enginex.runs.service import notify_workers, start_run
+from enginex.runs.worker import Worker
 from enginex.tenancy.context import TenantContext
 
 AGENT_KEY = "noop-three"
@@ -428,6 +443,499 @@ def sqlite_commit_rate(settings: Settings, seconds: float) -> float:
         conn.close()
 
 
+# --- engine/ceiling: the engine's own SQL, captured and replayed raw -----------------------------
+
+
+@dataclass
+class Txn:
+    """One transaction as the engine issued it: (statement, parameters) executions in order
+    (SQLite: its BEGIN included), then how it ended."""
+
+    statements: list[tuple[str, Any]] = field(default_factory=list)
+    end: str = "COMMIT"
+
+
+class SqlCapture:
+    """Records every statement the engine's connections execute while ``on`` (SQLAlchemy
+    ``before_cursor_execute``), grouped by transaction (``begin``/``commit``/``rollback``).
+    Only transactions that begin while capturing are kept, whole."""
+
+    def __init__(self, db: Database) -> None:
+        self.engine = db.engine.sync_engine
+        self.on = False
+        self.open: dict[int, Txn] = {}
+        self.txns: list[Txn] = []
+        event.listen(self.engine, "begin", self._begin)
+        event.listen(self.engine, "before_cursor_execute", self._execute)
+        event.listen(self.engine, "commit", self._commit)
+        event.listen(self.engine, "rollback", self._rollback)
+
+    def close(self) -> None:
+        event.remove(self.engine, "begin", self._begin)
+        event.remove(self.engine, "before_cursor_execute", self._execute)
+        event.remove(self.engine, "commit", self._commit)
+        event.remove(self.engine, "rollback", self._rollback)
+
+    def _begin(self, conn: Any) -> None:
+        if self.on:
+            self.open.setdefault(id(conn), Txn())
+
+    def _execute(self, conn: Any, _cursor: Any, statement: str, parameters: Any,
+                 _context: Any, executemany: bool) -> None:
+        if self.on and statement.startswith("BEGIN"):  # SQLite's, issued in a begin hook
+            self.open[id(conn)] = Txn()
+        txn = self.open.get(id(conn))
+        if txn is None:
+            return
+        for params in (parameters if executemany else [parameters]):
+            txn.statements.append((statement, params))
+
+    def _end(self, conn: Any, end: str) -> None:
+        txn = self.open.pop(id(conn), None)
+        if txn is not None:
+            txn.end = end
+            self.txns.append(txn)
+
+    def _commit(self, conn: Any) -> None:
+        self._end(conn, "COMMIT")
+
+    def _rollback(self, conn: Any) -> None:
+        self._end(conn, "ROLLBACK")
+
+
+def clone_id(k: int, i: int) -> uuid.UUID:
+    """The id of the clone of captured run ``i`` used by replay iteration ``k``."""
+    return uuid.UUID(f"{k:08x}00004000{0x8000:04x}{i:012x}")
+
+
+_CLONE_ID_SQL = "(lpad(to_hex({k}), 8, '0') || '-0000-4000-8000-' || lpad(to_hex({i}), 12, '0'))"
+
+
+def captured_steps(txns: list[Txn]) -> int:
+    """Step commits among the captured transactions (one checkpoint row each)."""
+    return sum(1 for txn in txns if txn.end == "COMMIT"
+               for statement, _ in txn.statements
+               if statement.lstrip().upper().startswith("INSERT INTO CHECKPOINTS"))
+
+
+@dataclass
+class EngineRate:
+    steps: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Replay:
+    steps: int
+    seconds: float
+    tool: str
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Ceiling:
+    slots: int
+    engine: list[EngineRate] = field(default_factory=list)
+    replay: list[Replay] = field(default_factory=list)
+    txns_per_step: float = 0.0
+    statements_per_step: float = 0.0
+    captured_runs: int = 0
+    captured_steps: int = 0
+
+    def ratios(self) -> list[float]:
+        return [e.steps_per_second / r.steps_per_second
+                for e, r in zip(self.engine, self.replay, strict=False)
+                if r.steps_per_second > 0]
+
+
+async def _drain(db: Database, engine_db: Database, deps: EngineDeps,
+                 tenants: list[TenantContext], total: int, slots: int, wait_seconds: float,
+                 since: datetime, capture: SqlCapture | None = None) -> EngineRate:
+    """Start an in-process Worker with ``slots`` slots, wait until the ``total`` runs of
+    ``tenants`` queued since ``since`` finished; the rate is read from their own start and
+    finish times (worker start-up is not counted)."""
+    worker = Worker(engine_db, deps, slots=slots, tenant_limit=THROUGHPUT_TENANTS,
+                    poll_seconds=1.0, database_url=None)
+    if capture is not None:
+        capture.on = True
+    cpu_before = time.process_time()
+    task = asyncio.create_task(worker.run())
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while (finished := await _finished(db, tenants, since))[0] < total:
+            if time.monotonic() > deadline or task.done():
+                raise BenchError(f"only {finished[0]} of {total} runs finished in "
+                                 f"{wait_seconds:.0f} s")
+            await asyncio.sleep(0.2)
+    finally:
+        if capture is not None:
+            capture.on = False
+        worker.stop()
+        await task
+    cpu = time.process_time() - cpu_before
+    count, first, last = finished
+    if count != total or first is None or last is None:
+        raise BenchError(f"{total - count} of {total} runs did not succeed")
+    return EngineRate(steps=STEPS_PER_RUN * count, cpu_seconds=cpu,
+                      seconds=(last - first).total_seconds())
+
+
+async def _finished(db: Database, tenants: list[TenantContext], since: datetime
+                    ) -> tuple[int, datetime | None, datetime | None]:
+    """Runs of ``tenants`` queued since ``since`` that finished (a failed run counts, and
+    fails the phase): how many, the first start, the last finish of those that succeeded."""
+    from sqlalchemy import func, select
+
+    count, first, last = 0, None, None
+    for ctx in tenants:
+        async with _tenant_session(db, ctx) as session:
+            rows = (await session.execute(
+                select(Run.status, func.count(), func.min(Run.started_at),
+                       func.max(Run.finished_at))
+                .where(Run.tenant_id == ctx.org_id, Run.queued_at >= since,
+                       Run.status.in_(("succeeded", "failed")))
+                .group_by(Run.status))).all()
+        for status, n, started, finished in rows:
+            if status == "failed":
+                raise BenchError(f"{n} runs failed")
+            count += n
+            first = started if first is None else min(first, started)
+            last = finished if last is None else max(last, finished)
+    return count, first, last
+
+
+async def _run_ids(db: Database, tenants: list[TenantContext], status: str) -> list[uuid.UUID]:
+    from sqlalchemy import select
+
+    ids: list[uuid.UUID] = []
+    for ctx in tenants:
+        async with _tenant_session(db, ctx) as session:
+            ids.extend((await session.execute(select(Run.id).where(
+                Run.tenant_id == ctx.org_id, Run.status == status))).scalars())
+    return ids
+
+
+_PYFORMAT = re.compile(r"%\((\w+)\)s")
+
+
+def _pg_value(value: Any) -> str:
+    if isinstance(value, psycopg.types.json.Json | psycopg.types.json.Jsonb):
+        return json.dumps(value.obj)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def pgbench_script(txns: list[Txn], runs: list[uuid.UUID]) -> tuple[str, dict[str, str]]:
+    """The captured transactions as one pgbench script (prepared mode: every parameter a
+    pgbench variable, sent as a bind parameter like psycopg's), plus the variables' values.
+    The captured runs' ids become per-iteration clone ids (``:r<i>``, set by a first
+    ``\\gset``), so every iteration writes rows of its own."""
+    index = {str(run): i for i, run in enumerate(runs)}
+    variables: dict[str, str] = {}
+    lines = ["\\set n :n + 1", "\\set k :client_id * :per_client + :n"]
+    ids = ", ".join(_CLONE_ID_SQL.format(k=":k::int", i=i) + f" AS r{i}"
+                    for i in range(len(runs)))
+    lines.append(f"SELECT {ids} \\gset")
+    for txn in txns:
+        lines.append("BEGIN;")
+        for statement, params in txn.statements:
+            params = params or {}
+
+            def bind(match: re.Match[str], params: dict[str, Any] = params) -> str:
+                value = params[match.group(1)]
+                if value is None:
+                    return "NULL"
+                text_value = _pg_value(value)
+                if text_value in index:
+                    return f":r{index[text_value]}"
+                name = f"v{len(variables)}"
+                variables[name] = text_value
+                return f":{name}"
+
+            sql = _PYFORMAT.sub(bind, statement).replace("%%", "%")
+            lines.append(" ".join(sql.split()) + ";")
+        lines.append(f"{txn.end};")
+    return "\n".join(lines) + "\n", variables
+
+
+def _pg_clones(pg: PgDatabase, runs: list[uuid.UUID], snapshot: list[dict[str, Any]],
+               worker: str, offset: int, count: int) -> None:
+    """Clone the captured runs as they were once queued and claimed by ``worker``, for the
+    replay iterations k = offset + 1 .. offset + count (clone ids ``clone_id(k, i)``)."""
+    columns = [c.name for c in Run.__table__.columns]
+    override = {"id": _CLONE_ID_SQL.format(k="k", i="s.idx") + "::uuid",
+                "status": "'running'", "lease_owner": "%(w)s", "lease_expires_at": "NULL",
+                "attempts": "1", "started_at": "now()",
+                "queued_at": "s.queued_at + k * interval '1 microsecond'"}
+    select_list = ", ".join(override.get(c, f"s.{c}") for c in columns)
+    with psycopg.connect(_admin_dsn(pg), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_runs_snapshot")
+        conn.execute("CREATE TABLE bench_runs_snapshot AS SELECT 0 AS idx, * FROM runs "
+                     "WHERE false")
+        for i, (run, row) in enumerate(zip(runs, snapshot, strict=True)):
+            assert row["id"] == run
+            conn.execute(
+                f"INSERT INTO bench_runs_snapshot (idx, {', '.join(columns)}) VALUES "
+                f"(%s, {', '.join(['%s'] * len(columns))})",
+                [i, *[psycopg.types.json.Json(row[c]) if isinstance(row[c], dict | list)
+                      else row[c] for c in columns]])
+        conn.execute(f"INSERT INTO runs ({', '.join(columns)}) SELECT {select_list} "
+                     "FROM bench_runs_snapshot s, generate_series(%(a)s::int, %(b)s::int) k",
+                     {"w": worker, "a": offset + 1, "b": offset + count})
+        conn.execute("ANALYZE runs")
+
+
+def _cancel_leftovers(settings: Settings, pg: PgDatabase | None) -> None:
+    """After a replay: clones it did not finish (claimed by its claims, or never reached)
+    must not be picked up by the engine in the next round."""
+    sql = ("UPDATE runs SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL "
+           "WHERE status IN ('queued', 'running')")
+    if pg is not None:
+        with psycopg.connect(_admin_dsn(pg), autocommit=True) as conn:
+            conn.execute(sql)
+        return
+    conn = sqlite3.connect(make_url(settings.resolved_database_url).database)
+    try:
+        conn.execute(sql)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _admin_dsn(pg: PgDatabase) -> str:
+    """The superuser on the benchmark database (clones are set up under no RLS)."""
+    return make_conninfo(PG_ADMIN_DSN, dbname=pg.name)
+
+
+def _pg_snapshot(pg: PgDatabase, runs: list[uuid.UUID]) -> list[dict[str, Any]]:
+    with psycopg.connect(_admin_dsn(pg), row_factory=psycopg.rows.dict_row) as conn:
+        rows = conn.execute("SELECT * FROM runs WHERE id = ANY(%s)", [runs]).fetchall()
+    by_id = {row["id"]: row for row in rows}
+    return [by_id[run] for run in runs]
+
+
+def pgbench_replay(settings: Settings, pg: PgDatabase, txns: list[Txn],
+                   runs: list[uuid.UUID], snapshot: list[dict[str, Any]], worker: str,
+                   clients: int, seconds: float, steps_per_script: int, per_client: int,
+                   offset: int) -> Replay:
+    """Replay the captured transactions with pgbench (``clients`` clients, prepared mode),
+    in batches until ``seconds`` of replay: each batch clones the captured runs for
+    ``per_client`` script executions per client (as many runs as the engine's queue held),
+    runs ``pgbench -t per_client`` and cancels what is left. Only pgbench's own time
+    (``tps ... without initial connection time``) is counted."""
+    script, variables = pgbench_script(txns, runs)
+    path = settings.data_dir / "engine_replay.sql"
+    path.write_text(script)
+    env = dict(os.environ, PGHOST=pg.host, PGPORT=str(pg.port), PGUSER=pg.app,
+               PGDATABASE=pg.name)
+    defines = [arg for name, value in variables.items() for arg in ("-D", f"{name}={value}")]
+    scripts, elapsed = 0, 0.0
+    while elapsed < seconds:
+        _pg_clones(pg, runs, snapshot, worker, offset, per_client * clients)
+        command = ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "1",
+                   "-t", str(per_client), "-f", str(path), "-D", f"n={offset}",
+                   "-D", f"per_client={per_client}", *defines]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        out = done.stdout + done.stderr
+        processed = re.search(r"number of transactions actually processed: (\d+)", out)
+        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+        if done.returncode != 0 or not processed or not tps or "aborted" in out:
+            raise BenchError(f"pgbench failed (exit {done.returncode}):\n{out[-3000:]}\n"
+                             f"script: {path}")
+        scripts += int(processed.group(1))
+        elapsed += int(processed.group(1)) / float(tps.group(1))
+        offset += per_client * clients
+        _cancel_leftovers(settings, pg)
+    return Replay(steps=scripts * steps_per_script, seconds=elapsed,
+                  tool=f"pgbench -M prepared -c {clients} -t {per_client}")
+
+
+def sqlite_replay(settings: Settings, txns: list[Txn], runs: list[uuid.UUID],
+                  snapshot: list[tuple[Any, ...]], columns: list[str], worker: str,
+                  seconds: float, steps_per_script: int, passes_per_batch: int,
+                  offset: int) -> Replay:
+    """Replay the captured transactions with raw sqlite3 in this process, one connection
+    with the engine's pragmas, repeatedly for ``seconds``: in batches of
+    ``passes_per_batch`` passes, each on fresh clones of the captured runs inserted before
+    the batch (as many runs as the engine's queue held), outside the timing."""
+    index = {run.hex: i for i, run in enumerate(runs)}
+    plan: list[tuple[str, tuple[Any, ...] | dict[str, Any], list[tuple[Any, int]]]] = []
+    for txn in txns:
+        for statement, params in txn.statements:
+            params = params or ()
+            keys = range(len(params)) if isinstance(params, tuple | list) else list(params)
+            subs = [(key, index[params[key]]) for key in keys
+                    if isinstance(params[key], str) and params[key] in index]
+            plan.append((statement, tuple(params) if isinstance(params, list) else params,
+                         subs))
+        plan.append((txn.end, (), []))
+    database = make_url(settings.resolved_database_url).database
+    conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute("PRAGMA busy_timeout=15000")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    id_at = columns.index("id")
+    fixed = {"status": "running", "lease_owner": worker, "lease_expires_at": None,
+             "attempts": 1}
+    insert = (f"INSERT INTO runs ({', '.join(columns)}) "
+              f"VALUES ({', '.join('?' * len(columns))})")
+    try:
+        k, passes, elapsed = offset, 0, 0.0
+        while elapsed < seconds:
+            batch = range(k + 1, k + 1 + passes_per_batch)
+            rows = []
+            for kk in batch:
+                for i, row in enumerate(snapshot):
+                    values = list(row)
+                    values[id_at] = clone_id(kk, i).hex
+                    for name, value in fixed.items():
+                        values[columns.index(name)] = value
+                    rows.append(values)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(insert, rows)
+            conn.execute("COMMIT")
+            started = time.perf_counter()
+            for kk in batch:
+                clones = [clone_id(kk, i).hex for i in range(len(runs))]
+                for statement, params, subs in plan:
+                    if subs:
+                        if isinstance(params, dict):
+                            params = dict(params)
+                        else:
+                            params = list(params)
+                        for key, i in subs:
+                            params[key] = clones[i]
+                    conn.execute(statement, params)
+                passes += 1
+            elapsed += time.perf_counter() - started
+            k = batch[-1]
+    finally:
+        conn.close()
+    return Replay(steps=passes * steps_per_script, seconds=elapsed,
+                  tool="sqlite3, 1 connection, in-process")
+
+
+def _sqlite_snapshot(settings: Settings, runs: list[uuid.UUID]
+                     ) -> tuple[list[tuple[Any, ...]], list[str]]:
+    database = make_url(settings.resolved_database_url).database
+    conn = sqlite3.connect(database)
+    try:
+        cursor = conn.execute("SELECT * FROM runs WHERE id IN "
+                              f"({', '.join('?' * len(runs))})", [r.hex for r in runs])
+        columns = [d[0] for d in cursor.description]
+        by_id = {row[columns.index("id")]: row for row in cursor.fetchall()}
+    finally:
+        conn.close()
+    return [by_id[run.hex] for run in runs], columns
+
+
+async def measure_ceiling(settings: Settings, pg: PgDatabase | None, db: Database,
+                          package: LoadedPackage, args: argparse.Namespace) -> Ceiling:
+    """Engine steps/s (in-process Worker, ``--slots`` slots) against the raw replay of the
+    engine's own SQL, in rounds: engine, then replay, ``--rounds`` times."""
+    result = Ceiling(slots=args.slots)
+    # The worker's own Database (as in a worker process): its SQL alone is captured, not this
+    # script's setup and polling.
+    engine_db = Database(settings)
+    try:
+        return await _measure_ceiling(settings, pg, db, engine_db, package, args, result)
+    finally:
+        await engine_db.dispose()
+
+
+async def _measure_ceiling(settings: Settings, pg: PgDatabase | None, db: Database,
+                           engine_db: Database, package: LoadedPackage,
+                           args: argparse.Namespace, result: Ceiling) -> Ceiling:
+    deps = build_engine(settings, engine_db, load_master_key(settings))
+    tenants = [await make_tenant(db, f"ceil-{i}", package) for i in range(THROUGHPUT_TENANTS)]
+    # Warm-up (imports, pool, statement caches), then the capture: a few runs per tenant,
+    # queued first and snapshotted as queued, drained by a worker whose SQL is recorded.
+    wait = max(args.timeout, 300.0)
+    since = utcnow()
+    for ctx in tenants:
+        await queue(db, ctx, 2)
+    await _drain(db, engine_db, deps, tenants, 2 * THROUGHPUT_TENANTS, args.slots, wait, since)
+    since = utcnow()
+    for ctx in tenants:
+        await queue(db, ctx, args.capture_runs)
+    runs = await _run_ids(db, tenants, "queued")
+    if settings.is_postgres:
+        assert pg is not None
+        pg_snapshot = _pg_snapshot(pg, runs)
+    else:
+        sqlite_snapshot, columns = _sqlite_snapshot(settings, runs)
+    capture = SqlCapture(engine_db)
+    try:
+        await _drain(db, engine_db, deps, tenants, len(runs), args.slots, wait, since, capture)
+    finally:
+        capture.close()
+    # A worker's first presence beat INSERTs its row, later beats UPDATE it: replayed
+    # repeatedly the INSERT would collide with itself, so it is left out of the replay.
+    txns = [replace(t, statements=[(st, p) for st, p in t.statements
+                                   if not st.startswith("INSERT INTO workers")])
+            for t in capture.txns]
+    steps = captured_steps(txns)
+    if steps != STEPS_PER_RUN * len(runs):
+        raise BenchError(f"captured {steps} step commits for {len(runs)} runs")
+    result.captured_runs, result.captured_steps = len(runs), steps
+    result.txns_per_step = len(txns) / steps
+    result.statements_per_step = sum(len(t.statements) for t in txns) / steps
+    worker = _lease_owner(txns)
+    # Clones per replay batch: as many runs as the engine's queue held at the start.
+    per_client = max(2, -(-args.ceiling_runs // (args.slots * len(runs))))
+    log(f"captured {len(txns)} transactions, "
+        f"{sum(len(t.statements) for t in txns)} statements for {steps} steps")
+    for round_ in range(args.rounds):
+        since = utcnow()
+        for ctx in tenants:
+            await queue(db, ctx, args.ceiling_runs // THROUGHPUT_TENANTS)
+        rate = await _drain(db, engine_db, deps, tenants,
+                            THROUGHPUT_TENANTS * (args.ceiling_runs // THROUGHPUT_TENANTS),
+                            args.slots, wait, since)
+        result.engine.append(rate)
+        if settings.is_postgres:
+            assert pg is not None
+            replay = pgbench_replay(settings, pg, txns, runs, pg_snapshot, worker, args.slots,
+                                    args.replay_seconds, steps, per_client,
+                                    offset=round_ * 1_000_000)
+        else:
+            replay = sqlite_replay(settings, txns, runs, sqlite_snapshot, columns, worker,
+                                   args.replay_seconds, steps, per_client * args.slots,
+                                   offset=round_ * 1_000_000)
+            _cancel_leftovers(settings, None)
+        result.replay.append(replay)
+        log(f"round {round_ + 1}: engine {rate.steps_per_second:.1f} steps/s "
+            f"({rate.cpu_seconds * 1000 / max(rate.steps, 1):.1f} ms CPU per step in this "
+            f"process), replay {replay.steps_per_second:.1f} steps/s")
+    return result
+
+
+def _lease_owner(txns: list[Txn]) -> str:
+    """The worker name in the captured SQL (the lease owner the clones are claimed by)."""
+    for txn in txns:
+        for statement, params in txn.statements:
+            if "enginex_claim_runs" in statement and isinstance(params, dict):
+                return str(params["w"])
+            if "UPDATE runs SET lease_owner" in statement and not isinstance(params, dict):
+                return str(params[0])
+    raise BenchError("no claim in the captured SQL")
+
+
 # --- (b) fairness --------------------------------------------------------------------------------
 
 
@@ -557,6 +1065,7 @@ class BackendResult:
     throughput: Throughput | None = None
     commit_rates: dict[str, float] = field(default_factory=dict)
     fairness: Fairness | None = None
+    ceiling: Ceiling | None = None
 
 
 async def bench_backend_async(backend: str, args: argparse.Namespace) -> BackendResult:
@@ -566,6 +1075,10 @@ async def bench_backend_async(backend: str, args: argparse.Namespace) -> Backend
         db = Database(settings)
         try:
             package = load_agent(settings.data_dir)
+            log(f"engine/ceiling: in-process worker x {args.slots} slots, then the replay")
+            result.ceiling = await measure_ceiling(settings, _pg, db, package, args)
+            if args.quick:
+                return result
             result.throughput = await measure_throughput(settings, db, package, args,
                                                          processes)
             log("measuring single-row INSERT commits (the ceiling)")
@@ -583,9 +1096,22 @@ async def bench_backend_async(backend: str, args: argparse.Namespace) -> Backend
 # --- report --------------------------------------------------------------------------------------
 
 
+def print_ceiling(backend: str, c: Ceiling) -> None:
+    print(f"  engine/ceiling  {c.slots} slots; captured {c.captured_steps} steps "
+          f"({c.captured_runs} runs): {c.txns_per_step:.2f} transactions, "
+          f"{c.statements_per_step:.1f} statements per step")
+    for i, (e, r) in enumerate(zip(c.engine, c.replay, strict=False), start=1):
+        print(f"    round {i}: engine {e.steps_per_second:7.1f} steps/s "
+              f"({e.steps} steps, {1000 * e.cpu_seconds / max(e.steps, 1):.1f} ms CPU/step in "
+              f"the worker's process) | replay {r.steps_per_second:7.1f} steps/s ({r.tool}) "
+              f"| ratio {e.steps_per_second / r.steps_per_second:.3f}")
+
+
 def print_backend(result: BackendResult) -> None:
     t, f = result.throughput, result.fairness
     print(f"\n[{result.backend}]")
+    if result.ceiling is not None:
+        print_ceiling(result.backend, result.ceiling)
     if t is not None:
         print(f"  throughput      {t.runs_per_second:8.1f} runs/s  ({t.runs} runs x "
               f"{STEPS_PER_RUN} steps in {t.seconds:.2f} s = "
@@ -644,7 +1170,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=4, help="slots per worker (default 4)")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for a phase before measuring what finished")
-    return parser.parse_args(argv)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="engine/ceiling: rounds of (engine, replay) (default 3)")
+    parser.add_argument("--ceiling-runs", type=int, default=200,
+                        help="engine/ceiling: runs the engine drains per round (default 200)")
+    parser.add_argument("--capture-runs", type=int, default=1,
+                        help="engine/ceiling: runs per tenant whose SQL is captured (default 1)")
+    parser.add_argument("--replay-seconds", type=float, default=8.0,
+                        help="engine/ceiling: seconds of replay per round (default 8)")
+    parser.add_argument("--quick", action="store_true",
+                        help="engine/ceiling only: 2 rounds of 60 runs and 3 s replays")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.ceiling_runs, args.replay_seconds = 2, 60, 3.0
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -669,7 +1208,12 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line())
     for result in results:
         print_backend(result)
-    print(f"\n(total {time.monotonic() - began:.0f} s; started at {utcnow():%Y-%m-%d %H:%M} UTC)")
+    print(f"\n(total {time.monotonic() - began:.0f} s; finished at {utcnow():%Y-%m-%d %H:%M} "
+          f"UTC; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    for result in results:  # the headline, last: median of the rounds' ratios
+        if result.ceiling is not None and result.ceiling.ratios():
+            print(f"engine/ceiling {result.backend}: "
+                  f"{statistics.median(result.ceiling.ratios()):.3f}")
     return 0
 
 

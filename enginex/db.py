@@ -238,6 +238,30 @@ def _tenant_tables_used(statement: Executable) -> tuple[bool, bool]:
     return used, False
 
 
+# ``_tenant_tables_used`` per statement shape: its answer depends only on the statement's
+# structure (tables, mapped entities and their annotations, constructs), which is exactly what
+# SQLAlchemy's cache key captures (bound values are not part of it). A statement without a
+# cache key is walked every time. Bounded: oldest shapes first out.
+GUARD_CACHE_SIZE = 2000
+_guard_cache: dict[Any, tuple[bool, bool]] = {}
+
+
+def _tenant_tables_used_cached(statement: Executable) -> tuple[bool, bool]:
+    try:
+        cache_key = statement._generate_cache_key()  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        cache_key = None
+    if cache_key is None:
+        return _tenant_tables_used(statement)
+    found = _guard_cache.get(cache_key.key)
+    if found is None:
+        found = _tenant_tables_used(statement)
+        if len(_guard_cache) >= GUARD_CACHE_SIZE:
+            del _guard_cache[next(iter(_guard_cache))]
+        _guard_cache[cache_key.key] = found
+    return found
+
+
 def _same_tenant(value: object, tenant_id: uuid.UUID) -> bool:
     value = getattr(value, "value", value)  # a BindParameter from .values(...)
     if isinstance(value, ClauseElement):
@@ -262,7 +286,7 @@ def _written_tenant_ids(state: ORMExecuteState) -> list[object]:
 
 @event.listens_for(Session, "do_orm_execute")
 def _scope_tenant_queries(state: ORMExecuteState) -> None:
-    used, bare = _tenant_tables_used(state.statement)
+    used, bare = _tenant_tables_used_cached(state.statement)
     if not used:
         return
     tenant_id = state.session.info.get(TENANT_KEY)

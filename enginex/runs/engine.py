@@ -25,20 +25,21 @@ import hashlib
 import json
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import JSON, Integer, String, Uuid, bindparam, column, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.agents.manifest import AgentManifest, ApprovalNode, LLMNode, ReportNode, ToolNode
-from enginex.agents.repository import AgentVersionRepository
 from enginex.approvals.models import Approval
 from enginex.approvals.repository import ApprovalRepository
 from enginex.credentials.runtime import CredentialRuntime, StepSecrets
-from enginex.db import READ_ONLY, SessionFactory, is_transient_db_error, set_tenant
+from enginex.db import READ_ONLY, SessionFactory, UTCDateTime, is_transient_db_error, set_tenant
 from enginex.kit.expressions import evaluate
 from enginex.kit.templates import render, render_value
 from enginex.kit.time import utcnow
@@ -51,10 +52,8 @@ from enginex.llm.base import (
     ToolSpec,
 )
 from enginex.llm.service import close_provider
-from enginex.orgs.repository import get_org
 from enginex.reports.models import Artifact
 from enginex.reports.storage import ArtifactStorage
-from enginex.runs.models import Checkpoint, Run
 from enginex.runs.repository import RunRepository
 from enginex.tenancy.context import TenantContext, system_context
 from enginex.tools.base import ToolContext, ToolError, ToolRegistry
@@ -98,10 +97,24 @@ class EngineDeps:
     skills_for: SkillsFactory | None = None
 
 
+@dataclass(frozen=True)
+class StepRun:
+    """The columns of a run that a step reads (one statement, not the ORM row)."""
+
+    id: uuid.UUID
+    status: str
+    lease_owner: str | None
+    attempts: int
+    step: int
+    agent_version_id: uuid.UUID
+    inputs: dict[str, Any]
+    next_node: str | None
+
+
 @dataclass
 class _Loaded:
     ctx: TenantContext
-    run: Run
+    run: StepRun
     manifest: AgentManifest
     files: dict[str, str]
     state: dict[str, Any]
@@ -145,37 +158,89 @@ def initial_state(inputs: dict[str, Any]) -> dict[str, Any]:
     return {"inputs": dict(inputs), **inputs}
 
 
+# The hot path's statements are constant text() SQL: no ORM entity loading, no unit of work,
+# no statement walk by the ORM tenant guard (which inspects ORM statements only). Each one
+# filters on the tenant explicitly (``tenant_id = :tenant``, joins on the same tenant) and, on
+# PostgreSQL, row-level security applies too: the session is bound to the tenant first.
+_LOAD = text(
+    "SELECT o.slug, r.id, r.status, r.lease_owner, r.attempts, r.step, r.agent_version_id, "
+    "r.inputs, r.next_node, v.content_hash, c.state, c.path "
+    "FROM runs r JOIN organizations o ON o.id = r.tenant_id "
+    "JOIN agent_versions v ON v.tenant_id = r.tenant_id AND v.id = r.agent_version_id "
+    "LEFT JOIN checkpoints c ON c.tenant_id = r.tenant_id AND c.run_id = r.id "
+    "AND c.step = (SELECT max(m.step) FROM checkpoints m "
+    "WHERE m.tenant_id = r.tenant_id AND m.run_id = r.id) "
+    "WHERE r.tenant_id = :tenant AND r.id = :run"
+).bindparams(bindparam("tenant", type_=Uuid()), bindparam("run", type_=Uuid())).columns(
+    column("slug", String()), column("id", Uuid()), column("status", String()),
+    column("lease_owner", String()), column("attempts", Integer()), column("step", Integer()),
+    column("agent_version_id", Uuid()), column("inputs", JSON()), column("next_node", String()),
+    column("content_hash", String()), column("state", JSON()), column("path", JSON()))
+_LOAD_VERSION = text(
+    "SELECT manifest, files FROM agent_versions WHERE tenant_id = :tenant AND id = :version"
+).bindparams(bindparam("tenant", type_=Uuid()), bindparam("version", type_=Uuid())).columns(
+    column("manifest", JSON()), column("files", JSON()))
+
+# Agent versions are immutable (only ``deprecated_at`` ever changes): a process keeps the
+# parsed manifest and files of the ones its steps used, keyed by (tenant, version, content
+# hash); the key comes from the step's own tenant-filtered load, so a cached version is only
+# ever handed to a step of its own tenant. Least recently used first out.
+VERSION_CACHE_SIZE = 256
+_versions: OrderedDict[tuple[uuid.UUID, uuid.UUID, str],
+                       tuple[AgentManifest, dict[str, str]]] = OrderedDict()
+
+
+async def _version(db: AsyncSession, tenant_id: uuid.UUID, version_id: uuid.UUID,
+                   content_hash: str) -> tuple[AgentManifest, dict[str, str]] | None:
+    key = (tenant_id, version_id, content_hash)
+    cached = _versions.get(key)
+    if cached is not None:
+        _versions.move_to_end(key)
+        return cached
+    row = (await db.execute(_LOAD_VERSION, {"tenant": tenant_id, "version": version_id})).first()
+    if row is None:
+        return None
+    loaded = (AgentManifest.model_validate(row.manifest), dict(row.files or {}))
+    _versions[key] = loaded
+    while len(_versions) > VERSION_CACHE_SIZE:
+        _versions.popitem(last=False)
+    return loaded
+
+
 async def _load(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
                 worker: str) -> _Loaded | None:
-    async with deps.sessions() as db:
+    # Only reads: on SQLite a deferred transaction, so loads never queue for the write lock.
+    async with deps.sessions(execution_options={READ_ONLY: True}) as db:
         await set_tenant(db, tenant_id)
-        org = await get_org(db, tenant_id)
-        if org is None:
+        row = (await db.execute(_LOAD, {"tenant": tenant_id, "run": run_id})).first()
+        if row is None:  # no such run, organization or agent version
             return None
-        ctx = system_context(org.id, org.slug)
-        run = await RunRepository(db, ctx).get(run_id)
-        if run is None or run.status != "running" or run.lease_owner != worker:
+        ctx = system_context(tenant_id, row.slug)
+        run = StepRun(id=row.id, status=row.status, lease_owner=row.lease_owner,
+                      attempts=row.attempts, step=row.step,
+                      agent_version_id=row.agent_version_id, inputs=row.inputs or {},
+                      next_node=row.next_node)
+        if run.status != "running" or run.lease_owner != worker:
             return None
         if run.attempts - run.step > MAX_ATTEMPTS_PER_STEP:
             raise _Poisoned(f"step {run.step + 1} could not be completed after "
                             f"{MAX_ATTEMPTS_PER_STEP} attempts (worker crashes or an "
                             "unreadable agent version)")
-        version = await AgentVersionRepository(db, ctx).get(run.agent_version_id)
+        version = await _version(db, tenant_id, run.agent_version_id, row.content_hash)
         if version is None:
             return None
-        manifest = AgentManifest.model_validate(version.manifest)
-        checkpoint = await RunRepository(db, ctx).latest_checkpoint(run_id)
-        state = dict(checkpoint.state) if checkpoint else initial_state(run.inputs)
+        manifest, files = version
+        state = dict(row.state) if row.state is not None else initial_state(run.inputs)
         state.pop(LEGACY_PENDING_APPROVAL, None)  # data, not control state: never trusted
-        path = list(checkpoint.path) if checkpoint else []
+        path = list(row.path) if row.path is not None else []
         node_id = run.next_node or manifest.graph.entry_node
         approval = await _parked_approval(db, ctx, manifest, run, node_id)
         db.expunge_all()  # keep loaded values usable after the session closes
-        return _Loaded(ctx, run, manifest, dict(version.files), state, path, node_id, approval)
+        return _Loaded(ctx, run, manifest, dict(files), state, path, node_id, approval)
 
 
 async def _parked_approval(db: AsyncSession, ctx: TenantContext, manifest: AgentManifest,
-                           run: Run, node_id: str) -> Approval | None:
+                           run: StepRun, node_id: str) -> Approval | None:
     """The approval the run is parked on: the one its approval node ``node_id`` requested at
     the run's last committed step. Found through the tenant-scoped repository by run, node and
     step; nothing in the run's state (which inputs, tools and models write) takes part."""
@@ -583,17 +648,62 @@ async def _execute(deps: EngineDeps, loaded: _Loaded, worker: str, step: int,
     return await _commit(deps, loaded, worker, step, node.id, result, complete)
 
 
+def _step_update(finished: bool) -> Any:
+    """The guarded step commit (``RunRepository.commit_step_guard``'s condition) as one
+    constant statement: advance the run by one step iff this worker still holds it at the
+    expected step, reserve the events' sequence numbers, release the lease."""
+    sets = ("step = :step, last_event_seq = last_event_seq + :n_events, status = :status, "
+            "next_node = :next_node, lease_owner = NULL, lease_expires_at = NULL, "
+            "prompt_tokens = prompt_tokens + :prompt_tokens, "
+            "completion_tokens = completion_tokens + :completion_tokens")
+    if finished:
+        sets += ", finished_at = :finished_at, error = :error"
+    return text(
+        f"UPDATE runs SET {sets} "  # noqa: S608 - constant SQL
+        "WHERE tenant_id = :tenant AND id = :run AND step = :expected AND "
+        "lease_owner = :worker AND status = 'running' RETURNING last_event_seq"
+    ).bindparams(bindparam("tenant", type_=Uuid()), bindparam("run", type_=Uuid()),
+                 *([bindparam("finished_at", type_=UTCDateTime())] if finished else [])
+                 ).columns(column("last_event_seq", Integer()))
+
+
+_STEP_UPDATE = {finished: _step_update(finished) for finished in (False, True)}
+_EVENT_COLUMNS = "INSERT INTO run_events (tenant_id, run_id, seq, at, kind, node_id, data) VALUES "
+_insert_events_cache: dict[int, Any] = {}
+
+
+def _insert_events(n: int) -> Any:
+    """One multi-row INSERT of a step's ``n`` events (kept per ``n``)."""
+    statement = _insert_events_cache.get(n)
+    if statement is None:
+        rows = ", ".join(f"(:tenant, :run, :seq_{i}, :at, :kind_{i}, :node_id_{i}, :data_{i})"
+                         for i in range(n))
+        statement = text(_EVENT_COLUMNS + rows).bindparams(
+            bindparam("tenant", type_=Uuid()), bindparam("run", type_=Uuid()),
+            bindparam("at", type_=UTCDateTime()),
+            *[bindparam(f"data_{i}", type_=JSON()) for i in range(n)])
+        if n <= 64:
+            _insert_events_cache[n] = statement
+    return statement
+
+
+_INSERT_CHECKPOINT = text(
+    "INSERT INTO checkpoints (tenant_id, run_id, step, at, node_id, next_node, status, state, "
+    "path) VALUES (:tenant, :run, :step, :at, :node_id, :next_node, :status, :state, :path)"
+).bindparams(bindparam("tenant", type_=Uuid()), bindparam("run", type_=Uuid()),
+             bindparam("at", type_=UTCDateTime()), bindparam("state", type_=JSON()),
+             bindparam("path", type_=JSON()))
+
+
 async def _commit(deps: EngineDeps, loaded: _Loaded, worker: str, step: int, node_id: str,
                   result: _Result, complete: bool) -> bool:
     run, manifest, state = loaded.run, loaded.manifest, loaded.state
-    values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None,
-                              "prompt_tokens": Run.prompt_tokens + result.prompt_tokens,
-                              "completion_tokens": Run.completion_tokens
-                              + result.completion_tokens}
+    status_after = "running"
+    finished: dict[str, Any] = {}
     path = [*loaded.path, node_id]
     following: str | None = node_id
     if result.waiting_approval is not None:
-        values["status"] = "waiting_approval"
+        status_after = "waiting_approval"
     elif complete:
         is_terminal = node_id in manifest.graph.terminal_nodes and result.outcome == "success"
         try:
@@ -607,22 +717,25 @@ async def _commit(deps: EngineDeps, loaded: _Loaded, worker: str, step: int, nod
             failed = result.outcome == "failure" or not is_terminal
             error = result.error or (None if is_terminal else
                                      f"no outgoing edge of node '{node_id}' matched")
-            values.update(status="failed" if failed else "succeeded", finished_at=utcnow(),
-                          error=error)
-            result.events.append(("finished", None, {"status": values["status"],
+            status_after = "failed" if failed else "succeeded"
+            finished = {"finished_at": utcnow(), "error": error}
+            result.events.append(("finished", None, {"status": status_after,
                                                      "error": error}))
-    values["next_node"] = following
-    status_after = values.get("status", "running")
     if result.secrets is not None:  # no resolved credential value is ever stored
         result.events = result.secrets.redact(result.events)
-        if "error" in values:
-            values["error"] = result.secrets.redact(values["error"])
+        if finished.get("error") is not None:
+            finished["error"] = result.secrets.redact(finished["error"])
         state = result.secrets.redact(state)
+    if finished.get("error") is not None:
+        finished["error"] = finished["error"][:2000]
+    tenant_id = loaded.ctx.org_id
     async with deps.sessions() as db:
-        await set_tenant(db, loaded.ctx.org_id)
-        repo = RunRepository(db, loaded.ctx)
-        last_seq = await repo.commit_step_guard(run.id, expected_step=run.step, worker=worker,
-                                                n_events=len(result.events) + 1, values=values)
+        await set_tenant(db, tenant_id)
+        last_seq = (await db.execute(_STEP_UPDATE[bool(finished)], {
+            "tenant": tenant_id, "run": run.id, "expected": run.step, "worker": worker,
+            "step": run.step + 1, "n_events": len(result.events) + 1, "status": status_after,
+            "next_node": following, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens, **finished})).scalar_one_or_none()
         if last_seq is None:
             await db.rollback()
             log.info("run %s: lease lost before committing step %s; result discarded",
@@ -630,9 +743,16 @@ async def _commit(deps: EngineDeps, loaded: _Loaded, worker: str, step: int, nod
             return False
         result.events.append(("checkpoint", node_id, {"step": step, "next_node": following,
                                                       "status": status_after}))
-        repo.add_events(run.id, last_seq, result.events)
-        db.add(Checkpoint(tenant_id=loaded.ctx.org_id, run_id=run.id, step=step, node_id=node_id,
-                          next_node=following, status=status_after, state=state, path=path))
+        now = utcnow()
+        first = last_seq - len(result.events) + 1
+        events: dict[str, Any] = {"tenant": tenant_id, "run": run.id, "at": now}
+        for i, (kind, event_node, data) in enumerate(result.events):
+            events.update({f"seq_{i}": first + i, f"kind_{i}": kind, f"node_id_{i}": event_node,
+                           f"data_{i}": data})
+        await db.execute(_insert_events(len(result.events)), events)
+        await db.execute(_INSERT_CHECKPOINT, {
+            "tenant": tenant_id, "run": run.id, "step": step, "at": now, "node_id": node_id,
+            "next_node": following, "status": status_after, "state": state, "path": path})
         if result.waiting_approval is not None:
             db.add(result.waiting_approval)
         for artifact, _ in result.artifacts:
