@@ -32,6 +32,7 @@ from enginex.orgs.models import Membership
 from enginex.reports.models import Artifact
 from enginex.runs.models import Checkpoint, Run, RunEvent
 from enginex.skills.models import Skill
+from enginex.sso.models import RoleMappingRule, SsoConnection
 
 FORMAT = "enginex-tenant-export"
 FORMAT_VERSION = 1
@@ -111,6 +112,11 @@ KINDS: tuple[Kind, ...] = (
          join=(McpCatalogEntry, McpCatalogEntry.id == McpServer.catalog_id),
          description="MCP servers; a stdio server names its platform catalog entry"),
     Kind("skills", Skill, ("name",), description="skills (SKILL.md bundles)"),
+    Kind("sso_connections", SsoConnection, ("name", "id"),
+         description="single sign-on connections (OIDC/SAML settings; an OIDC client secret "
+                     "is a credential, exported as metadata only)"),
+    Kind("role_mapping_rules", RoleMappingRule, ("priority", "group_name", "id"),
+         description="identity-provider group to role rules"),
     Kind("audit", AuditEntry, ("seq",),
          description="the complete audit chain, entries verbatim with their hashes"),
 )
@@ -128,4 +134,10 @@ EXCLUDED: dict[str, str] = {
     "idempotency_keys": "a 24-hour replay cache of API answers, not data",
     "run_queue_state": "scheduler bookkeeping, rebuilt by the scheduler",
     "tenant_exports": "the exports themselves (an archive does not contain archives)",
+    "email_domains": "a domain belongs to one organization per deployment: claim and verify it "
+                     "again in the importing deployment",
+    "sso_identities": "links of people to an identity provider's subjects; made again at each "
+                      "person's first SSO sign-in through a verified domain",
+    "saml_requests": "pending SAML sign-ins (10 minutes), not data",
+    "saml_seen_assertions": "the SAML replay cache, not data",
 }
