@@ -11,8 +11,9 @@ from enginex.mcp import models as mcp_models
 from enginex.orgs import models as org_models
 from enginex.reports import models as report_models
 from enginex.runs import models as run_models
+from enginex.scim import models as scim_models
 from enginex.skills import models as skill_models
 
 __all__ = ["agent_models", "approval_models", "audit_models", "auth_models", "credential_models",
            "idempotency_models", "llm_models", "mcp_models", "org_models", "report_models",
-           "run_models", "skill_models"]
+           "run_models", "scim_models", "skill_models"]

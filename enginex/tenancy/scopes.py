@@ -31,6 +31,7 @@ class Scope(StrEnum):
     SETTINGS_READ = "settings:read"
     SETTINGS_WRITE = "settings:write"
     AUDIT_READ = "audit:read"
+    SCIM_WRITE = "scim:write"  # manage the organization's SCIM tokens (admins only)
 
 
 _VIEWER = frozenset({
