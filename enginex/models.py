@@ -13,7 +13,8 @@ from enginex.reports import models as report_models
 from enginex.runs import models as run_models
 from enginex.scim import models as scim_models
 from enginex.skills import models as skill_models
+from enginex.sso import models as sso_models
 
 __all__ = ["agent_models", "approval_models", "audit_models", "auth_models", "credential_models",
            "idempotency_models", "llm_models", "mcp_models", "org_models", "report_models",
-           "run_models", "scim_models", "skill_models"]
+           "run_models", "scim_models", "skill_models", "sso_models"]

@@ -40,6 +40,8 @@ OPTIONAL_PLATFORM_FUNCTIONS = {
     "enginex_claim_runs": "the batch claimer (0013): up to N claimable runs, fairly (ids)",
     "enginex_expire_approvals": "worker housekeeping: expires overdue approvals (a count)",
     "enginex_mcp_catalog_usage": "servers using an MCP catalog entry, for its deletion (a count)",
+    "enginex_verified_domain_org": "the organization of a verified email domain, for SSO "
+                                   "routing at sign-in and one-domain-one-org claims (an id)",
 }
 
 TENANT_TABLES_SQL = """

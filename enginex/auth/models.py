@@ -43,6 +43,9 @@ class AuthSession(Base):
     expires_at: Mapped[datetime]
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     user_agent: Mapped[str] = mapped_column(String(300), default="")
+    # The organization whose SSO opened this session (None: a password sign-in). An
+    # organization that requires SSO accepts only sessions its own SSO opened (enginex/sso).
+    sso_org_id: Mapped[uuid.UUID | None]
 
 
 class ApiKey(TenantOwned, Base):

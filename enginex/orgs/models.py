@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from enginex.db import Base, TenantOwned
@@ -24,6 +24,10 @@ class Organization(Base):
     status: Mapped[str] = mapped_column(String(20), default="active")
     region: Mapped[str] = mapped_column(String(40), default="default")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # SSO enforcement (enginex/sso, docs/SSO.md): members must sign in through the
+    # organization's SSO; the break-glass user (and platform admins) keep password access.
+    require_sso: Mapped[bool] = mapped_column(default=False, server_default=false())
+    sso_break_glass_user_id: Mapped[uuid.UUID | None]
 
 
 class Membership(TenantOwned, Base):

@@ -8,7 +8,7 @@
   forced row-level security and the tenant policy (docs/SCIM.md).
 
 Revision ID: 0014_scim
-Revises: 0013
+Revises: 0014_sso
 Create Date: 2026-12-07 21:30:00.000000
 """
 
@@ -19,7 +19,7 @@ import enginex.db
 from enginex.migrations.rls import disable_tenant_rls, enable_tenant_rls, is_postgres
 
 revision = '0014_scim'
-down_revision = '0013'
+down_revision = '0014_sso'
 branch_labels = None
 depends_on = None
 
