@@ -54,7 +54,7 @@ from enginex.tenancy.scopes import Role, can_grant
 _SLUG = re.compile(SLUG_PATTERN)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_KEY_PREFIX = "enx_"
-SCIM_TOKEN_PREFIX = "scim_"
+SCIM_TOKEN_PREFIX = "scim_"  # noqa: S105 - a prefix, not a secret
 TOUCH_INTERVAL = timedelta(seconds=60)
 
 
@@ -368,7 +368,7 @@ async def _authenticate_api_key(db: AsyncSession, token: str,
                                 role if same_org else None)
 
 
-SCIM_TOKEN_INVALID = ("This SCIM token is not valid (wrong, revoked or for another "
+SCIM_TOKEN_INVALID = ("This SCIM token is not valid (wrong, revoked or for another "  # noqa: S105
                       "organization). An org admin creates one at "
                       "POST /api/v1/orgs/{org}/scim/tokens.")
 

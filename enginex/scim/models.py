@@ -103,6 +103,7 @@ class ScimGroupMember(TenantOwned, Base):
 
     group_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    display: Mapped[str | None] = mapped_column(String(256))  # as the IdP sent it
 
     __table_args__ = (
         ForeignKeyConstraint(["tenant_id", "group_id"], ["scim_groups.tenant_id", "scim_groups.id"],

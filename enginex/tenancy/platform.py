@@ -194,7 +194,8 @@ async def session_for_org(db: AsyncSession, digest: bytes, slug: str) -> Session
     """One statement for the tenant guard of a cookie request: the session with its user and
     the user's role in organization ``slug`` (org fields None when no such org; role None
     when not a member or the membership is disabled -- on PostgreSQL through
-    ``enginex_user_memberships``, which leaves disabled memberships out). Keeps the guard at one round trip before the route's own query."""
+    ``enginex_user_memberships``, which leaves disabled memberships out). Keeps the guard at
+    one round trip before the route's own query."""
     statement = _SESSION_FOR_ORG_PG if _is_pg(db) else _SESSION_FOR_ORG_SQLITE
     row = (await db.execute(statement, {"slug": slug.lower(), "digest": digest})).first()
     return SessionForOrg(*row) if row else None

@@ -96,6 +96,7 @@ def upgrade() -> None:
     sa.Column('tenant_id', sa.Uuid(), nullable=False),
     sa.Column('group_id', sa.Uuid(), nullable=False),
     sa.Column('user_id', sa.Uuid(), nullable=False),
+    sa.Column('display', sa.String(length=256), nullable=True),
     sa.ForeignKeyConstraint(['tenant_id', 'group_id'], ['scim_groups.tenant_id', 'scim_groups.id'], name=op.f('fk_scim_group_members_tenant_id_scim_groups'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['tenant_id', 'user_id'], ['memberships.tenant_id', 'memberships.user_id'], name=op.f('fk_scim_group_members_tenant_id_memberships'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['tenant_id'], ['organizations.id'], name=op.f('fk_scim_group_members_tenant_id_organizations'), ondelete='CASCADE'),
