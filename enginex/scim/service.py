@@ -25,6 +25,7 @@ Every change is audited in the organization's log with the SCIM token as actor.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -158,14 +159,48 @@ def _stored(resource: Any, columns: Sequence[str]) -> dict[str, Any]:
     return {k: v for k, v in dumped.items() if k not in columns}
 
 
+# Schemas some identity providers list without sending any attribute of them (Entra lists
+# its own group schema in every group it creates): ignored when no attribute uses them.
+_IGNORED_SCHEMAS = frozenset({
+    "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"})
+
+
 def _parse(model: type[Any], body: dict[str, Any], context: Context, what: str) -> Any:
+    listed = body.get("schemas")
+    if isinstance(listed, list):
+        body = {**body, "schemas": [s for s in listed
+                                    if s not in _IGNORED_SCHEMAS or s in body]}
     try:
         return model.model_validate(body, scim_ctx=context)
     except ValidationError as exc:
         raise ScimError.from_validation(exc, what) from exc
 
 
+def _remove_by_value(body: dict[str, Any]) -> dict[str, Any]:
+    """Entra's removal of group members, ``{"op": "Remove", "path": "members", "value":
+    [{"value": "<id>"}]}``, written as RFC 7644 has it: one remove per value with the filter
+    ``members[value eq "<id>"]``. Other operations are kept as they are."""
+    operations = body.get("Operations")
+    if not isinstance(operations, list):
+        return body
+    rewritten: list[Any] = []
+    for op in operations:
+        values = op.get("value") if isinstance(op, dict) else None
+        if (isinstance(op, dict) and str(op.get("op", "")).lower() == "remove"
+                and isinstance(op.get("path"), str) and "[" not in op["path"]
+                and isinstance(values, list) and values
+                and all(isinstance(v, dict) and isinstance(v.get("value"), str)
+                        for v in values)):
+            for v in values:
+                quoted = json.dumps(v["value"])
+                rewritten.append({"op": "remove", "path": f"{op['path']}[value eq {quoted}]"})
+        else:
+            rewritten.append(op)
+    return {**body, "Operations": rewritten}
+
+
 def _apply_patch(model: type[Any], resource: Any, body: dict[str, Any]) -> None:
+    body = _remove_by_value(body)
     try:
         patch = PatchOp[model].model_validate(body, scim_ctx=Context.RESOURCE_PATCH_REQUEST)
     except ValidationError as exc:
