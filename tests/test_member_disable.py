@@ -132,3 +132,21 @@ def test_members_cli_lists_disables_and_enables(server: Server, org_a: Org,
     refused = cli.run("members", "disable", viewer.user_id, "--org", org_a.slug,
                       api_key=org_a.api_keys["viewer"])
     assert refused.code != 0 and "members:write" in refused.err
+
+
+def test_the_members_page_disables_and_enables(server: Server, org_a: Org) -> None:
+    viewer = org_a.members["viewer"]
+    page = f"/o/{org_a.slug}/members"
+    admin = org_a.admin.client
+    csrf = {"csrf_token": admin.headers["X-CSRF-Token"]}
+    shown = admin.get(page)
+    assert shown.status_code == 200 and f"Disable {viewer.email}" in shown.text
+    done = admin.post(f"{page}/{viewer.user_id}/disable", data=csrf, follow_redirects=False)
+    assert done.status_code == 303, done.text
+    after = admin.get(page).text
+    assert 'data-state="disabled"' in after and f"Enable {viewer.email}" in after
+    assert viewer.client.get(f"/api/v1/orgs/{org_a.slug}/sessions").status_code == 404
+    refused = admin.post(f"{page}/{org_a.admin.user_id}/disable", data=csrf)
+    assert refused.status_code == 403 and "cannot disable your own" in refused.text
+    admin.post(f"{page}/{viewer.user_id}/enable", data=csrf, follow_redirects=False)
+    assert viewer.client.get(f"/api/v1/orgs/{org_a.slug}/sessions").status_code == 200
