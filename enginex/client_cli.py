@@ -596,6 +596,36 @@ def cmd_reports_download(args: argparse.Namespace, settings: Settings) -> None:
     print(f"saved report {args.id} to {target} ({len(response.content)} bytes)")
 
 
+# --- members --------------------------------------------------------------------------------
+
+def cmd_members_list(args: argparse.Namespace, settings: Settings) -> None:
+    members = Api.from_args(args, settings).call("GET", "/members")
+    if args.json:
+        _print_json(members)
+        return
+    _table(["USER ID", "EMAIL", "ROLE", "STATE"],
+           ([m["user_id"], m["email"], m["role"],
+             "disabled" if m.get("disabled_at") else "active"] for m in members))
+
+
+def _set_member_state(args: argparse.Namespace, settings: Settings, action: str) -> None:
+    member = Api.from_args(args, settings).call("POST", f"/members/{_id(args.user_id)}/{action}")
+    if args.json:
+        _print_json(member)
+    else:
+        print(f"{member['email']} is now {'disabled' if member.get('disabled_at') else 'active'} "
+              f"in '{args.org}'")
+
+
+def cmd_members_disable(args: argparse.Namespace, settings: Settings) -> None:
+    """Disable a member: their session, API keys and event streams lose this organization."""
+    _set_member_state(args, settings, "disable")
+
+
+def cmd_members_enable(args: argparse.Namespace, settings: Settings) -> None:
+    _set_member_state(args, settings, "enable")
+
+
 # --- API keys -------------------------------------------------------------------------------
 
 def _read_secret(args: argparse.Namespace) -> str:
@@ -737,6 +767,19 @@ def add_client_commands(subparsers: Any) -> dict[str, Any]:
     download.add_argument("id", metavar="ID")
     download.add_argument("-o", "--output", required=True, metavar="FILE",
                           help="where to write it ('-' for standard output)")
+
+    members = subparsers.add_parser("members", help="members of an organization through the API "
+                                                    "(an admin's API key)")
+    actions = members.add_subparsers(dest="action", required=True)
+    groups["members"] = actions
+    _command(actions, "list", cmd_members_list, "list members with role and state")
+    for name, func, text in (
+            ("disable", cmd_members_disable,
+             "disable a member: their session, API keys and event streams lose this "
+             "organization within seconds (they stay a member; enable undoes it)"),
+            ("enable", cmd_members_enable, "re-enable a disabled member")):
+        parser = _command(actions, name, func, text)
+        parser.add_argument("user_id", help="the member's user id (see `members list`)")
 
     keys = subparsers.add_parser("api-keys", help="organization API keys through the API")
     actions = keys.add_subparsers(dest="action", required=True)

@@ -37,6 +37,36 @@ from tests.victims_sso import PUBLIC_SSO_ROUTES, sso_victim_ids
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 WEB_KINDS = {"web", "web_tenant", "web_platform_admin"}
 EXPECTED_404 = {"error": {"code": "not_found", "message": NOT_FOUND_MESSAGE, "details": {}}}
+SCIM_ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+SCIM_404 = {"schemas": [SCIM_ERROR], "status": "404", "detail": NOT_FOUND_MESSAGE}
+
+
+def scim_token_of(org: Org) -> str:
+    created = org.admin.client.post(f"/api/v1/orgs/{org.slug}/scim/tokens",
+                                    json={"name": "attacker"})
+    assert created.status_code == 201, created.text
+    return str(created.json()["token"])
+
+
+def check_scim_route(case: RouteCase, url: str, random_url: str, anon: httpx.Client,
+                     attackers: list[httpx.Client], stolen_token: httpx.Client,
+                     leak_canaries: list[str]) -> int:
+    """A SCIM route (``ScimClient``): anonymous, cookies and API keys (of any org) -> 401; the
+    SCIM token of another organization -> 404 with the body of an unknown organization; all
+    in SCIM's error format."""
+    where = f"{case.method} {case.path}"
+    for actor in (anon, *attackers):
+        response = send(actor, case, url)
+        assert response.status_code == 401, (where, response.text)
+        assert response.json()["schemas"] == [SCIM_ERROR], where
+        assert_no_leak(response, leak_canaries, where)
+    response = send(stolen_token, case, url)
+    baseline = send(stolen_token, case, random_url)
+    assert response.status_code == 404, (where, response.text)
+    assert response.headers["content-type"].startswith("application/scim+json")
+    assert response.json() == SCIM_404 == baseline.json(), where
+    assert_no_leak(response, leak_canaries, where)
+    return 2 + len(attackers)
 
 
 @dataclass(frozen=True)
@@ -101,7 +131,18 @@ def victim_ids(victim: Org) -> dict[str, str]:
     own_views = [credential, admin.get(credentials),
                  admin.get(f"{credentials}/{credential.json()['id']}")]
     assert all(v.status_code in (200, 201) and secret_value not in v.text for v in own_views)
+    scim_token = admin.post(f"/api/v1/orgs/{victim.slug}/scim/tokens", json={"name": "canary"})
+    assert scim_token.status_code == 201, scim_token.text
+    scim_group = httpx.post(
+        f"{scim_token.json()['scim_base_url']}/Groups",
+        headers={"Authorization": f"Bearer {scim_token.json()['token']}"},
+        json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+              "displayName": f"canary-{victim.slug}"})
+    assert scim_group.status_code == 201, scim_group.text
     return {"org": victim.slug, "user_id": victim.members["viewer"].user_id,
+            "token_id": scim_token.json()["id"], "group_id": scim_group.json()["id"],
+            "schema_id": "urn:ietf:params:scim:schemas:core:2.0:User", "type_id": "User",
+            "rest": "Unknown",
             "key_id": keys[0]["id"], "invitation_id": invite.json()["id"],
             "tenant_id": victim.id, "agent_key": deployed["agent_key"],
             "version": deployed["version"], "run_id": waiting["id"],
@@ -149,12 +190,18 @@ def test_every_route_refuses_the_wrong_actor(server: Server, org_a: Org, org_b: 
     attacker_keys = [api_key_client(server, token) for token in org_a.api_keys.values()]
     member_attackers = [m.client for m in org_a.members.values()]
     attackers = [*member_attackers, *attacker_keys]
+    stolen_token = api_key_client(server, scim_token_of(org_a))
+    random_url_of = {"org": f"no-such-{org_b.slug}"}
     with anonymous(server) as anon:
         for case in cases:
             where = f"{case.method} {case.path}"
             if case.kind == "public":
                 continue
             url = fill(case.path, ids)
+            if case.kind == "scim":
+                attempts += check_scim_route(case, url, fill(case.path, ids | random_url_of),
+                                             anon, attackers, stolen_token, leak_canaries)
+                continue
             page = case.kind in WEB_KINDS
             # 1. anonymous: 401 on the API, sign-in redirect on pages
             response = send(anon, case, url)
@@ -208,6 +255,7 @@ def test_every_route_refuses_the_wrong_actor(server: Server, org_a: Org, org_b: 
                         assert response.json()["error"]["code"] == "forbidden"
                 key.close()
     attacker_key.close()
+    stolen_token.close()
     for client in attacker_keys:
         client.close()
     actors = 1 + len(attackers) + 2 * len(Role)

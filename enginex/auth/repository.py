@@ -190,7 +190,7 @@ class KeyForAuth:
     parent_expires_at: datetime | None
     org_slug: str
     org_status: str
-    creator_role: str | None  # None when the creator is no longer a member
+    creator_role: str | None  # None when the creator is no longer a member or is disabled
     creator_disabled: bool
 
 
@@ -206,6 +206,7 @@ _KEY_FOR_AUTH = sa.text(
     "FROM api_keys k JOIN organizations o ON o.id = k.tenant_id "
     "LEFT JOIN api_keys p ON p.tenant_id = k.tenant_id AND p.id = k.parent_key_id "
     "LEFT JOIN memberships m ON m.tenant_id = k.tenant_id AND m.user_id = k.created_by "
+    "AND m.disabled_at IS NULL "
     "LEFT JOIN users u ON u.id = k.created_by "
     "WHERE k.tenant_id = :tenant AND k.token_digest = :digest"
 ).bindparams(sa.bindparam("tenant", type_=sa.Uuid()),
@@ -239,3 +240,46 @@ async def touch_api_key(db: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUI
                      .values(last_used_at=now))
 
 
+
+
+@dataclass(frozen=True)
+class ScimTokenForAuth:
+    token_id: uuid.UUID
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    org_slug: str
+    org_status: str
+
+
+# Constant SQL like _KEY_FOR_AUTH: the session is bound to ``tenant`` first (RLS on PostgreSQL).
+_SCIM_TOKEN_FOR_AUTH = sa.text(
+    "SELECT t.id, t.revoked_at, t.last_used_at, o.slug, o.status "
+    "FROM scim_tokens t JOIN organizations o ON o.id = t.tenant_id "
+    "WHERE t.tenant_id = :tenant AND t.token_digest = :digest"
+).bindparams(sa.bindparam("tenant", type_=sa.Uuid()),
+             sa.bindparam("digest", type_=sa.LargeBinary())
+             ).columns(
+    sa.column("id", sa.Uuid()), sa.column("revoked_at", UTCDateTime()),
+    sa.column("last_used_at", UTCDateTime()), sa.column("slug", sa.String()),
+    sa.column("status", sa.String()))
+
+
+async def get_scim_token_for_auth(db: AsyncSession, tenant_id: uuid.UUID, digest: bytes
+                                  ) -> ScimTokenForAuth | None:
+    """Kernel-only, one statement: the SCIM token with ``digest`` of organization
+    ``tenant_id`` and that organization's slug and status. The session must already be bound
+    to ``tenant_id``."""
+    row = (await db.execute(_SCIM_TOKEN_FOR_AUTH, {"tenant": tenant_id, "digest": digest})
+           ).first()
+    return ScimTokenForAuth(*row) if row else None
+
+
+_TOUCH_SCIM_TOKEN = sa.text(
+    "UPDATE scim_tokens SET last_used_at = :now WHERE tenant_id = :tenant AND id = :id"
+).bindparams(sa.bindparam("tenant", type_=sa.Uuid()), sa.bindparam("id", type_=sa.Uuid()),
+             sa.bindparam("now", type_=UTCDateTime()))
+
+
+async def touch_scim_token(db: AsyncSession, tenant_id: uuid.UUID, token_id: uuid.UUID,
+                           now: datetime) -> None:
+    await db.execute(_TOUCH_SCIM_TOKEN, {"tenant": tenant_id, "id": token_id, "now": now})

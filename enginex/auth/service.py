@@ -45,6 +45,7 @@ from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import (
     ApiKeyPrincipal,
     Principal,
+    ScimTokenPrincipal,
     UserPrincipal,
     acting_user_id,
 )
@@ -53,6 +54,7 @@ from enginex.tenancy.scopes import Role, can_grant
 _SLUG = re.compile(SLUG_PATTERN)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_KEY_PREFIX = "enx_"
+SCIM_TOKEN_PREFIX = "scim_"  # noqa: S105 - a prefix, not a secret
 TOUCH_INTERVAL = timedelta(seconds=60)
 
 
@@ -300,11 +302,12 @@ def _bearer(request: Request) -> str | None:
     return value.strip()
 
 
-def parse_api_key(token: str) -> uuid.UUID | None:
-    """The organization id embedded in an API key, or None if the key is malformed."""
-    if not token.startswith(API_KEY_PREFIX):
+def parse_api_key(token: str, prefix: str = API_KEY_PREFIX) -> uuid.UUID | None:
+    """The organization id embedded in an API key (or, with ``prefix`` SCIM_TOKEN_PREFIX, a
+    SCIM token), or None if the token is malformed."""
+    if not token.startswith(prefix):
         return None
-    org_hex, _, secret = token[len(API_KEY_PREFIX):].partition("_")
+    org_hex, _, secret = token[len(prefix):].partition("_")
     if len(secret) < 20:
         return None
     return hex_uuid_or_none(org_hex)
@@ -371,6 +374,40 @@ async def _authenticate_api_key(db: AsyncSession, token: str,
     same_org = slug is None or slug.lower() == found.org_slug
     return principal, OrgAccess(tenant_id, found.org_slug, found.org_status,
                                 role if same_org else None)
+
+
+SCIM_TOKEN_INVALID = ("This SCIM token is not valid (wrong, revoked or for another "  # noqa: S105
+                      "organization). An org admin creates one at "
+                      "POST /api/v1/orgs/{org}/scim/tokens.")
+
+
+async def authenticate_scim_token(request: Request, db: AsyncSession, slug: str
+                                  ) -> tuple[ScimTokenPrincipal, OrgAccess | None]:
+    """The SCIM bearer token of ``request``, checked in one statement after binding ``db`` to
+    the organization the token names. Raises Unauthenticated for a missing, malformed,
+    unknown or revoked token (API keys and cookies are not accepted on SCIM routes). The
+    OrgAccess is None when ``slug`` names another organization than the token's."""
+    header = request.headers.get("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("Send the organization's SCIM token: 'Authorization: Bearer "
+                              "scim_...'.")
+    tenant_id = parse_api_key(token, SCIM_TOKEN_PREFIX)
+    if tenant_id is None:
+        raise Unauthenticated(SCIM_TOKEN_INVALID)
+    await set_tenant(db, tenant_id)
+    found = await repo.get_scim_token_for_auth(db, tenant_id, token_digest(token))
+    if found is None or found.revoked_at is not None:
+        raise Unauthenticated(SCIM_TOKEN_INVALID)
+    now = utcnow()
+    if found.last_used_at is None or now - found.last_used_at > TOUCH_INTERVAL:
+        await repo.touch_scim_token(db, tenant_id, found.token_id, now)
+    principal = ScimTokenPrincipal(token_id=found.token_id, tenant_id=tenant_id)
+    request.state.principal = principal
+    if slug.lower() != found.org_slug:
+        return principal, None
+    return principal, OrgAccess(tenant_id, found.org_slug, found.org_status, Role.ADMIN)
 
 
 def _check_csrf(request: Request, settings: Settings, expected: str) -> None:

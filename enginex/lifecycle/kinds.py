@@ -140,4 +140,9 @@ EXCLUDED: dict[str, str] = {
                       "person's first SSO sign-in through a verified domain",
     "saml_requests": "pending SAML sign-ins (10 minutes), not data",
     "saml_seen_assertions": "the SAML replay cache, not data",
+    "scim_tokens": "secrets (token digests): the org admin issues a new SCIM token",
+    "scim_users": "the identity provider's provisioning state; the IdP provisions again "
+                  "through the importing deployment's SCIM endpoint (members are exported)",
+    "scim_groups": "the identity provider's provisioning state (as scim_users)",
+    "scim_group_members": "the identity provider's provisioning state (as scim_users)",
 }

@@ -30,7 +30,7 @@ router = make_router(prefix="/api/v1", tags=["organizations"])
 
 def _member_out(m: service.Member) -> MemberOut:
     return MemberOut(user_id=m.user_id, email=m.email, display_name=m.display_name, role=m.role,
-                     joined_at=m.joined_at)  # type: ignore[arg-type]
+                     joined_at=m.joined_at, disabled_at=m.disabled_at)  # type: ignore[arg-type]
 
 
 @router.get("/orgs/{org}/members", response_model=list[MemberOut])
@@ -46,6 +46,26 @@ async def change_member_role(user_id: uuid.UUID, body: MemberUpdate, db: DB,
                              ) -> MemberOut:
     """Change a member's role. 409 if it would leave the organization without an admin."""
     await service.change_role(db, ctx, user_id, Role(body.role))
+    return _member_out(await service.get_member(db, ctx, user_id))
+
+
+@router.post("/orgs/{org}/members/{user_id}/disable", response_model=MemberOut)
+async def disable_member(user_id: uuid.UUID, db: DB,
+                         ctx: Annotated[TenantContext, Require(Scope.MEMBERS_WRITE)]
+                         ) -> MemberOut:
+    """Disable a member's access to this organization (session, their API keys, open event
+    streams) without removing them; idempotent. 409 for the last enabled admin, 403 for
+    yourself."""
+    await service.set_member_disabled(db, ctx, user_id, True)
+    return _member_out(await service.get_member(db, ctx, user_id))
+
+
+@router.post("/orgs/{org}/members/{user_id}/enable", response_model=MemberOut)
+async def enable_member(user_id: uuid.UUID, db: DB,
+                        ctx: Annotated[TenantContext, Require(Scope.MEMBERS_WRITE)]
+                        ) -> MemberOut:
+    """Re-enable a disabled member; idempotent."""
+    await service.set_member_disabled(db, ctx, user_id, False)
     return _member_out(await service.get_member(db, ctx, user_id))
 
 

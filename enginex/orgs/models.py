@@ -39,6 +39,10 @@ class Membership(TenantOwned, Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set while an org admin (or the org's SCIM client, ``active: false``) has disabled the
+    # membership: the tenant guard then treats the person as no member (cookie, their API keys,
+    # open event streams). NULL = active.
+    disabled_at: Mapped[datetime | None]
 
     # The one index not led by tenant_id: it serves the platform function that lists a
     # user's organizations at sign-in (see tenancy/platform.py).

@@ -55,11 +55,13 @@ class MembershipRepository(ScopedRepository[Membership]):
         return await get_membership_for_guard(self.db, self.ctx.org_id, user_id)
 
     async def list_member_rows(self, user_id: uuid.UUID | None = None
-                               ) -> list[tuple[uuid.UUID, str, str, str, datetime]]:
-        """(user_id, email, display_name, role, joined_at), by email; only ``user_id``'s row
-        when given. Only the columns a listing shows: password hashes are never loaded."""
+                               ) -> list[tuple[uuid.UUID, str, str, str, datetime,
+                                               datetime | None]]:
+        """(user_id, email, display_name, role, joined_at, disabled_at), by email; only
+        ``user_id``'s row when given. Only the columns a listing shows: password hashes are
+        never loaded."""
         stmt = (select(User.id, User.email, User.display_name, Membership.role,
-                       Membership.created_at)
+                       Membership.created_at, Membership.disabled_at)
                 .join(User, User.id == Membership.user_id)
                 .where(Membership.tenant_id == self.ctx.org_id)
                 .order_by(func.lower(User.email)))
@@ -68,8 +70,10 @@ class MembershipRepository(ScopedRepository[Membership]):
         return [tuple(row) for row in (await self.db.execute(stmt)).all()]  # type: ignore[misc]
 
     async def count_role(self, role: str) -> int:
+        """Members with ``role`` whose membership is not disabled."""
         stmt = select(func.count()).select_from(Membership).where(
-            Membership.tenant_id == self.ctx.org_id, Membership.role == role)
+            Membership.tenant_id == self.ctx.org_id, Membership.role == role,
+            Membership.disabled_at.is_(None))
         return int((await self.db.execute(stmt)).scalar_one())
 
     async def delete(self, membership: Membership) -> None:

@@ -18,6 +18,8 @@ class MemberOut(ResponseBody):
     display_name: str
     role: str
     joined_at: datetime
+    disabled_at: datetime | None = Field(
+        None, description="Set while the membership is disabled (no access to the organization).")
 
 
 class MemberUpdate(RequestBody):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -116,6 +116,7 @@ class Member:
     display_name: str
     role: str
     joined_at: object
+    disabled_at: datetime | None = None
 
 
 async def list_members(db: AsyncSession, ctx: TenantContext) -> list[Member]:
@@ -140,7 +141,9 @@ async def _access_member(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUI
 
 async def _ensure_admin_remains(db: AsyncSession, ctx: TenantContext,
                                 membership: Membership) -> None:
-    if membership.role == Role.ADMIN and \
+    """Conflict when ``membership`` is the last enabled admin (disabled admins do not count:
+    they cannot act)."""
+    if membership.role == Role.ADMIN and membership.disabled_at is None and \
             await repo.MembershipRepository(db, ctx).count_role(Role.ADMIN) <= 1:
         raise Conflict("This is the organization's last admin. Make another member admin "
                        "first.", code="last_admin")
@@ -168,6 +171,35 @@ async def remove_member(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID
     await _ensure_admin_remains(db, ctx, membership)
     await repo.MembershipRepository(db, ctx).delete(membership)
     await record(db, ctx, "member.removed", target_kind="user", target_id=user_id)
+
+
+async def set_member_disabled(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID,
+                              disabled: bool) -> Membership:
+    """Disable (or re-enable) a member of ``ctx``'s organization. Audited when it changes.
+
+    While disabled, the tenant guard treats the person as no member of this organization:
+    their cookie requests get 404, the API keys they created for it answer 401
+    (``key_creator_gone``), and their open event streams end at the next access re-check
+    (at most ``ENGINEX_STREAM_RECHECK_SECONDS``). Their account, sessions, keys and other
+    organizations are untouched, so enabling restores everything. NotFound for another
+    organization's member; Conflict (``last_admin``) for the last enabled admin; Forbidden
+    (``cannot_disable_self``) for the caller's own membership.
+    """
+    await repo.lock_org(db, ctx.org_id)
+    membership = await _access_member(db, ctx, user_id)
+    if disabled == (membership.disabled_at is not None):
+        return membership
+    if disabled:
+        if acting_user_id(ctx.principal) == user_id:
+            raise Forbidden("You cannot disable your own membership. Ask another admin.",
+                            code="cannot_disable_self")
+        await _ensure_admin_remains(db, ctx, membership)
+        membership.disabled_at = utcnow()
+    else:
+        membership.disabled_at = None
+    await record(db, ctx, "member.disabled" if disabled else "member.enabled",
+                 target_kind="user", target_id=user_id)
+    return membership
 
 
 # --- invitations -----------------------------------------------------------------------------

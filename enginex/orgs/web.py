@@ -202,6 +202,32 @@ async def remove_member(request: Request, user_id: uuid.UUID, db: DB,
     return _after_member_change(web, user_id, None)
 
 
+@router.post("/o/{org}/members/{user_id}/disable", response_class=HTMLResponse)
+async def disable_member(request: Request, user_id: uuid.UUID, db: DB,
+                         web: Annotated[WebContext, WebTenant(Scope.MEMBERS_WRITE)]) -> Response:
+    """Disable a member's access to this organization (409 for the last enabled admin and
+    403 for yourself, shown on the page)."""
+    return await _set_disabled(request, db, web, user_id, True)
+
+
+@router.post("/o/{org}/members/{user_id}/enable", response_class=HTMLResponse)
+async def enable_member(request: Request, user_id: uuid.UUID, db: DB,
+                        web: Annotated[WebContext, WebTenant(Scope.MEMBERS_WRITE)]) -> Response:
+    """Re-enable a disabled member."""
+    return await _set_disabled(request, db, web, user_id, False)
+
+
+async def _set_disabled(request: Request, db: AsyncSession, web: WebContext,
+                        user_id: uuid.UUID, disabled: bool) -> Response:
+    try:
+        await service.set_member_disabled(db, web.ctx, user_id, disabled)
+    except AppError as exc:
+        await rollback_for_page(db, exc)
+        return await _members_page(request, db, web, status_code=exc.status_code,
+                                   error=exc.message)
+    return RedirectResponse(f"/o/{web.ctx.org_slug}/members", status_code=303)
+
+
 def _after_member_change(web: WebContext, user_id: uuid.UUID, role: Role | None) -> Response:
     """Back to the members page -- or to the landing page when admins removed themselves."""
     if user_id == web.principal.user_id and role is None:

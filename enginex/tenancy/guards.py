@@ -6,6 +6,10 @@ A route declares exactly one of:
 * ``Authenticated()`` -- any signed-in principal, no tenant (``/api/v1/me``, logout).
 * ``PlatformAdmin()`` -- the platform admin API; grants no access to tenant content.
 * ``Public()`` -- explicitly public (login, health, invitation acceptance).
+* ``ScimClient()`` -- a SCIM 2.0 route under ``/scim/v2/{org}/...``: only that organization's
+  SCIM bearer token (never a cookie or an API key); yields a TenantContext whose only scope is
+  ``scim:write``. No token or a bad one -> 401; a token of another organization or an unknown
+  org -> 404; suspended org -> 403. The SCIM routes answer these in SCIM's error format.
 * ``WebUser()`` (web/pages.py) -- a dashboard page; anonymous visitors go to sign-in.
 
 Order of checks in ``Require``: no credentials -> 401; unknown org, org of which the caller is
@@ -27,12 +31,17 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.routing import BaseRoute
 
-from enginex.auth.service import OrgAccess, authenticate, authenticate_for_org
+from enginex.auth.service import (
+    OrgAccess,
+    authenticate,
+    authenticate_for_org,
+    authenticate_scim_token,
+)
 from enginex.db import set_tenant
 from enginex.kit.errors import Forbidden, NotFound
 from enginex.tenancy.context import TenantContext, current_tenant
 from enginex.tenancy.principal import Principal, UserPrincipal
-from enginex.tenancy.scopes import ROLE_SCOPES, Scope
+from enginex.tenancy.scopes import ROLE_SCOPES, Role, Scope
 
 
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
@@ -93,6 +102,27 @@ class _TenantScope(AccessRule):
                        ) -> TenantContext:
         principal, access = await authenticate_for_org(request, db, org)
         return await enter_tenant(request, db, principal, access, self.scope)
+
+
+class _ScimClient(AccessRule):
+    kind = "scim"
+    scope = Scope.SCIM_WRITE
+
+    async def __call__(self, request: Request, db: DB,
+                       org: Annotated[str, Path(description="Organization slug")]
+                       ) -> TenantContext:
+        principal, access = await authenticate_scim_token(request, db, org)
+        if access is None:
+            raise NotFound()
+        if access.status != "active":
+            raise Forbidden("This organization is suspended. Contact the platform operator.",
+                            code="org_suspended")
+        # The role only fills the context; the scopes are what the SCIM client may do.
+        ctx = TenantContext(org_id=access.org_id, org_slug=access.slug, principal=principal,
+                            role=Role.ADMIN, scopes=frozenset({Scope.SCIM_WRITE}))
+        current_tenant.set(ctx)
+        request.state.tenant = ctx
+        return ctx
 
 
 def decide_tenant_access(principal: Principal, access: OrgAccess | None,
@@ -177,6 +207,10 @@ def Public() -> Any:
     return Depends(_Public())
 
 
+def ScimClient() -> Any:
+    return Depends(_ScimClient())
+
+
 def access_rules(dependant: Dependant) -> list[AccessRule]:
     """Every AccessRule among a route's dependencies (recursively)."""
     found: list[AccessRule] = []
@@ -199,7 +233,7 @@ class GuardedRoute(APIRoute):
                 f"route {sorted(self.methods)} {path} must declare exactly one access rule "
                 f"(Require/Authenticated/PlatformAdmin/Public), found {sorted(kinds) or 'none'}"
             )
-        if kinds & {"tenant", "web_tenant"} and "{org}" not in path:
+        if kinds & {"tenant", "web_tenant", "scim"} and "{org}" not in path:
             raise RuntimeError(f"tenant route {path} must live under /api/v1/orgs/{{org}}/")
 
 

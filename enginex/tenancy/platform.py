@@ -41,7 +41,8 @@ def _uuid(value: object) -> uuid.UUID:
 
 
 async def list_user_orgs(db: AsyncSession, user_id: uuid.UUID) -> list[UserOrg]:
-    """The organizations a user belongs to, with their role in each."""
+    """The organizations a user belongs to, with their role in each (disabled memberships
+    left out, as by ``enginex_user_memberships`` since 0014)."""
     if _is_pg(db):
         sql = text("SELECT o.id, o.slug, o.name, o.status, m.role "
                    "FROM enginex_user_memberships(:u) m JOIN organizations o ON o.id = m.tenant_id "
@@ -50,7 +51,7 @@ async def list_user_orgs(db: AsyncSession, user_id: uuid.UUID) -> list[UserOrg]:
     else:
         sql = text("SELECT o.id, o.slug, o.name, o.status, m.role FROM memberships m "
                    "JOIN organizations o ON o.id = m.tenant_id WHERE m.user_id = :u "
-                   "ORDER BY o.slug")
+                   "AND m.disabled_at IS NULL ORDER BY o.slug")
         params = {"u": user_id.hex}
     rows = (await db.execute(sql, params)).all()
     return [UserOrg(_uuid(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
@@ -191,14 +192,16 @@ _SESSION_FOR_ORG_PG = sa.text(
 _SESSION_FOR_ORG_SQLITE = sa.text(
     _SESSION_SELECT
     + "LEFT JOIN memberships m ON m.tenant_id = o.id AND m.user_id = u.id "
-      "WHERE s.token_digest = :digest"
+      "AND m.disabled_at IS NULL WHERE s.token_digest = :digest"
 ).columns(*_SESSION_COLUMNS)
 
 
 async def session_for_org(db: AsyncSession, digest: bytes, slug: str) -> SessionForOrg | None:
     """One statement for the tenant guard of a cookie request: the session with its user and
     the user's role in organization ``slug`` (org fields None when no such org; role None
-    when not a member). Keeps the guard at one round trip before the route's own query."""
+    when not a member or the membership is disabled -- on PostgreSQL through
+    ``enginex_user_memberships``, which leaves disabled memberships out). Keeps the guard at
+    one round trip before the route's own query."""
     statement = _SESSION_FOR_ORG_PG if _is_pg(db) else _SESSION_FOR_ORG_SQLITE
     row = (await db.execute(statement, {"slug": slug.lower(), "digest": digest})).first()
     return SessionForOrg(*row) if row else None

@@ -1,4 +1,5 @@
-"""Who is calling: a signed-in user (cookie) or an org-scoped API key (bearer token)."""
+"""Who is calling: a signed-in user (cookie), an org-scoped API key (bearer token), or an
+organization's identity provider with a SCIM token (bearer token on the SCIM routes only)."""
 
 from __future__ import annotations
 
@@ -45,11 +46,33 @@ class ApiKeyPrincipal:
         return False
 
 
-Principal = UserPrincipal | ApiKeyPrincipal
+@dataclass(frozen=True, slots=True)
+class ScimTokenPrincipal:
+    """An organization's identity provider, calling its SCIM endpoint with a SCIM token. It
+    reaches only the SCIM routes (``ScimClient``) of that one organization."""
+
+    token_id: uuid.UUID
+    tenant_id: uuid.UUID
+
+    @property
+    def kind(self) -> str:
+        return "scim_token"
+
+    @property
+    def actor_id(self) -> uuid.UUID:
+        return self.token_id
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return False
+
+
+Principal = UserPrincipal | ApiKeyPrincipal | ScimTokenPrincipal
 
 
 def acting_user_id(principal: Principal | None) -> uuid.UUID | None:
-    """The person behind a principal: the user, or the creator of an API key."""
-    if principal is None:
+    """The person behind a principal: the user, or the creator of an API key (None for a SCIM
+    token: the identity provider is no person)."""
+    if principal is None or isinstance(principal, ScimTokenPrincipal):
         return None
     return principal.user_id if isinstance(principal, UserPrincipal) else principal.created_by

@@ -36,6 +36,7 @@ class Scope(StrEnum):
     # Single sign-on: connections, domains, role-mapping rules, enforcement (admins only).
     SSO_READ = "sso:read"
     SSO_WRITE = "sso:write"
+    SCIM_WRITE = "scim:write"  # manage the organization's SCIM tokens (admins only)
 
 
 _VIEWER = frozenset({
