@@ -37,6 +37,7 @@ from enginex.kit.crypto import hmac_hex
 from enginex.kit.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
 from enginex.kit.ids import new_token, token_digest
 from enginex.kit.origin import origin_names_another_site
+from enginex.kit.pagination import Page, decode_cursor, page_of
 from enginex.kit.parsing import hex_uuid_or_none
 from enginex.kit.schemas import SLUG_PATTERN
 from enginex.kit.time import utcnow
@@ -510,6 +511,15 @@ async def create_api_key(db: AsyncSession, ctx: TenantContext, *, name: str, rol
 
 async def list_api_keys(db: AsyncSession, ctx: TenantContext) -> list[ApiKey]:
     return await repo.ApiKeyRepository(db, ctx).list()
+
+
+async def page_api_keys(db: AsyncSession, ctx: TenantContext, *, limit: int,
+                        cursor: str | None) -> Page[ApiKey]:
+    """A page of keys, newest first; ``next_cursor`` continues (ValidationFailed for a cursor
+    that no page gave)."""
+    before = decode_cursor(cursor) if cursor else None
+    rows = await repo.ApiKeyRepository(db, ctx).list(limit + 1, before)
+    return page_of(rows, limit, lambda k: (k.created_at, k.id))
 
 
 async def get_api_key(db: AsyncSession, ctx: TenantContext, key_id: uuid.UUID) -> ApiKey:
