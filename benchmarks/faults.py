@@ -159,7 +159,7 @@ def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
 
 
 @contextlib.contextmanager
-def deployment(logs: Path) -> Iterator[Deployment]:
+def deployment(logs: Path, lease_seconds: int) -> Iterator[Deployment]:
     bin_dir = _bin_dir()
     if bin_dir is None:
         raise SystemExit("PostgreSQL server binaries (initdb, pg_ctl) not found under "
@@ -177,6 +177,7 @@ def deployment(logs: Path) -> Iterator[Deployment]:
                "ENGINEX_DATA_DIR": str(data_dir),
                "ENGINEX_BASE_URL": "http://127.0.0.1",
                "ENGINEX_ALLOW_PRIVATE_NETWORK": "true",
+               "ENGINEX_LEASE_SECONDS": str(lease_seconds),
                "ENGINEX_LOG_LEVEL": "WARNING"}
         found = Deployment(cluster, database, env, logs)
         try:
@@ -391,6 +392,9 @@ def main() -> None:
                         help="seconds a client keeps retrying one start")
     parser.add_argument("--settle", type=float, default=600.0,
                         help="seconds after the last fault for every session to finish")
+    parser.add_argument("--lease-seconds", type=int, default=30,
+                        help="ENGINEX_LEASE_SECONDS of the deployment: how long a killed "
+                             "worker's runs wait before another worker takes them")
     parser.add_argument("--logs", type=Path, default=None,
                         help="keep the processes' logs in this directory")
     args = parser.parse_args()
@@ -400,9 +404,10 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     print(f"cores {os.cpu_count()}, load average {open('/proc/loadavg').read().split()[:3]}, "
           f"{args.sessions} sessions x {args.steps} LLM steps ({args.llm_delay} s each), "
-          f"2 API + 2 workers x {args.slots} slots, logs in {logs}", flush=True)
+          f"2 API + 2 workers x {args.slots} slots, lease {args.lease_seconds} s, "
+          f"logs in {logs}", flush=True)
 
-    with SlowLLM(args.llm_delay) as llm, deployment(logs) as dep:
+    with SlowLLM(args.llm_delay) as llm, deployment(logs, args.lease_seconds) as dep:
         dep.run("migrate")
         dep.start_api(0)
         dep.start_api(1)
