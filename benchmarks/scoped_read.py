@@ -157,7 +157,7 @@ class ServerProcess:
                 raise BenchError(f"the server exited ({self.process.returncode}):\n"
                                  f"{self.output()}")
             try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base_url}/healthz", timeout=10).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
