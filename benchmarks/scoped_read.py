@@ -150,7 +150,7 @@ class ServerProcess:
         self.log_file.seek(0)
         return self.log_file.read().decode(errors="replace")[-3000:]
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
