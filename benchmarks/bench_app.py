@@ -43,7 +43,8 @@ def build() -> FastAPI:
         """The members query of the tenant route, without authentication or guard."""
         await set_tenant(db, org_id)
         ctx = system_context(org_id, org_slug)
-        return [_member_out(m) for m in await service.list_members(db, ctx)]
+        page = await service.page_members(db, ctx, limit=100, cursor=None)  # the route's page
+        return [_member_out(m) for m in page.items]
 
     app = create_app()
     app.include_router(router)

@@ -150,14 +150,14 @@ class ServerProcess:
         self.log_file.seek(0)
         return self.log_file.read().decode(errors="replace")[-3000:]
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise BenchError(f"the server exited ({self.process.returncode}):\n"
                                  f"{self.output()}")
             try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base_url}/healthz", timeout=10).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -154,6 +154,21 @@ class Api:
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._json(self.response(method, path, **kwargs), path)
 
+    def every(self, path: str, params: dict[str, Any], *,
+              keep: Callable[[dict[str, Any]], bool] = lambda item: True,
+              at_most: int | None = None) -> list[dict[str, Any]]:
+        """The items of a list answered as a JSON array, page after page: follows the
+        ``Link: <…>; rel="next"`` header (a path on this server) until the last page, or
+        until ``at_most`` items that ``keep`` accepts were collected."""
+        items: list[dict[str, Any]] = []
+        response = self.response("GET", path, params=params)
+        while True:
+            items.extend(item for item in self._json(response, path) if keep(item))
+            following = response.links.get("next", {}).get("url")
+            if not following or (at_most is not None and len(items) >= at_most):
+                return items[:at_most]
+            response = self.response("GET", f"{self.base_url}{following}")
+
     def _json(self, response: httpx.Response, path: str) -> Any:
         try:
             return response.json()
@@ -521,9 +536,9 @@ def watch_session(api: Api, session_id: str, *, as_json: bool = False,
 
 def cmd_approvals_list(args: argparse.Namespace, settings: Settings) -> None:
     params = {k: v for k, v in {"status": args.status, "limit": args.limit}.items() if v}
-    approvals = Api.from_args(args, settings).call("GET", "/approvals", params=params)
-    if args.session:
-        approvals = [a for a in approvals if a["run_id"] == args.session]
+    approvals = Api.from_args(args, settings).every(
+        "/approvals", params, at_most=args.limit,
+        keep=lambda a: not args.session or a["run_id"] == args.session)
     if args.json:
         _print_json(approvals)
         return
@@ -564,7 +579,7 @@ def cmd_approvals_decide(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_reports_list(args: argparse.Namespace, settings: Settings) -> None:
     params = {k: v for k, v in {"session": args.session, "limit": args.limit}.items() if v}
-    reports = Api.from_args(args, settings).call("GET", "/reports", params=params)
+    reports = Api.from_args(args, settings).every("/reports", params, at_most=args.limit)
     if args.json:
         _print_json(reports)
         return

@@ -292,4 +292,5 @@ def test_openapi_lists_the_routes_with_strict_bodies(server: Server) -> None:
                  "MemberUpdate", "PasswordChange", "InvitationAccept", "TenantStatusUpdate"):
         assert schemas[name].get("additionalProperties") is False, name
     member_params = {p["name"] for p in paths["/api/v1/orgs/{org}/members"]["get"]["parameters"]}
-    assert member_params == {"org"}  # the tenant comes from the path only
+    # The tenant comes from the path only; the query holds the page (limit, cursor), nothing more.
+    assert member_params == {"org", "limit", "cursor"}

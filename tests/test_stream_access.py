@@ -14,15 +14,18 @@ stream follows a session that waits for an approval, so nothing else would end i
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import separate_deployment
+from enginex.migrate import upgrade
+from tests.conftest import _ServerThread, separate_deployment
 from tests.factories import (
     PASSWORD,
     Actor,
@@ -35,8 +38,10 @@ from tests.factories import (
     pending_approval,
     sign_in,
     start_session,
+    wait_for,
     wait_for_status,
 )
+from tests.pg_private import PrivateCluster, private_pg  # noqa: F401 - the fixture
 
 RECHECK_SECONDS = 1.0
 DEADLINE = 45.0  # far above the interval: the machine is busy; before the fix: never
@@ -207,6 +212,64 @@ def test_a_password_change_stops_other_sessions_streams(stream_server: Server,
         stream.close()
         stolen.close()
         member.close()
+
+
+class _Postponed(logging.Handler):
+    """Counts the stream's 'access re-check postponed' log records (database unavailable)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "re-check postponed" in record.getMessage():
+            self.count += 1
+
+
+def test_a_database_restart_postpones_the_recheck_and_keeps_the_stream(
+        private_pg: PrivateCluster, tmp_path: Path) -> None:  # noqa: F811
+    """PostgreSQL stops while a stream is open: the re-checks fail with connection errors,
+    which say nothing about the caller's access, so the stream stays open and is re-checked
+    on the next ticks; once the database is back, the re-check works again (a revoked key
+    still ends the stream)."""
+    database = private_pg.create_database()
+    settings = private_pg.settings_for(database, tmp_path / "data",
+                                       stream_recheck_seconds=RECHECK_SECONDS)
+    upgrade(settings)
+    thread = _ServerThread(settings)
+    thread.start()
+    postponed = _Postponed()
+    streams_log = logging.getLogger("enginex.streams")
+    streams_log.addHandler(postponed)
+    stream: EventStream | None = None
+    try:
+        server = Server(base_url=f"http://127.0.0.1:{thread.port}", settings=thread.settings,
+                        backend="postgres", app=thread.app)
+        org = make_org(server, make_platform_admin(server), "pgst", with_keys=False)
+        deploy_agent(org)
+        run_id = waiting_session(org)
+        created = org.admin.client.post(f"/api/v1/orgs/{org.slug}/api-keys",
+                                        json={"name": "wall screen", "role": "viewer"})
+        assert created.status_code == 201, created.text
+        key = created.json()
+        stream = EventStream(server, org, run_id, {"Authorization": f"Bearer {key['token']}"})
+        stream.wait_for("approval_requested")
+        private_pg.stop()
+        try:
+            wait_for(lambda: postponed.count >= 3 or stream.ended.is_set(),
+                     what="three re-checks to meet the stopped database", timeout=DEADLINE)
+            assert not stream.ended.is_set(), f"the outage ended the stream: {stream.kinds}"
+        finally:
+            private_pg.start()
+        revoked = org.admin.client.delete(f"/api/v1/orgs/{org.slug}/api-keys/{key['id']}")
+        assert revoked.status_code == 204, revoked.text
+        error = stream.assert_ends_revoked()
+        assert error["details"]["reason"] == "unauthenticated"
+    finally:
+        streams_log.removeHandler(postponed)
+        if stream is not None:
+            stream.close()
+        thread.stop()
 
 
 def test_every_event_stream_goes_through_the_rechecking_helper() -> None:

@@ -26,6 +26,7 @@ from enginex.agents.schemas import (
     SetDiff,
 )
 from enginex.kit.errors import AppError, ValidationFailed
+from enginex.kit.pagination import next_link
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.guards import DB, Require, make_router
 from enginex.tenancy.scopes import Scope
@@ -160,10 +161,17 @@ async def deploy_agent(request: Request, response: Response, db: DB,
 
 
 @router.get("/orgs/{org}/agents", response_model=list[AgentOut])
-async def list_agents(db: DB, ctx: Annotated[TenantContext, Require(Scope.AGENTS_READ)]
+async def list_agents(request: Request, response: Response, db: DB,
+                      ctx: Annotated[TenantContext, Require(Scope.AGENTS_READ)],
+                      limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                      cursor: Annotated[str | None, Query(max_length=200)] = None
                       ) -> list[AgentOut]:
-    """The organization's agents with their latest version and deprecated flag."""
-    return [AgentOut.model_validate(_agent_out(s)) for s in await service.list_agents(db, ctx)]
+    """The organization's agents with their latest version and deprecated flag, newest
+    first. When more follow, the ``Link`` header names the next page (``rel="next"``, with
+    ``cursor``)."""
+    page = await service.page_agents(db, ctx, limit=limit, cursor=cursor)
+    response.headers.update(next_link(str(request.url), page.next_cursor))
+    return [AgentOut.model_validate(_agent_out(s)) for s in page.items]
 
 
 @router.get("/orgs/{org}/agents/{agent_key}", response_model=AgentDetail)

@@ -25,7 +25,8 @@ class Agent(TenantOwned, Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (Index("uq_agents_tenant_id_key", "tenant_id", "key", unique=True),)
+    __table_args__ = (Index("uq_agents_tenant_id_key", "tenant_id", "key", unique=True),
+                      Index("ix_agents_tenant_id_created_at_id", "tenant_id", "created_at", "id"))
 
 
 class AgentVersion(TenantOwned, Base):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 
 from sqlalchemy import select
 
 from enginex.agents.models import Agent, AgentVersion
+from enginex.kit.pagination import Cursor, older_than
 from enginex.tenancy.repository import ScopedRepository
 
 
@@ -20,6 +22,14 @@ class AgentRepository(ScopedRepository[Agent]):
 
     async def list(self) -> list[Agent]:
         stmt = select(Agent).where(Agent.tenant_id == self.ctx.org_id).order_by(Agent.key)
+        return list((await self.db.execute(stmt)).scalars())
+
+    async def page(self, limit: int, before: Cursor | None) -> list[Agent]:
+        """Newest agent first by (created_at, id), after the cursor ``before``."""
+        stmt = select(Agent).where(Agent.tenant_id == self.ctx.org_id)
+        if before is not None:
+            stmt = stmt.where(older_than(Agent.created_at, Agent.id, before))
+        stmt = stmt.order_by(Agent.created_at.desc(), Agent.id.desc()).limit(limit)
         return list((await self.db.execute(stmt)).scalars())
 
 
@@ -40,9 +50,13 @@ class AgentVersionRepository(ScopedRepository[AgentVersion]):
                 .order_by(AgentVersion.deployed_at, AgentVersion.version))
         return list((await self.db.execute(stmt)).scalars())
 
-    async def list_summaries(self) -> list[tuple[uuid.UUID, uuid.UUID, str, bool]]:
-        """(agent_id, version_id, version, deprecated) of every version, without manifests."""
+    async def list_summaries(self, agent_ids: Collection[uuid.UUID] | None = None
+                             ) -> list[tuple[uuid.UUID, uuid.UUID, str, bool]]:
+        """(agent_id, version_id, version, deprecated) of every version (of ``agent_ids``
+        only, when given), without manifests."""
         stmt = select(AgentVersion.agent_id, AgentVersion.id, AgentVersion.version,
                       AgentVersion.deprecated_at).where(
             AgentVersion.tenant_id == self.ctx.org_id)
+        if agent_ids is not None:
+            stmt = stmt.where(AgentVersion.agent_id.in_(agent_ids))
         return [(a, v, s, d is not None) for a, v, s, d in (await self.db.execute(stmt)).all()]

@@ -24,6 +24,7 @@ from enginex.agents.repository import AgentRepository, AgentVersionRepository
 from enginex.audit.service import record
 from enginex.kit.errors import Conflict, NotFound
 from enginex.kit.ids import new_id
+from enginex.kit.pagination import Page, decode_cursor, page_of
 from enginex.kit.time import utcnow
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import Principal, acting_user_id
@@ -95,6 +96,22 @@ async def list_agents(db: AsyncSession, ctx: TenantContext) -> list[AgentSummary
             await AgentVersionRepository(db, ctx).list_summaries():
         per_agent.setdefault(agent_id, []).append((version_id, version, deprecated))
     return [_summary(agent, per_agent.get(agent.id, [])) for agent in agents]
+
+
+async def page_agents(db: AsyncSession, ctx: TenantContext, *, limit: int,
+                      cursor: str | None) -> Page[AgentSummary]:
+    """A page of agents, newest first, summarised as in ``list_agents``; ``next_cursor``
+    continues (ValidationFailed for a cursor that no page gave)."""
+    before = decode_cursor(cursor) if cursor else None
+    page = page_of(await AgentRepository(db, ctx).page(limit + 1, before), limit,
+                   lambda a: (a.created_at, a.id))
+    per_agent: dict[uuid.UUID, list[tuple[uuid.UUID, str, bool]]] = {}
+    if page.items:
+        for agent_id, version_id, version, deprecated in \
+                await AgentVersionRepository(db, ctx).list_summaries([a.id for a in page.items]):
+            per_agent.setdefault(agent_id, []).append((version_id, version, deprecated))
+    return Page([_summary(agent, per_agent.get(agent.id, [])) for agent in page.items],
+                page.next_cursor)
 
 
 def _summary(agent: Agent, versions: list[tuple[uuid.UUID, str, bool]]) -> AgentSummary:

@@ -34,6 +34,8 @@ class Approval(TenantOwned, Base):
     __table_args__ = (
         ForeignKeyConstraint(["tenant_id", "run_id"], ["runs.tenant_id", "runs.id"],
                              ondelete="CASCADE"),
-        Index("ix_approvals_tenant_id_status_created_at", "tenant_id", "status", "created_at"),
+        Index("ix_approvals_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+        Index("ix_approvals_tenant_id_status_created_at_id", "tenant_id", "status", "created_at",
+              "id"),
         Index("uq_approvals_tenant_id_run_id_step", "tenant_id", "run_id", "step", unique=True),
     )

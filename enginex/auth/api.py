@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import BackgroundTasks, Request, Response, status
+from fastapi import BackgroundTasks, Query, Request, Response, status
 
 from enginex.audit.service import record_in_user_orgs
 from enginex.auth import reset, service
@@ -24,6 +24,7 @@ from enginex.auth.schemas import (
 )
 from enginex.config import Settings
 from enginex.kit.errors import Forbidden
+from enginex.kit.pagination import next_link
 from enginex.kit.time import utcnow
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.guards import DB, Authenticated, Public, Require, make_router
@@ -168,10 +169,16 @@ async def confirm_password_reset(body: PasswordResetConfirm, request: Request, d
 
 
 @router.get("/orgs/{org}/api-keys", response_model=list[ApiKeyOut])
-async def list_api_keys(db: DB, ctx: Annotated[TenantContext, Require(Scope.APIKEYS_READ)]
+async def list_api_keys(request: Request, response: Response, db: DB,
+                        ctx: Annotated[TenantContext, Require(Scope.APIKEYS_READ)],
+                        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                        cursor: Annotated[str | None, Query(max_length=200)] = None
                         ) -> list[ApiKeyOut]:
-    """The organization's API keys (never the keys themselves)."""
-    return [ApiKeyOut.model_validate(k) for k in await service.list_api_keys(db, ctx)]
+    """The organization's API keys (never the keys themselves), newest first. When more
+    follow, the ``Link`` header names the next page (``rel="next"``, with ``cursor``)."""
+    page = await service.page_api_keys(db, ctx, limit=limit, cursor=cursor)
+    response.headers.update(next_link(str(request.url), page.next_cursor))
+    return [ApiKeyOut.model_validate(k) for k in page.items]
 
 
 @router.get("/orgs/{org}/api-keys/{key_id}", response_model=ApiKeyOut)

@@ -74,7 +74,7 @@ class ApiKey(TenantOwned, Base):
 
     __table_args__ = (
         Index("uq_api_keys_tenant_id_token_digest", "tenant_id", "token_digest", unique=True),
-        Index("ix_api_keys_tenant_id_created_at", "tenant_id", "created_at"),
+        Index("ix_api_keys_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         # Keys are revoked, never deleted one by one; the cascade only matters when the whole
         # organization is deleted.
         ForeignKeyConstraint(["tenant_id", "parent_key_id"], ["api_keys.tenant_id", "api_keys.id"],

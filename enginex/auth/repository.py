@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from enginex.auth.models import ApiKey, AuthSession, LoginFailure, PasswordReset, User
 from enginex.db import UTCDateTime
 from enginex.kit.errors import NotFound
+from enginex.kit.pagination import Cursor, older_than
 from enginex.tenancy.repository import ScopedRepository
 
 
@@ -150,9 +151,13 @@ class ApiKeyRepository(ScopedRepository[ApiKey]):
                                     ApiKey.token_digest == digest)
         return (await self.db.execute(stmt)).scalar_one_or_none()
 
-    async def list(self) -> list[ApiKey]:
-        stmt = (select(ApiKey).where(ApiKey.tenant_id == self.ctx.org_id)
-                .order_by(ApiKey.created_at.desc()))
+    async def list(self, limit: int | None = None,
+                   before: Cursor | None = None) -> list[ApiKey]:
+        """Newest first; ``before``: the (created_at, id) of the last row already seen."""
+        stmt = select(ApiKey).where(ApiKey.tenant_id == self.ctx.org_id)
+        if before is not None:
+            stmt = stmt.where(older_than(ApiKey.created_at, ApiKey.id, before))
+        stmt = stmt.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(limit)
         return list((await self.db.execute(stmt)).scalars())
 
     async def access_for_update(self, key_id: uuid.UUID) -> ApiKey:

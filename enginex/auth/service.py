@@ -37,6 +37,7 @@ from enginex.kit.crypto import hmac_hex
 from enginex.kit.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
 from enginex.kit.ids import new_token, token_digest
 from enginex.kit.origin import origin_names_another_site
+from enginex.kit.pagination import Page, decode_cursor, page_of
 from enginex.kit.parsing import hex_uuid_or_none
 from enginex.kit.schemas import SLUG_PATTERN
 from enginex.kit.time import utcnow
@@ -333,8 +334,8 @@ def _parent_alive(found: repo.KeyForAuth, now: datetime) -> bool:
     return found.parent_revoked_at is None and (expires_at is None or expires_at > now)
 
 
-async def _authenticate_api_key(db: AsyncSession, token: str,
-                                slug: str | None = None) -> tuple[ApiKeyPrincipal, OrgAccess]:
+async def _authenticate_api_key(db: AsyncSession, token: str, slug: str | None = None, *,
+                                writes: bool = True) -> tuple[ApiKeyPrincipal, OrgAccess]:
     """Checks an API key: one statement (key, parent key, creator's membership, organization)
     after binding ``db`` to the organization the key names, in the same transaction.
 
@@ -367,7 +368,7 @@ async def _authenticate_api_key(db: AsyncSession, token: str,
                               "for a new key.", code="key_creator_gone")
     creator = Role(found.creator_role)
     role = Role(found.role) if can_grant(creator, Role(found.role)) else creator
-    if found.last_used_at is None or now - found.last_used_at > TOUCH_INTERVAL:
+    if writes and (found.last_used_at is None or now - found.last_used_at > TOUCH_INTERVAL):
         await repo.touch_api_key(db, tenant_id, found.key_id, now)
     principal = ApiKeyPrincipal(key_id=found.key_id, tenant_id=tenant_id, role=role,
                                 created_by=found.created_by)
@@ -426,18 +427,20 @@ def _check_csrf(request: Request, settings: Settings, expected: str) -> None:
 async def _session_principal(request: Request, db: AsyncSession, *, session_id: uuid.UUID,
                              expires_at: datetime, last_seen_at: datetime, user_id: uuid.UUID,
                              email: str, is_platform_admin: bool,
-                             disabled: bool) -> UserPrincipal:
-    """Checks a browser session (expiry, idle time, disabled user, CSRF) and touches it."""
+                             disabled: bool, writes: bool = True) -> UserPrincipal:
+    """Checks a browser session (expiry, idle time, disabled user, CSRF) and touches it
+    (with ``writes``: also deletes it when it has ended)."""
     settings: Settings = request.app.state.settings
     keys: AuthKeys = request.app.state.auth_keys
     now = utcnow()
     idle = timedelta(minutes=settings.session_idle_minutes)
     if expires_at <= now or last_seen_at + idle <= now or disabled:
-        await repo.delete_session(db, session_id)
+        if writes:
+            await repo.delete_session(db, session_id)
         raise Unauthenticated("Your session has ended. Sign in again.", code="session_expired")
     csrf = keys.csrf_token(session_id)
     _check_csrf(request, settings, csrf)
-    if now - last_seen_at > TOUCH_INTERVAL:
+    if writes and now - last_seen_at > TOUCH_INTERVAL:
         await repo.touch_session(db, session_id, now)
     return UserPrincipal(user_id=user_id, email=email, is_platform_admin=is_platform_admin,
                          session_id=session_id, csrf_token=csrf)
@@ -480,16 +483,18 @@ async def authenticate(request: Request, db: AsyncSession, *,
 
 
 async def authenticate_for_org(request: Request, db: AsyncSession, slug: str, *,
-                               allow_api_key: bool = True
+                               allow_api_key: bool = True, writes: bool = True
                                ) -> tuple[Principal, OrgAccess | None]:
     """``authenticate`` fused with the lookup of organization ``slug`` and the principal's
     role in it: one statement for a cookie (plus binding the tenant), one for a key. The
-    tenant guard uses it; OrgAccess is None when no organization has that slug."""
+    tenant guard uses it; OrgAccess is None when no organization has that slug.
+    ``writes=False`` only reads (a re-check in a read-only session): the key or session is
+    not touched and an ended session is refused without being deleted."""
     if not _SLUG.match(slug):
         slug = ""  # no organization has it: the caller answers 404 after authenticating
     bearer = _bearer(request) if allow_api_key else None
     if bearer is not None:
-        principal, access = await _authenticate_api_key(db, bearer, slug)
+        principal, access = await _authenticate_api_key(db, bearer, slug, writes=writes)
         request.state.principal = principal
         return principal, access
     row = await platform.session_for_org(db, token_digest(_session_cookie(request)), slug)
@@ -498,7 +503,7 @@ async def authenticate_for_org(request: Request, db: AsyncSession, slug: str, *,
     user_principal = await _session_principal(
         request, db, session_id=row.session_id, expires_at=row.expires_at,
         last_seen_at=row.last_seen_at, user_id=row.user_id, email=row.email,
-        is_platform_admin=row.is_platform_admin, disabled=row.disabled)
+        is_platform_admin=row.is_platform_admin, disabled=row.disabled, writes=writes)
     request.state.principal = user_principal
     if row.org_id is None or row.org_slug is None or row.org_status is None:
         return user_principal, None
@@ -558,6 +563,15 @@ async def create_api_key(db: AsyncSession, ctx: TenantContext, *, name: str, rol
 
 async def list_api_keys(db: AsyncSession, ctx: TenantContext) -> list[ApiKey]:
     return await repo.ApiKeyRepository(db, ctx).list()
+
+
+async def page_api_keys(db: AsyncSession, ctx: TenantContext, *, limit: int,
+                        cursor: str | None) -> Page[ApiKey]:
+    """A page of keys, newest first; ``next_cursor`` continues (ValidationFailed for a cursor
+    that no page gave)."""
+    before = decode_cursor(cursor) if cursor else None
+    rows = await repo.ApiKeyRepository(db, ctx).list(limit + 1, before)
+    return page_of(rows, limit, lambda k: (k.created_at, k.id))
 
 
 async def get_api_key(db: AsyncSession, ctx: TenantContext, key_id: uuid.UUID) -> ApiKey:

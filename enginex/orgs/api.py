@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import Request, Response, status
+from fastapi import Query, Request, Response, status
 
 from enginex.auth.api import set_session_cookie
 from enginex.auth.service import authenticate, open_session
 from enginex.kit.errors import Forbidden
+from enginex.kit.pagination import next_link
 from enginex.orgs import service
 from enginex.orgs.schemas import (
     InvitationAccept,
@@ -34,10 +35,16 @@ def _member_out(m: service.Member) -> MemberOut:
 
 
 @router.get("/orgs/{org}/members", response_model=list[MemberOut])
-async def list_members(db: DB, ctx: Annotated[TenantContext, Require(Scope.MEMBERS_READ)]
+async def list_members(request: Request, response: Response, db: DB,
+                       ctx: Annotated[TenantContext, Require(Scope.MEMBERS_READ)],
+                       limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                       cursor: Annotated[str | None, Query(max_length=200)] = None
                        ) -> list[MemberOut]:
-    """Members of the organization with their roles."""
-    return [_member_out(m) for m in await service.list_members(db, ctx)]
+    """Members of the organization with their roles, newest member first. When more follow,
+    the ``Link`` header names the next page (``rel="next"``, with ``cursor``)."""
+    page = await service.page_members(db, ctx, limit=limit, cursor=cursor)
+    response.headers.update(next_link(str(request.url), page.next_cursor))
+    return [_member_out(m) for m in page.items]
 
 
 @router.patch("/orgs/{org}/members/{user_id}", response_model=MemberOut)
@@ -78,10 +85,16 @@ async def remove_member(user_id: uuid.UUID, db: DB,
 
 
 @router.get("/orgs/{org}/invitations", response_model=list[InvitationOut])
-async def list_invitations(db: DB, ctx: Annotated[TenantContext, Require(Scope.MEMBERS_WRITE)]
+async def list_invitations(request: Request, response: Response, db: DB,
+                           ctx: Annotated[TenantContext, Require(Scope.MEMBERS_WRITE)],
+                           limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                           cursor: Annotated[str | None, Query(max_length=200)] = None
                            ) -> list[InvitationOut]:
-    """Pending and past invitations (tokens are never shown again)."""
-    return [InvitationOut.model_validate(i) for i in await service.list_invitations(db, ctx)]
+    """Pending and past invitations, newest first (tokens are never shown again). When more
+    follow, the ``Link`` header names the next page (``rel="next"``, with ``cursor``)."""
+    page = await service.page_invitations(db, ctx, limit=limit, cursor=cursor)
+    response.headers.update(next_link(str(request.url), page.next_cursor))
+    return [InvitationOut.model_validate(i) for i in page.items]
 
 
 @router.post("/orgs/{org}/invitations", response_model=InvitationCreated,

@@ -46,7 +46,9 @@ class Membership(TenantOwned, Base):
 
     # The one index not led by tenant_id: it serves the platform function that lists a
     # user's organizations at sign-in (see tenancy/platform.py).
-    __table_args__ = (Index("ix_memberships_user_id", "user_id"),)
+    __table_args__ = (Index("ix_memberships_user_id", "user_id"),
+                      Index("ix_memberships_tenant_id_created_at_user_id", "tenant_id",
+                            "created_at", "user_id"))
 
 
 class Invitation(TenantOwned, Base):
@@ -67,5 +69,5 @@ class Invitation(TenantOwned, Base):
 
     __table_args__ = (
         Index("uq_invitations_tenant_id_token_digest", "tenant_id", "token_digest", unique=True),
-        Index("ix_invitations_tenant_id_created_at", "tenant_id", "created_at"),
+        Index("ix_invitations_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
     )

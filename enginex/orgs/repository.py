@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.auth.models import User
+from enginex.kit.pagination import Cursor, older_than
 from enginex.orgs.models import Invitation, Membership, Organization
 from enginex.tenancy.repository import ScopedRepository
 
@@ -69,6 +70,20 @@ class MembershipRepository(ScopedRepository[Membership]):
             stmt = stmt.where(Membership.user_id == user_id)
         return [tuple(row) for row in (await self.db.execute(stmt)).all()]  # type: ignore[misc]
 
+    async def page_member_rows(self, limit: int, before: Cursor | None
+                               ) -> list[tuple[uuid.UUID, str, str, str, datetime,
+                                               datetime | None]]:
+        """The rows of ``list_member_rows``, newest member first by (joined_at, user_id),
+        after the cursor ``before``; ``limit`` rows at most."""
+        stmt = (select(User.id, User.email, User.display_name, Membership.role,
+                       Membership.created_at, Membership.disabled_at)
+                .join(User, User.id == Membership.user_id)
+                .where(Membership.tenant_id == self.ctx.org_id))
+        if before is not None:
+            stmt = stmt.where(older_than(Membership.created_at, Membership.user_id, before))
+        stmt = stmt.order_by(Membership.created_at.desc(), Membership.user_id.desc()).limit(limit)
+        return [tuple(row) for row in (await self.db.execute(stmt)).all()]  # type: ignore[misc]
+
     async def count_role(self, role: str) -> int:
         """Members with ``role`` whose membership is not disabled."""
         stmt = select(func.count()).select_from(Membership).where(
@@ -83,9 +98,13 @@ class MembershipRepository(ScopedRepository[Membership]):
 class InvitationRepository(ScopedRepository[Invitation]):
     model = Invitation
 
-    async def list(self) -> list[Invitation]:
-        stmt = (select(Invitation).where(Invitation.tenant_id == self.ctx.org_id)
-                .order_by(Invitation.created_at.desc()))
+    async def list(self, limit: int | None = None,
+                   before: Cursor | None = None) -> list[Invitation]:
+        """Newest first; ``before``: the (created_at, id) of the last row already seen."""
+        stmt = select(Invitation).where(Invitation.tenant_id == self.ctx.org_id)
+        if before is not None:
+            stmt = stmt.where(older_than(Invitation.created_at, Invitation.id, before))
+        stmt = stmt.order_by(Invitation.created_at.desc(), Invitation.id.desc()).limit(limit)
         return list((await self.db.execute(stmt)).scalars())
 
     async def get_by_digest_for_update(self, digest: bytes) -> Invitation | None:

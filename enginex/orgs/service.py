@@ -27,6 +27,7 @@ from enginex.kit.errors import (
     ValidationFailed,
 )
 from enginex.kit.ids import new_token, token_digest
+from enginex.kit.pagination import Page, decode_cursor, page_of
 from enginex.kit.parsing import hex_uuid_or_none
 from enginex.kit.time import utcnow
 from enginex.mail.service import queue_invitation
@@ -115,13 +116,23 @@ class Member:
     email: str
     display_name: str
     role: str
-    joined_at: object
+    joined_at: datetime
     disabled_at: datetime | None = None
 
 
 async def list_members(db: AsyncSession, ctx: TenantContext) -> list[Member]:
     rows = await repo.MembershipRepository(db, ctx).list_member_rows()
     return [Member(*row) for row in rows]
+
+
+async def page_members(db: AsyncSession, ctx: TenantContext, *, limit: int,
+                       cursor: str | None) -> Page[Member]:
+    """A page of members, newest first; ``next_cursor`` continues (ValidationFailed for a
+    cursor that no page gave)."""
+    before = decode_cursor(cursor) if cursor else None
+    rows = await repo.MembershipRepository(db, ctx).page_member_rows(limit + 1, before)
+    return page_of([Member(*row) for row in rows], limit,
+                   lambda m: (m.joined_at, m.user_id))
 
 
 async def get_member(db: AsyncSession, ctx: TenantContext, user_id: uuid.UUID) -> Member:
@@ -251,6 +262,15 @@ async def create_invitation(db: AsyncSession, ctx: TenantContext, *, email: str,
 
 async def list_invitations(db: AsyncSession, ctx: TenantContext) -> list[Invitation]:
     return await repo.InvitationRepository(db, ctx).list()
+
+
+async def page_invitations(db: AsyncSession, ctx: TenantContext, *, limit: int,
+                           cursor: str | None) -> Page[Invitation]:
+    """A page of invitations, newest first; ``next_cursor`` continues (ValidationFailed for
+    a cursor that no page gave)."""
+    before = decode_cursor(cursor) if cursor else None
+    rows = await repo.InvitationRepository(db, ctx).list(limit + 1, before)
+    return page_of(rows, limit, lambda i: (i.created_at, i.id))
 
 
 async def revoke_invitation(db: AsyncSession, ctx: TenantContext,

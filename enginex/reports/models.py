@@ -29,6 +29,6 @@ class Artifact(TenantOwned, Base):
     __table_args__ = (
         ForeignKeyConstraint(["tenant_id", "run_id"], ["runs.tenant_id", "runs.id"],
                              ondelete="CASCADE"),
-        Index("ix_artifacts_tenant_id_created_at", "tenant_id", "created_at"),
+        Index("ix_artifacts_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         Index("ix_artifacts_tenant_id_run_id", "tenant_id", "run_id"),
     )

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Header, Query, Request, Response, status
 
-from enginex.db import Database, set_tenant
+from enginex.db import READ_ONLY, Database, is_transient_db_error, set_tenant
 from enginex.idempotency import service as idempotency
 from enginex.kit.parsing import MAX_INT, parse_ascii_int
 from enginex.kit.schemas import DateTimeParam
@@ -148,12 +148,21 @@ async def _event_stream(request: Request, database: Database, ctx: TenantContext
     try:
         yield b"retry: 2000\n\n"
         while True:
-            async with database.sessions() as session:
-                await set_tenant(session, ctx.org_id)
-                repo = RunRepository(session, ctx)
-                events = await repo.events_after(run_id, after, limit=500)
-                run = await repo.get(run_id)
-                session.expunge_all()
+            try:
+                async with database.sessions(execution_options={READ_ONLY: True}) as session:
+                    await set_tenant(session, ctx.org_id)
+                    repo = RunRepository(session, ctx)
+                    events = await repo.events_after(run_id, after, limit=500)
+                    run = await repo.get(run_id)
+                    session.expunge_all()
+            except Exception as exc:
+                if not is_transient_db_error(exc):
+                    raise
+                # The database is busy or restarting: keep the stream, poll again later.
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(SSE_POLL_SECONDS)
+                continue
             for event in events:
                 after = event.seq
                 payload = EventOut.model_validate(event).model_dump_json()

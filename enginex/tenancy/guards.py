@@ -179,13 +179,14 @@ async def recheck_tenant_access(request: Request, db: AsyncSession,
     Raises what the guard raises (Unauthenticated for a signed-out or expired session, a
     revoked or expired key or a changed password; NotFound for a removed member or an
     organization that is no longer the one ``ctx`` names; Forbidden for a suspended
-    organization or a role without the route's scope). Writes nothing the caller must keep:
-    run it in a transaction that is rolled back, so a re-check never counts as activity.
+    organization or a role without the route's scope). Only reads (no touch of the key or
+    session, an ended session is not deleted), so ``db`` may be a read-only session and a
+    re-check never counts as activity.
     """
     rule = tenant_rule_of(request)
     assert rule.scope is not None
     principal, access = await authenticate_for_org(
-        request, db, ctx.org_slug, allow_api_key=rule.kind == "tenant")
+        request, db, ctx.org_slug, allow_api_key=rule.kind == "tenant", writes=False)
     if access is not None and access.org_id != ctx.org_id:
         raise NotFound()
     return decide_tenant_access(principal, access, rule.scope)

@@ -30,6 +30,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from enginex.db import READ_ONLY, is_transient_db_error
 from enginex.kit.errors import AppError
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.guards import recheck_tenant_access, tenant_rule_of
@@ -49,9 +50,11 @@ def access_revoked_event(error: AppError) -> bytes:
 
 async def still_allowed(request: Request, ctx: TenantContext) -> AppError | None:
     """None while the caller of ``request`` may still use its route in ``ctx``'s
-    organization; otherwise the error a new request would get. The check's transaction is
-    rolled back: it never extends a session or marks a key as used."""
-    async with request.app.state.db.sessions() as db:
+    organization; otherwise the error a new request would get. The check only reads, in a
+    read-only session (on SQLite it never takes the write lock), and is rolled back: it never
+    extends a session or marks a key as used. A database error propagates (the caller tells
+    a transient one from a bug with ``is_transient_db_error``)."""
+    async with request.app.state.db.sessions(execution_options={READ_ONLY: True}) as db:
         try:
             await recheck_tenant_access(request, db, ctx)
         except AppError as exc:
@@ -94,7 +97,18 @@ async def _guarded(request: Request, ctx: TenantContext, body: AsyncIterator[byt
                     return
                 yield chunk
             if loop.time() >= next_check:
-                error = await still_allowed(request, ctx)
+                try:
+                    error = await still_allowed(request, ctx)
+                except Exception as exc:
+                    if not is_transient_db_error(exc):
+                        raise
+                    # The database is busy or restarting: the caller's access is unknown,
+                    # not gone. Keep the stream and ask again on the next tick.
+                    log.warning("event stream access re-check postponed, database "
+                                "unavailable (%s) tenant_id=%s", type(exc).__name__,
+                                ctx.org_id)
+                    next_check = loop.time() + interval
+                    continue
                 if error is not None:
                     log.info("event stream closed, access ended (%s) tenant_id=%s",
                              error.code, ctx.org_id)

@@ -15,12 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from enginex.db import is_transient_db_error
 from enginex.kit.errors import NOT_FOUND_MESSAGE, AppError, NotFound
 
 log = logging.getLogger("enginex.errors")
 
 INTERNAL_ERROR_MESSAGE = ("Something went wrong on our side; nothing was saved. Try again, and "
                           "report it if it keeps happening.")
+DATABASE_UNAVAILABLE = ("The database is briefly unavailable (restarting or busy); nothing was "
+                        "saved. Send the same request again in a few seconds (with the same "
+                        "Idempotency-Key, if it had one).")
+RETRY_AFTER_SECONDS = 2
 
 
 class LoginRequired(Exception):
@@ -166,5 +171,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
+        if is_transient_db_error(exc):
+            # The database restarted, is unreachable or no pooled connection came free: the
+            # request's transaction was rolled back, so the same request can be sent again.
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                        type(exc).__name__)
+            return _respond(request, 503, "database_unavailable", DATABASE_UNAVAILABLE,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _respond(request, 500, "internal_error", INTERNAL_ERROR_MESSAGE)

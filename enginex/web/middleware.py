@@ -10,8 +10,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from enginex.db import is_transient_db_error
 from enginex.kit.parsing import ascii_int_or_none
-from enginex.web.errors import INTERNAL_ERROR_MESSAGE
+from enginex.web.errors import DATABASE_UNAVAILABLE, INTERNAL_ERROR_MESSAGE, RETRY_AFTER_SECONDS
 
 log = logging.getLogger("enginex.request")
 
@@ -102,14 +103,22 @@ class SecurityMiddleware:
         except _BodyTooLarge:
             if not status_holder["sent"]:
                 await self._send_413(send, status_holder)
-        except Exception:
+        except Exception as exc:
             # Starlette answers unhandled errors in its outermost middleware, outside this one,
             # so that 500 would lack the headers above. Answer it here (the same body as the
             # app's handler); the outer middleware still logs the error and sends nothing more.
             # The server drops the connection after an error escapes: tell the client so.
+            # A database that is restarting or out of connections is a 503 to retry, not a bug.
             if not status_holder["sent"]:
-                await self._send_error(send, status_holder, 500, "internal_error",
-                                       INTERNAL_ERROR_MESSAGE, extra=[(b"connection", b"close")])
+                if is_transient_db_error(exc):
+                    await self._send_error(
+                        send, status_holder, 503, "database_unavailable", DATABASE_UNAVAILABLE,
+                        extra=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+                               (b"connection", b"close")])
+                else:
+                    await self._send_error(send, status_holder, 500, "internal_error",
+                                           INTERNAL_ERROR_MESSAGE,
+                                           extra=[(b"connection", b"close")])
             raise
         finally:
             self._log(scope, status_holder, started)
