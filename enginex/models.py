@@ -12,7 +12,8 @@ from enginex.orgs import models as org_models
 from enginex.reports import models as report_models
 from enginex.runs import models as run_models
 from enginex.skills import models as skill_models
+from enginex.usage import models as usage_models
 
 __all__ = ["agent_models", "approval_models", "audit_models", "auth_models", "credential_models",
            "idempotency_models", "llm_models", "mcp_models", "org_models", "report_models",
-           "run_models", "skill_models"]
+           "run_models", "skill_models", "usage_models"]

@@ -40,6 +40,7 @@ OPTIONAL_PLATFORM_FUNCTIONS = {
     "enginex_claim_runs": "the batch claimer (0013): up to N claimable runs, fairly (ids)",
     "enginex_expire_approvals": "worker housekeeping: expires overdue approvals (a count)",
     "enginex_mcp_catalog_usage": "servers using an MCP catalog entry, for its deletion (a count)",
+    "enginex_usage_by_tenant": "usage totals per tenant and kind (ids, quantities, costs)",
 }
 
 TENANT_TABLES_SQL = """
