@@ -42,6 +42,15 @@ from enginex.runs.runtime import build_engine, build_worker
 from enginex.runs.web import router as runs_web_router
 from enginex.skills.api import router as skills_router
 from enginex.skills.web import router as skills_web_router
+from enginex.usage.api import router as usage_router
+from enginex.usage.ratelimit import (
+    ApiRateLimits,
+    DatabaseRateStore,
+    RateLimiter,
+    RateLimitHeaders,
+    RateStore,
+    RedisRateStore,
+)
 from enginex.web.errors import install_error_handlers
 from enginex.web.invitations import router as invitations_web_router
 from enginex.web.middleware import SecurityMiddleware
@@ -49,7 +58,7 @@ from enginex.web.pages import router as pages_router
 
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
            agents_router, approvals_router, reports_router, llm_router, credentials_router,
-           audit_router, mcp_router, skills_router, pages_router)
+           audit_router, mcp_router, skills_router, usage_router, pages_router)
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
@@ -90,11 +99,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth_keys = AuthKeys(csrf=derive_key(master, "csrf"))
     app.state.engine = build_engine(settings, app.state.db, master)
     app.state.storage = app.state.engine.storage
+    # Per-tenant API rate limits (usage/ratelimit.py), called by every API access rule.
+    store: RateStore = (RedisRateStore(settings.redis_url) if settings.redis_url
+                        else DatabaseRateStore(app.state.db.sessions))
+    app.state.rate_limit = ApiRateLimits(
+        RateLimiter(store), anonymous_per_minute=settings.rate_limit_anonymous_per_minute,
+        user_per_minute=settings.rate_limit_user_per_minute)
     install_error_handlers(app)
     for router in (*ROUTERS, *WEB_ROUTERS):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"),
               name="static")
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(SecurityMiddleware, max_body=settings.max_body_bytes,
                        max_upload=settings.max_upload_bytes,
                        hsts=settings.base_url.startswith("https://"))

@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     # Tests only: cheap argon2id parameters instead of the OWASP ones (auth/passwords.py), so
     # the suite's thousands of password hashes cost microseconds. Refused on https:// below.
     argon2_test_profile: bool = False
+    # Usage and rate limits (docs/USAGE.md). Redis for the rate-limit counters (empty: the
+    # database); per-minute API limits outside a tenant (per address for anonymous routes,
+    # per user for signed-in routes without an organization); the bearer token of /metrics
+    # (empty: /metrics is off).
+    redis_url: str = ""
+    rate_limit_anonymous_per_minute: int = Field(default=600, ge=1)
+    rate_limit_user_per_minute: int = Field(default=1200, ge=1)
+    metrics_token: str = ""
 
     @property
     def trusted_proxy_list(self) -> list[str]:

@@ -58,6 +58,8 @@ from enginex.runs.models import Checkpoint, Run
 from enginex.runs.repository import RunRepository
 from enginex.tenancy.context import TenantContext, system_context
 from enginex.tools.base import ToolContext, ToolError, ToolRegistry
+from enginex.usage.meter import StepMeter
+from enginex.usage.service import meter_step
 
 log = logging.getLogger("enginex.engine")
 
@@ -125,6 +127,8 @@ class _Result:
     completion_tokens: int = 0
     # Credentials this step resolved: redacted from everything it stores (see _commit).
     secrets: StepSecrets | None = None
+    # Usage metering (issue 18): what this step used, written with its commit (see _commit).
+    meter: StepMeter = field(default_factory=StepMeter)
 
 
 def _credential_hooks(result: _Result) -> dict[str, Any]:
@@ -271,6 +275,12 @@ async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Re
         response = await provider.complete(request)
         result.prompt_tokens += response.usage.prompt_tokens
         result.completion_tokens += response.usage.completion_tokens
+        result.meter.llm(getattr(provider, "usage_provider", "other"),  # usage metering
+                         response.model or node.model or "",
+                         input_tokens=response.usage.prompt_tokens,
+                         output_tokens=response.usage.completion_tokens,
+                         cached_tokens=response.usage.cached_tokens,
+                         reported=response.usage.reported)
         result.events.append(("llm_response", node.id, {
             "model": response.model, "text": _clip(response.text),
             "tool_calls": [c.name for c in response.tool_calls],
@@ -317,8 +327,11 @@ async def _llm_tool_call(tools: ToolRegistry, node: LLMNode, call: ToolCall,
         if result.secrets is not None:
             await result.secrets.prepare(call.arguments)
         try:
-            content = json.dumps(await tool.call(tool_ctx, dict(call.arguments)), default=str)
+            value = await tool.call(tool_ctx, dict(call.arguments))
+            result.meter.tool(call.name, call.arguments, value)  # usage metering
+            content = json.dumps(value, default=str)
         except ToolError as exc:
+            result.meter.tool(call.name, call.arguments)  # usage metering
             content = f"error: {exc}"
     result.events.append(("tool_result", node.id, {"tool": call.name, "result": _clip(content)}))
     return content
@@ -339,7 +352,12 @@ async def _run_tool(deps: EngineDeps, loaded: _Loaded, node: ToolNode, result: _
     tool_ctx = ToolContext(tenant_id=loaded.ctx.org_id, run_id=loaded.run.id, node_id=node.id,
                            state=loaded.state, allow_private_network=deps.allow_private_network,
                            **_credential_hooks(result))
-    value = await tool.call(tool_ctx, arguments)
+    try:
+        value = await tool.call(tool_ctx, arguments)
+    except ToolError:
+        result.meter.tool(node.tool, arguments)  # usage metering: a failed call counts too
+        raise
+    result.meter.tool(node.tool, arguments, value)  # usage metering
     result.events.append(("tool_result", node.id, {"tool": node.tool, "result": _clip(value)}))
     loaded.state[node.output_key or node.id] = value
 
@@ -407,6 +425,7 @@ def _store_report(deps: EngineDeps, loaded: _Loaded, node_id: str, title: str, m
                         sha256=hashlib.sha256(data).hexdigest())
     deps.storage.write(loaded.ctx.org_id, artifact.id, data)
     result.artifacts.append((artifact, data))
+    result.meter.stored(len(data))  # usage metering
     result.events.append(("report_created", node_id, {"artifact_id": str(artifact.id),
                                                       "title": artifact.title,
                                                       "size_bytes": len(data)}))
@@ -620,6 +639,13 @@ async def _commit(deps: EngineDeps, loaded: _Loaded, worker: str, step: int, nod
         state = result.secrets.redact(state)
     async with deps.sessions() as db:
         await set_tenant(db, loaded.ctx.org_id)
+        # Usage metering (issue 18): this step's usage rows are written in this, the step's
+        # commit transaction (a lost lease rolls them back with the step). A run whose
+        # organization's monthly budget is now spent stops at this step boundary, resumable.
+        pause = await meter_step(db, loaded.ctx, run, step, result.meter)
+        if pause is not None and status_after == "running":
+            values["status"] = status_after = "paused_quota"
+            result.events.append(("quota_paused", following, pause.event()))
         repo = RunRepository(db, loaded.ctx)
         last_seq = await repo.commit_step_guard(run.id, expected_step=run.step, worker=worker,
                                                 n_events=len(result.events) + 1, values=values)

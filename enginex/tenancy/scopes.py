@@ -31,6 +31,7 @@ class Scope(StrEnum):
     SETTINGS_READ = "settings:read"
     SETTINGS_WRITE = "settings:write"
     AUDIT_READ = "audit:read"
+    USAGE_READ = "usage:read"  # usage, limits and exports of the organization (admins)
 
 
 _VIEWER = frozenset({
