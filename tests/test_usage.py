@@ -196,7 +196,7 @@ def test_fifty_parallel_starts_never_pass_the_concurrency_limit(
     deploy_agent(org)
     assert set_plan(server, platform_admin, org,
                     overrides={"concurrent_sessions": 3}).status_code == 200
-    token = org.keys["operator"]
+    token = org.api_keys["operator"]
     barrier = threading.Barrier(50)
     answers: list[httpx.Response] = []
 
