@@ -43,6 +43,7 @@ from enginex.runs.web import router as runs_web_router
 from enginex.skills.api import router as skills_router
 from enginex.skills.web import router as skills_web_router
 from enginex.usage.api import router as usage_router
+from enginex.usage.metrics import router as metrics_router
 from enginex.usage.ratelimit import (
     ApiRateLimits,
     DatabaseRateStore,
@@ -58,7 +59,8 @@ from enginex.web.pages import router as pages_router
 
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
            agents_router, approvals_router, reports_router, llm_router, credentials_router,
-           audit_router, mcp_router, skills_router, usage_router, pages_router)
+           audit_router, mcp_router, skills_router, usage_router,
+           metrics_router, pages_router)
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,

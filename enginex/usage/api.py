@@ -11,10 +11,12 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Query, Response
+from sqlalchemy import select
 
 from enginex.admin.service import access_tenant
 from enginex.kit.errors import ValidationFailed
 from enginex.kit.time import utcnow
+from enginex.orgs.models import Organization
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.guards import DB, PlatformAdmin, Require, make_router
 from enginex.tenancy.principal import UserPrincipal
@@ -33,6 +35,7 @@ from enginex.usage.schemas import (
     PriceOut,
     TenantPlanBody,
     TenantPlanOut,
+    TenantUsageOut,
     UsageOut,
     UsageRow,
 )
@@ -207,3 +210,57 @@ async def put_price(provider: str, model: str, body: PriceBody, db: DB,
                                     input_per_mtok=body.input_per_mtok,
                                     output_per_mtok=body.output_per_mtok)
     return PriceOut.model_validate(found)
+
+
+async def _tenant_usage(db: DB, start: datetime, end: datetime,
+                        sort: str) -> list[TenantUsageOut]:
+    if sort not in SORTS:
+        raise ValidationFailed(f"sort is one of {', '.join(SORTS)}; got {sort!r}.",
+                               details={"errors": [{"field": "sort", "message": str(SORTS)}]})
+    totals: dict[uuid.UUID, dict[str, int]] = {}
+    for row in await repo.usage_by_tenant(db, start, end):
+        acc = totals.setdefault(row.tenant_id, {"sessions": 0, "steps": 0, "tokens": 0,
+                                                "cost": 0})
+        acc["cost"] += row.cost_micro_usd
+        if row.kind == UsageKind.SESSION_STARTED:
+            acc["sessions"] += row.quantity
+        elif row.kind == UsageKind.STEP:
+            acc["steps"] += row.quantity
+        elif row.kind in (UsageKind.LLM_INPUT_TOKENS, UsageKind.LLM_OUTPUT_TOKENS):
+            acc["tokens"] += row.quantity
+    orgs = {o.id: o for o in (await db.execute(select(Organization))).scalars()}
+    plans = {q.org_id: q.plan_key for q in await repo.list_quotas(db)}
+    rows = [TenantUsageOut(tenant_id=str(t), slug=orgs[t].slug if t in orgs else "",
+                           plan=plans.get(t), sessions=a["sessions"], steps=a["steps"],
+                           tokens=a["tokens"], cost_usd=f"{a['cost'] / 1_000_000:.6f}")
+            for t, a in totals.items()]
+    key = {"cost": lambda r: float(r.cost_usd), "tokens": lambda r: r.tokens,
+           "steps": lambda r: r.steps, "sessions": lambda r: r.sessions}[sort]
+    return sorted(rows, key=key, reverse=True)
+
+
+SORTS = ("cost", "tokens", "steps", "sessions")
+
+
+@router.get("/admin/usage", response_model=list[TenantUsageOut])
+async def admin_usage(db: DB, _: Admin, start: FromQ = None, end: ToQ = None,
+                      sort: str = "cost") -> list[TenantUsageOut]:
+    """Usage across tenants in [from, to) (default: this month), top tenants first by
+    ``sort`` (cost, tokens, steps, sessions). Counts and amounts only, never content."""
+    start, end = _range(start, end)
+    return await _tenant_usage(db, start, end, sort)
+
+
+@router.get("/admin/usage/export.csv")
+async def admin_usage_csv(db: DB, _: Admin, start: FromQ = None, end: ToQ = None,
+                          sort: str = "cost") -> Response:
+    """The same rows as ``GET /api/v1/admin/usage`` as CSV."""
+    start, end = _range(start, end)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["tenant_id", "slug", "plan", "sessions", "steps", "tokens", "cost_usd"])
+    for r in await _tenant_usage(db, start, end, sort):
+        writer.writerow([r.tenant_id, r.slug, r.plan or "", r.sessions, r.steps, r.tokens,
+                         r.cost_usd])
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": 'attachment; filename="usage-tenants.csv"'})

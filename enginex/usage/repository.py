@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from enginex.db import TenantContextMissing, session_tenant
+from enginex.db import TenantContextMissing, UTCDateTime, session_tenant
 from enginex.runs.models import Run
 from enginex.tenancy.context import TenantContext
 from enginex.usage.models import (
@@ -202,3 +202,30 @@ async def default_plan(db: AsyncSession) -> Plan | None:
 async def price_overrides(db: AsyncSession) -> list[PriceOverride]:
     stmt = select(PriceOverride).order_by(PriceOverride.provider, PriceOverride.model)
     return list((await db.execute(stmt)).scalars().all())
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    tenant_id: uuid.UUID
+    kind: str
+    quantity: int
+    cost_micro_usd: int
+
+
+async def usage_by_tenant(db: AsyncSession, start: datetime, end: datetime) -> list[TenantUsage]:
+    """Every tenant's usage totals per kind from the daily rollups in [start, end): ids and
+    numbers only (the platform admin's view; on PostgreSQL through the reviewed SECURITY
+    DEFINER function ``enginex_usage_by_tenant``, since the rollups are under RLS)."""
+    if db.get_bind().dialect.name == "postgresql":
+        sql = text("SELECT tenant_id, kind, quantity, cost_micro_usd "
+                   "FROM enginex_usage_by_tenant(:start, :end)")
+        params: dict[str, Any] = {"start": start, "end": end}
+    else:
+        sql = text("SELECT tenant_id, kind, sum(quantity), sum(cost_micro_usd) "
+                   "FROM usage_rollups WHERE period = 'day' AND period_start >= :start "
+                   "AND period_start < :end GROUP BY tenant_id, kind").bindparams(
+            bindparam("start", type_=UTCDateTime()), bindparam("end", type_=UTCDateTime()))
+        params = {"start": start, "end": end}
+    rows = (await db.execute(sql, params)).all()
+    return [TenantUsage(r[0] if isinstance(r[0], uuid.UUID) else uuid.UUID(str(r[0])),
+                        str(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in rows]

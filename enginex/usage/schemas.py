@@ -82,3 +82,13 @@ class PriceOut(ResponseBody):
     model: str
     input_per_mtok: str
     output_per_mtok: str
+
+
+class TenantUsageOut(ResponseBody):
+    tenant_id: str
+    slug: str
+    plan: str | None
+    sessions: int
+    steps: int
+    tokens: int
+    cost_usd: str

@@ -139,6 +139,11 @@ def upgrade() -> None:
     for table in TENANT_TABLES:
         enable_tenant_rls(table)
     if is_postgres():
+        # The function runs as the owner; RLS is FORCEd, so the owner reads the rollups
+        # through an owner-only read policy (as 0004 does for agents). The app role still
+        # sees only the current tenant's rows.
+        op.execute("CREATE POLICY platform_read ON usage_rollups FOR SELECT TO CURRENT_USER "
+                   "USING (true)")
         op.execute(USAGE_BY_TENANT_FUNCTION)
         op.execute("REVOKE ALL ON FUNCTION enginex_usage_by_tenant(timestamptz, timestamptz) "
                    "FROM PUBLIC")
@@ -147,6 +152,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     if is_postgres():
         op.execute("DROP FUNCTION IF EXISTS enginex_usage_by_tenant(timestamptz, timestamptz)")
+        op.execute("DROP POLICY IF EXISTS platform_read ON usage_rollups")
     for table in TENANT_TABLES:
         disable_tenant_rls(table)
     op.drop_index('ix_rate_windows_window_start', table_name='rate_windows')
