@@ -42,6 +42,8 @@ from tests.factories import (
 )
 from tests.fake_llm import FakeLLM, FakeReply
 
+AGENT_DIR = Path(__file__).parent / "fixtures" / "agents" / "hourly_tracking"
+
 
 def set_plan(server: Server, admin: Actor, org: Org, **body: Any) -> httpx.Response:
     return admin.client.put(f"/api/v1/admin/tenants/{org.id}/plan", json=body)
@@ -303,3 +305,34 @@ def test_month_rollover_with_an_injected_clock(server: Server, org_a: Org) -> No
                        january) is None
     assert record_session_started is not None and utcnow().tzinfo is UTC
     assert wait_for is not None and start_session is not None
+
+
+def test_agents_storage_and_members_limits_refuse_before_writing(
+        server: Server, platform_admin: Actor) -> None:
+    org = make_org(server, platform_admin, "counts")
+    admin = org.admin.client
+    assert set_plan(server, platform_admin, org,
+                    overrides={"agents": 0}).status_code == 200
+    refused = org.members["builder"].client.post(
+        f"/api/v1/orgs/{org.slug}/agents",
+        files={"package": ("package.zip", zip_directory(AGENT_DIR), "application/zip")})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["details"]["limit"] == "agents"
+    assert admin.get(f"/api/v1/orgs/{org.slug}/agents").json() == []
+    assert set_plan(server, platform_admin, org,
+                    overrides={"agents": None, "storage_bytes": 10}).status_code == 200
+    too_big = org.members["builder"].client.post(
+        f"/api/v1/orgs/{org.slug}/agents",
+        files={"package": ("package.zip", zip_directory(AGENT_DIR), "application/zip")})
+    assert too_big.status_code == 403, too_big.text
+    details = too_big.json()["error"]["details"]
+    assert details["limit"] == "storage_bytes" and details["unit"] == "bytes"
+    assert admin.get(f"/api/v1/orgs/{org.slug}/agents").json() == []
+    members = len(admin.get(f"/api/v1/orgs/{org.slug}/members").json())
+    assert set_plan(server, platform_admin, org,
+                    overrides={"members": members}).status_code == 200
+    invite = admin.post(f"/api/v1/orgs/{org.slug}/invitations",
+                        json={"email": "one-more@example.org", "role": "viewer"})
+    assert invite.status_code == 403 and invite.json()["error"]["code"] == "quota_exceeded"
+    # Lowering a limit below usage deletes nothing: the members are all still there.
+    assert len(admin.get(f"/api/v1/orgs/{org.slug}/members").json()) == members

@@ -13,7 +13,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from enginex.agents.models import Agent
 from enginex.db import TenantContextMissing, UTCDateTime, session_tenant
+from enginex.orgs.models import Membership
 from enginex.runs.models import Run
 from enginex.tenancy.context import TenantContext
 from enginex.usage.models import (
@@ -229,3 +231,14 @@ async def usage_by_tenant(db: AsyncSession, start: datetime, end: datetime) -> l
     rows = (await db.execute(sql, params)).all()
     return [TenantUsage(r[0] if isinstance(r[0], uuid.UUID) else uuid.UUID(str(r[0])),
                         str(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in rows]
+
+
+async def count_members(db: AsyncSession, ctx: TenantContext) -> int:
+    stmt = select(func.count()).select_from(Membership).where(
+        Membership.tenant_id == ctx.org_id)
+    return int((await db.execute(stmt)).scalar_one())
+
+
+async def count_agents(db: AsyncSession, ctx: TenantContext) -> int:
+    stmt = select(func.count()).select_from(Agent).where(Agent.tenant_id == ctx.org_id)
+    return int((await db.execute(stmt)).scalar_one())

@@ -299,11 +299,22 @@ async def admit_session(db: AsyncSession, ctx: TenantContext, *,
                                  "Wait for the new month, or " + RAISE[0].lower() + RAISE[1:]))
 
 
-async def check_count_limit(db: AsyncSession, ctx: TenantContext, limit: str,
-                            current: int) -> None:
-    """Refuse adding one more member or agent when ``current`` already reaches ``limit``."""
+async def check_new_member(db: AsyncSession, ctx: TenantContext) -> None:
+    """Refuse inviting one more member when the plan's ``members`` limit is reached."""
+    await _check_count(db, ctx, "members", repo.count_members)
+
+
+async def check_new_agent(db: AsyncSession, ctx: TenantContext) -> None:
+    """Refuse deploying one more agent when the plan's ``agents`` limit is reached."""
+    await _check_count(db, ctx, "agents", repo.count_agents)
+
+
+async def _check_count(db: AsyncSession, ctx: TenantContext, limit: str, count: Any) -> None:
     value = (await org_limits(db, ctx.org_id)).get(limit)
-    if value is not None and current >= value:
+    if value is None:
+        return
+    current = await count(db, ctx)
+    if current >= value:
         raise QuotaExceeded(
             f"This organization has {current} {LIMITS[limit].unit}, its plan's limit "
             f"({value}). Remove one first, or ask the platform operator for a larger plan.",
