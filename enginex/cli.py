@@ -422,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     from enginex.audit.cli import add_audit_commands
     from enginex.client_cli import add_client_commands
     from enginex.credentials.cli import add_keys_commands, add_tenant_commands
+    from enginex.usage.cli import add_plan_commands
 
     parser = argparse.ArgumentParser(prog="enginex", description=plain_text(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -471,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_keys_generate)
     add_keys_commands(keys)
     add_agents_commands(sub)
+    add_plan_commands(sub)
     client_groups = add_client_commands(sub)
     # `enginex reports` (client_cli) reads through the API; `sweep` works on the server's files.
     sweep = client_groups["reports"].add_parser(

@@ -336,3 +336,22 @@ def test_agents_storage_and_members_limits_refuse_before_writing(
     assert invite.status_code == 403 and invite.json()["error"]["code"] == "quota_exceeded"
     # Lowering a limit below usage deletes nothing: the members are all still there.
     assert len(admin.get(f"/api/v1/orgs/{org.slug}/members").json()) == members
+
+
+def test_the_plan_cli_sets_a_plan_and_overrides(server: Server, platform_admin: Actor,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from enginex import cli
+
+    org = make_org(server, platform_admin, "cli")
+    monkeypatch.setattr("enginex.config.get_settings", lambda: server.settings)
+    cli.main(["plan", "set", "--org", org.slug, "--plan", "free", "--override",
+              "agents=7", "--override", "tokens_per_month=null", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["plan"] == "free" and result["overrides"] == {"agents": 7,
+                                                                "tokens_per_month": None}
+    shown = platform_admin.client.get(f"/api/v1/admin/tenants/{org.id}/plan").json()
+    assert shown["limits"]["agents"] == 7 and shown["limits"]["concurrent_sessions"] == 2
+    with pytest.raises(SystemExit):
+        cli.main(["plan", "set", "--org", org.slug, "--override", "agents=-1"])
+    assert "agents" in capsys.readouterr().err
