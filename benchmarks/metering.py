@@ -33,7 +33,7 @@ from enginex.app import create_app
 from enginex.auth.service import create_api_key
 from enginex.config import Settings
 from enginex.db import Database
-from enginex.orgs.service import ensure_user
+from enginex.orgs.service import add_member, ensure_user
 from enginex.runs.engine import execute_step
 from enginex.runs.runtime import build_engine
 from enginex.tenancy.context import TenantContext
@@ -112,6 +112,7 @@ async def bench(backend: str, args: argparse.Namespace) -> None:
                 email = f"bench-{uuid.uuid4().hex[:8]}@example.org"
                 user, _ = await ensure_user(session, email=email,
                                             password="bench-pass-phrase-42")
+                await add_member(session, ctx, user, Role.ADMIN)
                 admin = UserPrincipal(user_id=user.id, email=user.email,
                                       is_platform_admin=False, session_id=uuid.uuid4(),
                                       csrf_token="")

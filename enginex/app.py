@@ -52,6 +52,7 @@ from enginex.usage.ratelimit import (
     RateStore,
     RedisRateStore,
 )
+from enginex.usage.web import router as usage_web_router
 from enginex.web.errors import install_error_handlers
 from enginex.web.invitations import router as invitations_web_router
 from enginex.web.middleware import SecurityMiddleware
@@ -64,7 +65,8 @@ ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
-               audit_web_router, credentials_web_router, mcp_web_router, skills_web_router)
+               audit_web_router, credentials_web_router, mcp_web_router, skills_web_router,
+               usage_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -178,6 +178,15 @@ def test_the_month_budget_stops_a_run_at_a_step_boundary_and_raising_it_resumes(
         assert "platform operator" in error["details"]["what_to_do"]
         limits = org.admin.client.get(f"/api/v1/orgs/{org.slug}/usage/limits").json()
         assert limits["paused_sessions"] == 1
+        assert limits["soft_threshold_reached"] == "tokens_per_month"
+        page = org.admin.client.get(f"/o/{org.slug}/usage")
+        assert page.status_code == 200
+        assert "1 session paused" in page.text and "80% or more" in page.text
+        assert "gpt-4o-mini" in page.text and "<script>" not in page.text
+        assert org.members["viewer"].client.get(f"/o/{org.slug}/usage").status_code == 403
+        soft = [e for e in org.admin.client.get(f"/api/v1/orgs/{org.slug}/audit").json()
+                ["items"] if e["action"] == "usage.soft_threshold_reached"]
+        assert len(soft) == 1 and soft[0]["details"]["limit"] == "tokens_per_month"
         # Raising the budget resumes the run where it stopped.
         fake.queue(FakeReply(tool_calls=[("set_output", {"key": "b", "value": 2})],
                              usage=(5, 3)))
