@@ -57,8 +57,8 @@ class RateDecision:
 
 class RateStore(Protocol):
     async def hit(self, db: AsyncSession | None, key: str, org_id: uuid.UUID | None,
-                  window: int) -> int:
-        """Count one request of ``key`` in ``window``; returns the window's count."""
+                  window: int, amount: int = 1) -> int:
+        """Add ``amount`` requests of ``key`` to ``window``; returns the window's count."""
         ...
 
 
@@ -69,22 +69,23 @@ class DatabaseRateStore:
         self.sessions = sessions
 
     async def hit(self, db: AsyncSession | None, key: str, org_id: uuid.UUID | None,
-                  window: int) -> int:
+                  window: int, amount: int = 1) -> int:
         if db is None:
             async with self.sessions() as own:
-                count = await self._hit(own, key, org_id, window)
+                count = await self._hit(own, key, org_id, window, amount)
                 await own.commit()
                 return count
-        return await self._hit(db, key, org_id, window)
+        return await self._hit(db, key, org_id, window, amount)
 
     @staticmethod
-    async def _hit(db: AsyncSession, key: str, org_id: uuid.UUID | None, window: int) -> int:
+    async def _hit(db: AsyncSession, key: str, org_id: uuid.UUID | None, window: int,
+                   amount: int) -> int:
         insert = (pg_insert if db.get_bind().dialect.name == "postgresql"
                   else sqlite_insert)(RateWindow)
-        stmt = insert.values(key=key, window_start=window, count=1, org_id=org_id)
+        stmt = insert.values(key=key, window_start=window, count=amount, org_id=org_id)
         stmt = stmt.on_conflict_do_update(
             index_elements=["key", "window_start"],
-            set_={"count": RateWindow.count + 1}).returning(RateWindow.count)
+            set_={"count": RateWindow.count + amount}).returning(RateWindow.count)
         return int((await db.execute(stmt)).scalar_one())
 
 
@@ -97,10 +98,10 @@ class RedisRateStore:
         self.client: Any = redis.Redis.from_url(url)
 
     async def hit(self, db: AsyncSession | None, key: str, org_id: uuid.UUID | None,
-                  window: int) -> int:
+                  window: int, amount: int = 1) -> int:
         name = f"enginex:rl:{key}:{window}"
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.incr(name)
+            pipe.incrby(name, amount)
             pipe.expire(name, WINDOW_SECONDS * 2)
             count, _ = await pipe.execute()
         return int(count)
@@ -109,12 +110,37 @@ class RedisRateStore:
         await self.client.aclose()
 
 
+# A process takes request numbers from the shared counter in blocks of limit / BLOCK_DIVISOR
+# (at least 1: small limits are counted exactly, one write per request), so a busy key costs
+# one write per block. A process may hold up to one block of unused numbers per key: the
+# limit is then reached up to (processes x block) requests early, never late.
+BLOCK_DIVISOR = 50
+
+
 class RateLimiter:
     """Decides and records; raises TooManyRequests (429, with Retry-After) over the limit."""
 
     def __init__(self, store: RateStore, *, clock: Any = time.time) -> None:
         self.store = store
         self.clock = clock
+        # (key, window) -> [next number to hand out, last number reserved]
+        self._blocks: dict[tuple[str, int], list[int]] = {}
+        self._window = 0
+
+    async def _number(self, db: AsyncSession | None, key: str, org_id: uuid.UUID | None,
+                      window: int, limit: int) -> int:
+        """This request's number in ``key``'s window (1 = the first request)."""
+        if window != self._window:  # a new minute: the old blocks are worthless
+            self._blocks.clear()
+            self._window = window
+        block = self._blocks.get((key, window))
+        if block is not None and block[0] <= block[1]:
+            block[0] += 1
+            return block[0] - 1
+        size = max(limit // BLOCK_DIVISOR, 1)
+        last = await self.store.hit(db, key, org_id, window, size)
+        self._blocks[(key, window)] = [last - size + 2, last]
+        return last - size + 1
 
     async def check(self, db: AsyncSession | None, key: str, limit: int | None, *,
                     org_id: uuid.UUID | None = None) -> RateDecision | None:
@@ -123,7 +149,7 @@ class RateLimiter:
         now = self.clock()
         window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
         reset = max(int(window + WINDOW_SECONDS - now), 1)
-        count = await self.store.hit(db, key, org_id, window)
+        count = await self._number(db, key, org_id, window, limit)
         decision = RateDecision(limit=limit, count=count, reset_seconds=reset)
         if not decision.allowed:
             raise TooManyRequests(
