@@ -142,6 +142,18 @@ def test_a_run_records_tokens_and_cost_per_model_and_the_usage_api_agrees(
     assert sum(int(r["quantity"]) for r in table if r["kind"] == "llm_input_tokens") == 16
     assert sum(int(r["quantity"]) for r in table) == sum(by_kind.values())
     assert {r["agent"] for r in table if r["kind"] == "step"} == {"metered"}
+    # The billing export: rated lines per (kind, provider, model), the same on every call.
+    period = utcnow().strftime("%Y-%m")
+    billing = f"/api/v1/admin/tenants/{org.id}/billing"
+    first = platform_admin.client.get(billing, params={"period": period})
+    assert first.status_code == 200, first.text
+    lines = [json.loads(line) for line in first.text.splitlines()]
+    rated = {(x["kind"], x["model"]): x for x in lines}
+    assert rated[("llm_output_tokens", "gpt-4o-mini")]["cost_usd"] == "0.020000"
+    assert platform_admin.client.get(billing, params={"period": period}).text == first.text
+    as_csv = platform_admin.client.get(billing, params={"period": period, "format": "csv"})
+    assert as_csv.status_code == 200 and lines[0]["idempotency_key"] in as_csv.text
+    assert platform_admin.client.get(billing, params={"period": "2026-13"}).status_code == 422
     # Another organization sees none of it, and a viewer may not read usage.
     other = org_b.admin.client.get(f"/api/v1/orgs/{org_b.slug}/usage",
                                    params={"group_by": "model"}).json()

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import Query, Response
 from sqlalchemy import select
 
 from enginex.admin.service import access_tenant
+from enginex.db import set_tenant
 from enginex.kit.errors import ValidationFailed
 from enginex.kit.time import utcnow
 from enginex.orgs.models import Organization
-from enginex.tenancy.context import TenantContext
+from enginex.tenancy.context import TenantContext, system_context
 from enginex.tenancy.guards import DB, PlatformAdmin, Require, make_router
 from enginex.tenancy.principal import UserPrincipal
 from enginex.tenancy.scopes import Scope
@@ -25,7 +27,7 @@ from enginex.usage import repository as repo
 from enginex.usage import service
 from enginex.usage.limits import LIMITS
 from enginex.usage.models import UNITS, UsageKind
-from enginex.usage.repository import UsageRepository, day_of, month_of
+from enginex.usage.repository import UsageRepository, day_of, month_of, next_month
 from enginex.usage.schemas import (
     LimitsOut,
     LimitUse,
@@ -264,3 +266,44 @@ async def admin_usage_csv(db: DB, _: Admin, start: FromQ = None, end: ToQ = None
                          r.cost_usd])
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": 'attachment; filename="usage-tenants.csv"'})
+
+
+# --- billing export ----------------------------------------------------------------------------
+
+BILLING_GROUPS = ["kind", "provider", "model"]
+
+
+@router.get("/admin/tenants/{tenant_id}/billing")
+async def billing_export(tenant_id: uuid.UUID, db: DB, _: Admin,
+                         period: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")],
+                         format_: Annotated[str, Query(alias="format",
+                                                       pattern=r"^(jsonl|csv)$")] = "jsonl"
+                         ) -> Response:
+    """Rated usage of one tenant for one calendar month (``period`` YYYY-MM, UTC), one line
+    per (kind, provider, model), as JSON Lines or CSV. Idempotent: the same period gives the
+    same lines with the same ``idempotency_key`` (``<tenant>:<period>:<kind>:<provider>:
+    <model>``) until more usage of that period is recorded. Numbers only, never content."""
+    org = await access_tenant(db, tenant_id)
+    try:
+        start = datetime.strptime(period + "-01", "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise ValidationFailed("period is a month as YYYY-MM, e.g. 2026-12.") from None
+    await set_tenant(db, org.id)
+    rows = await usage_rows(db, system_context(org.id, org.slug), start, next_month(start),
+                            BILLING_GROUPS)
+    lines = [{"idempotency_key": f"{org.id}:{period}:{r.kind}:{r.provider}:{r.model}",
+              "tenant_id": str(org.id), "period": period, "kind": r.kind, "unit": r.unit,
+              "provider": r.provider, "model": r.model, "quantity": r.quantity,
+              "cost_usd": r.cost_usd} for r in rows]
+    name = f"billing-{org.id}-{period}.{format_}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    if format_ == "jsonl":
+        body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
+        return Response(body, media_type="application/x-ndjson", headers=headers)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["idempotency_key", "tenant_id", "period", "kind",
+                                             "unit", "provider", "model", "quantity",
+                                             "cost_usd"])
+    writer.writeheader()
+    writer.writerows(lines)
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
