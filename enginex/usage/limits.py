@@ -39,6 +39,9 @@ LIMITS: dict[str, LimitSpec] = {spec.name: spec for spec in (
 )}
 
 UNLIMITED: dict[str, Any] = dict.fromkeys(LIMITS)
+# Bounds that keep every product with a quantity inside a 64-bit column.
+MAX_COUNT = 10 ** 15
+MAX_USD = Decimal(1_000_000_000)
 
 SEEDED_PLANS: dict[str, tuple[str, int, dict[str, Any]]] = {
     # key: (name, scheduler weight, limits)
@@ -79,15 +82,16 @@ def clean_limits(raw: dict[str, Any], *, field: str = "limits") -> dict[str, Any
             except InvalidOperation:
                 amount = None
             if amount is None or not amount.is_finite() or amount < 0 or \
-                    amount.as_tuple().exponent < -6:  # type: ignore[operator]
+                    amount > MAX_USD or amount.as_tuple().exponent < -6:  # type: ignore[operator]
                 problems.append({"field": where, "message": f"must be an amount in {spec.unit} "
-                                 "(0 or more, at most 6 decimals), or null for unlimited"})
+                                 f"(0 to {MAX_USD}, at most 6 decimals), or null for "
+                                 "unlimited"})
                 continue
             clean[name] = str(amount)
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
             problems.append({"field": where, "message": f"must be a whole number of "
-                             f"{spec.unit}, 0 or more, or null for unlimited"})
+                             f"{spec.unit} from 0 to {MAX_COUNT}, or null for unlimited"})
             continue
         if name == "soft_threshold_percent" and value > 100:
             problems.append({"field": where, "message": "must be a percent from 0 to 100"})
