@@ -53,6 +53,17 @@ from enginex.sso.saml_web import router as saml_web_router
 from enginex.sso.service import DnsTxtResolver
 from enginex.sso.signin import FlowSealer
 from enginex.sso.web import router as sso_web_router
+from enginex.usage.api import router as usage_router
+from enginex.usage.metrics import router as metrics_router
+from enginex.usage.ratelimit import (
+    ApiRateLimits,
+    DatabaseRateStore,
+    RateLimiter,
+    RateLimitHeaders,
+    RateStore,
+    RedisRateStore,
+)
+from enginex.usage.web import router as usage_web_router
 from enginex.web.errors import install_error_handlers
 from enginex.web.invitations import router as invitations_web_router
 from enginex.web.middleware import SecurityMiddleware
@@ -61,12 +72,13 @@ from enginex.web.pages import router as pages_router
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
            agents_router, approvals_router, reports_router, llm_router, credentials_router,
            audit_router, mcp_router, skills_router, lifecycle_router, sso_router,
-           scim_tokens_router, scim_router, pages_router)
+           scim_tokens_router, scim_router, usage_router, metrics_router, pages_router)
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
                audit_web_router, credentials_web_router, mcp_web_router, skills_web_router,
-               auth_web_router, lifecycle_web_router, sso_web_router, saml_web_router)
+               auth_web_router, lifecycle_web_router, sso_web_router, saml_web_router,
+               usage_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -108,11 +120,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.oidc_cache = OidcCache()
     app.state.dns_resolver = DnsTxtResolver()
     app.state.sso_flow_sealer = FlowSealer(master)
+    # Per-tenant API rate limits (usage/ratelimit.py), called by every API access rule.
+    store: RateStore = (RedisRateStore(settings.redis_url) if settings.redis_url
+                        else DatabaseRateStore(app.state.db.sessions))
+    app.state.rate_limit = ApiRateLimits(
+        RateLimiter(store), anonymous_per_minute=settings.rate_limit_anonymous_per_minute,
+        user_per_minute=settings.rate_limit_user_per_minute)
     install_error_handlers(app)
     for router in (*ROUTERS, *WEB_ROUTERS):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"),
               name="static")
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(SecurityMiddleware, max_body=settings.max_body_bytes,
                        max_upload=settings.max_upload_bytes,
                        hsts=settings.base_url.startswith("https://"))

@@ -425,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     from enginex.credentials.cli import add_keys_commands, add_tenant_commands
     from enginex.lifecycle.cli import add_lifecycle_commands
     from enginex.mail.cli import add_outbox_commands
+    from enginex.usage.cli import add_plan_commands
 
     parser = argparse.ArgumentParser(prog="enginex", description=plain_text(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -475,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_keys_generate)
     add_keys_commands(keys)
     add_agents_commands(sub)
+    add_plan_commands(sub)
     client_groups = add_client_commands(sub)
     # `enginex reports` (client_cli) reads through the API; `sweep` works on the server's files.
     sweep = client_groups["reports"].add_parser(

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     lifecycle_poll_seconds: float = Field(default=2.0, gt=0)
     # The largest archive ``enginex tenant import`` accepts (compressed and uncompressed).
     import_max_bytes: int = Field(default=10 * 1024**3, ge=1)
+    # Usage and rate limits (docs/USAGE.md). Redis for the rate-limit counters (empty: the
+    # database); per-minute API limits outside a tenant (per address for anonymous routes,
+    # per user for signed-in routes without an organization); the bearer token of /metrics
+    # (empty: /metrics is off).
+    redis_url: str = ""
+    rate_limit_anonymous_per_minute: int = Field(default=600, ge=1)
+    rate_limit_user_per_minute: int = Field(default=1200, ge=1)
+    metrics_token: str = ""
 
     @property
     def trusted_proxy_list(self) -> list[str]:

@@ -51,6 +51,15 @@ else
     1|true|yes) echo "node and npm are required for the SSO tests (tests/idp/oidc)" >&2; exit 1 ;;
   esac
 fi
+# Redis for tests/test_rate_limits.py (rate-limit counters with ENGINEX_REDIS_URL); the tests
+# start their own redis-server on a free port.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }
+  else
+    echo "redis-server is missing: sudo apt-get install -y redis-server" >&2
+  fi
+fi
 
 # PostgreSQL on 127.0.0.1:5432 for the RLS tests; start the local cluster if it is down.
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then

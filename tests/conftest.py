@@ -97,8 +97,11 @@ class PgDatabase:
 
 
 def settings_for(backend: str, tmp: Path, pg: PgDatabase | None) -> Settings:
+    # Every test client is 127.0.0.1: the per-address limit of anonymous routes is lifted
+    # (tests/test_usage.py checks it on a deployment of its own).
     common = {"data_dir": tmp, "master_key": generate_master_key(),
-              "base_url": "http://127.0.0.1", "log_level": "WARNING"}
+              "base_url": "http://127.0.0.1", "log_level": "WARNING",
+              "rate_limit_anonymous_per_minute": 1_000_000}
     if backend == "sqlite":
         return Settings(**common)
     assert pg is not None

@@ -42,6 +42,7 @@ OPTIONAL_PLATFORM_FUNCTIONS = {
     "enginex_mcp_catalog_usage": "servers using an MCP catalog entry, for its deletion (a count)",
     "enginex_verified_domain_org": "the organization of a verified email domain, for SSO "
                                    "routing at sign-in and one-domain-one-org claims (an id)",
+    "enginex_usage_by_tenant": "usage totals per tenant and kind (ids, quantities, costs)",
 }
 
 TENANT_TABLES_SQL = """

@@ -148,6 +148,8 @@ def victim_ids(victim: Org) -> dict[str, str]:
             "version": deployed["version"], "run_id": waiting["id"],
             "approval_id": approval["id"], "report_id": report["id"],
             "credential_id": credential.json()["id"],
+            # Platform admin routes of plans and prices (usage, issue 18).
+            "plan_key": "team", "provider": "openai", "model": "gpt-4o-mini",
             **llm_victim_ids(victim), **mcp_victim_ids(victim), **skill_victim_ids(victim),
             **lifecycle_victim_ids(victim), **sso_victim_ids(victim)}
 

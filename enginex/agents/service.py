@@ -29,6 +29,7 @@ from enginex.kit.time import utcnow
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import Principal, acting_user_id
 from enginex.tools.registry import builtin_tool_names
+from enginex.usage.service import check_new_agent, check_storage, record_storage
 
 
 def known_tool_names() -> set[str]:
@@ -157,6 +158,11 @@ async def deploy_package(db: AsyncSession, ctx: TenantContext, package: LoadedPa
             if existing.content_hash == package.content_hash:
                 return existing, False
             raise _version_conflict(info.id, info.version)
+    # Usage quotas (issue 18): checked before anything is written; the package's bytes count
+    # towards the organization's storage.
+    if agent is None:
+        await check_new_agent(db, ctx)
+    await check_storage(db, ctx, package.size_bytes)
     now = utcnow()
     try:
         if agent is None:
@@ -176,6 +182,7 @@ async def deploy_package(db: AsyncSession, ctx: TenantContext, package: LoadedPa
         raise Conflict(f"Another deploy of '{info.id}' {info.version} finished at the same "
                        "time. Push again: identical content is then accepted.",
                        code="deploy_race") from exc
+    await record_storage(db, ctx, f"agent_version:{version.id}", package.size_bytes)
     all_versions = await versions.list_for(agent.id)
     latest = _pick_latest(all_versions)
     agent.latest_version_id = latest.id if latest else version.id

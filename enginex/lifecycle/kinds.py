@@ -33,6 +33,7 @@ from enginex.reports.models import Artifact
 from enginex.runs.models import Checkpoint, Run, RunEvent
 from enginex.skills.models import Skill
 from enginex.sso.models import RoleMappingRule, SsoConnection
+from enginex.usage.models import UsageEvent, UsageRollup
 
 FORMAT = "enginex-tenant-export"
 FORMAT_VERSION = 1
@@ -117,6 +118,11 @@ KINDS: tuple[Kind, ...] = (
                      "is a credential, exported as metadata only)"),
     Kind("role_mapping_rules", RoleMappingRule, ("priority", "group_name", "id"),
          description="identity-provider group to role rules"),
+    Kind("usage_events", UsageEvent, ("occurred_at", "id"),
+         description="the usage ledger (metered events, with the price used)"),
+    Kind("usage_rollups", UsageRollup,
+         ("period", "period_start", "kind", "provider", "model", "agent_key"),
+         description="hourly and daily usage totals kept with the ledger"),
     Kind("audit", AuditEntry, ("seq",),
          description="the complete audit chain, entries verbatim with their hashes"),
 )

@@ -37,6 +37,8 @@ class Message:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    reported: bool = True  # False: the provider reported no usage; the counts are estimates
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ class ScriptedProvider:
     ``call_<node>_<turn>_<i>``. Token usage is approximated by word counts.
     """
 
+    usage_provider = "scripted"  # the provider name usage is metered under
+
     def __init__(self, replies: dict[str, list[Any]] | None) -> None:
         self._replies = dict(replies or {})
 
@@ -80,7 +82,8 @@ class ScriptedProvider:
         completion = _approx_tokens(text) + sum(_approx_tokens(json.dumps(c.arguments))
                                                 for c in calls)
         return LLMResponse(text=text, tool_calls=calls,
-                           usage=Usage(prompt_tokens=prompt, completion_tokens=completion),
+                           usage=Usage(prompt_tokens=prompt, completion_tokens=completion,
+                                       reported=False),
                            model=request.model or "scripted")
 
     @staticmethod
@@ -233,6 +236,8 @@ class OpenAICompatibleProvider:
     ...). ``api_key`` may be None for servers that need none (no Authorization header is sent).
     """
 
+    usage_provider = "openai"  # the provider name usage is metered (and priced) under
+
     def __init__(self, base_url: str, api_key: str | None, default_model: str,
                  timeout: float = DEFAULT_TIMEOUT, *, temperature: float | None = None,
                  max_tokens: int | None = None, allow_private_network: bool = False,
@@ -291,10 +296,13 @@ class OpenAICompatibleProvider:
                          arguments=_arguments(call.function.arguments, self._label))
                 for call in (message.tool_calls or ()))
             usage = response.usage
+            details = getattr(usage, "prompt_tokens_details", None)
             return LLMResponse(
                 text=message.content or "", tool_calls=calls,
                 usage=Usage(prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0)),
+                            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                            cached_tokens=int(getattr(details, "cached_tokens", 0) or 0),
+                            reported=usage is not None),
                 model=str(getattr(response, "model", "") or model))
         except LLMError:
             raise
@@ -340,6 +348,8 @@ class AnthropicProvider:
     blocks in a user turn (consecutive ones merged, as the API requires alternating roles).
     A key is required: without one the SDK would fall back to the platform's environment.
     """
+
+    usage_provider = "anthropic"
 
     def __init__(self, api_key: str | None, base_url: str | None = None,
                  default_model: str = "", timeout: float = DEFAULT_TIMEOUT, *,
@@ -400,7 +410,10 @@ class AnthropicProvider:
             return LLMResponse(
                 text="".join(text_parts), tool_calls=tuple(calls),
                 usage=Usage(prompt_tokens=int(getattr(usage, "input_tokens", 0) or 0),
-                            completion_tokens=int(getattr(usage, "output_tokens", 0) or 0)),
+                            completion_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+                            cached_tokens=int(getattr(usage, "cache_read_input_tokens", 0)
+                                              or 0),
+                            reported=usage is not None),
                 model=str(getattr(response, "model", "") or model))
         except LLMError:
             raise

@@ -596,6 +596,8 @@ class ResolvedProvider:
     def __init__(self, inner: LLMProvider, resolution: Resolution) -> None:
         self.inner = inner
         self.resolution = resolution
+        # The provider name usage is metered and priced under (issue 18).
+        self.usage_provider: str = getattr(inner, "usage_provider", "other")
 
     async def complete(self, request: CompletionRequest) -> LLMResponse:
         return await self.inner.complete(replace(request, model=self.resolution.model))

@@ -36,6 +36,7 @@ from enginex.orgs.models import Invitation, Membership, Organization
 from enginex.tenancy.context import TenantContext, system_context
 from enginex.tenancy.principal import acting_user_id
 from enginex.tenancy.scopes import Role, can_grant
+from enginex.usage.service import check_new_member
 
 INVITATION_PREFIX = "inv_"
 INVITATION_TTL = timedelta(days=7)
@@ -244,6 +245,7 @@ async def create_invitation(db: AsyncSession, ctx: TenantContext, *, email: str,
     if user is not None and await repo.MembershipRepository(db, ctx).get_member(user.id):
         raise Conflict(f"{email} is already a member of this organization.",
                        details={"field": "email"})
+    await check_new_member(db, ctx)  # usage quotas (issue 18)
     token = f"{INVITATION_PREFIX}{ctx.org_id.hex}_{new_token()}"
     invitation = repo.InvitationRepository(db, ctx).add(Invitation(
         email=email.strip(), role=str(role), token_digest=token_digest(token),

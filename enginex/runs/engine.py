@@ -57,6 +57,8 @@ from enginex.reports.storage import ArtifactStorage
 from enginex.runs.repository import RunRepository
 from enginex.tenancy.context import TenantContext, system_context
 from enginex.tools.base import ToolContext, ToolError, ToolRegistry
+from enginex.usage.meter import StepMeter
+from enginex.usage.service import meter_step
 
 log = logging.getLogger("enginex.engine")
 
@@ -107,6 +109,7 @@ class StepRun:
     attempts: int
     step: int
     agent_version_id: uuid.UUID
+    agent_key: str
     inputs: dict[str, Any]
     next_node: str | None
 
@@ -138,6 +141,8 @@ class _Result:
     completion_tokens: int = 0
     # Credentials this step resolved: redacted from everything it stores (see _commit).
     secrets: StepSecrets | None = None
+    # Usage metering (issue 18): what this step used, written with its commit (see _commit).
+    meter: StepMeter = field(default_factory=StepMeter)
 
 
 def _credential_hooks(result: _Result) -> dict[str, Any]:
@@ -164,7 +169,7 @@ def initial_state(inputs: dict[str, Any]) -> dict[str, Any]:
 # PostgreSQL, row-level security applies too: the session is bound to the tenant first.
 _LOAD = text(
     "SELECT o.slug, r.id, r.status, r.lease_owner, r.attempts, r.step, r.agent_version_id, "
-    "r.inputs, r.next_node, v.content_hash, c.state, c.path "
+    "r.agent_key, r.inputs, r.next_node, v.content_hash, c.state, c.path "
     "FROM runs r JOIN organizations o ON o.id = r.tenant_id "
     "JOIN agent_versions v ON v.tenant_id = r.tenant_id AND v.id = r.agent_version_id "
     "LEFT JOIN checkpoints c ON c.tenant_id = r.tenant_id AND c.run_id = r.id "
@@ -218,8 +223,8 @@ async def _load(deps: EngineDeps, tenant_id: uuid.UUID, run_id: uuid.UUID,
         ctx = system_context(tenant_id, row.slug)
         run = StepRun(id=row.id, status=row.status, lease_owner=row.lease_owner,
                       attempts=row.attempts, step=row.step,
-                      agent_version_id=row.agent_version_id, inputs=row.inputs or {},
-                      next_node=row.next_node)
+                      agent_version_id=row.agent_version_id, agent_key=row.agent_key,
+                      inputs=row.inputs or {}, next_node=row.next_node)
         if run.status != "running" or run.lease_owner != worker:
             return None
         if run.attempts - run.step > MAX_ATTEMPTS_PER_STEP:
@@ -336,6 +341,12 @@ async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Re
         response = await provider.complete(request)
         result.prompt_tokens += response.usage.prompt_tokens
         result.completion_tokens += response.usage.completion_tokens
+        result.meter.llm(getattr(provider, "usage_provider", "other"),  # usage metering
+                         response.model or node.model or "",
+                         input_tokens=response.usage.prompt_tokens,
+                         output_tokens=response.usage.completion_tokens,
+                         cached_tokens=response.usage.cached_tokens,
+                         reported=response.usage.reported)
         result.events.append(("llm_response", node.id, {
             "model": response.model, "text": _clip(response.text),
             "tool_calls": [c.name for c in response.tool_calls],
@@ -382,8 +393,11 @@ async def _llm_tool_call(tools: ToolRegistry, node: LLMNode, call: ToolCall,
         if result.secrets is not None:
             await result.secrets.prepare(call.arguments)
         try:
-            content = json.dumps(await tool.call(tool_ctx, dict(call.arguments)), default=str)
+            value = await tool.call(tool_ctx, dict(call.arguments))
+            result.meter.tool(call.name, call.arguments, value)  # usage metering
+            content = json.dumps(value, default=str)
         except ToolError as exc:
+            result.meter.tool(call.name, call.arguments)  # usage metering
             content = f"error: {exc}"
     result.events.append(("tool_result", node.id, {"tool": call.name, "result": _clip(content)}))
     return content
@@ -404,7 +418,12 @@ async def _run_tool(deps: EngineDeps, loaded: _Loaded, node: ToolNode, result: _
     tool_ctx = ToolContext(tenant_id=loaded.ctx.org_id, run_id=loaded.run.id, node_id=node.id,
                            state=loaded.state, allow_private_network=deps.allow_private_network,
                            **_credential_hooks(result))
-    value = await tool.call(tool_ctx, arguments)
+    try:
+        value = await tool.call(tool_ctx, arguments)
+    except ToolError:
+        result.meter.tool(node.tool, arguments)  # usage metering: a failed call counts too
+        raise
+    result.meter.tool(node.tool, arguments, value)  # usage metering
     result.events.append(("tool_result", node.id, {"tool": node.tool, "result": _clip(value)}))
     loaded.state[node.output_key or node.id] = value
 
@@ -472,6 +491,7 @@ def _store_report(deps: EngineDeps, loaded: _Loaded, node_id: str, title: str, m
                         sha256=hashlib.sha256(data).hexdigest())
     deps.storage.write(loaded.ctx.org_id, artifact.id, data)
     result.artifacts.append((artifact, data))
+    result.meter.stored(len(data))  # usage metering
     result.events.append(("report_created", node_id, {"artifact_id": str(artifact.id),
                                                       "title": artifact.title,
                                                       "size_bytes": len(data)}))
@@ -731,6 +751,13 @@ async def _commit(deps: EngineDeps, loaded: _Loaded, worker: str, step: int, nod
     tenant_id = loaded.ctx.org_id
     async with deps.sessions() as db:
         await set_tenant(db, tenant_id)
+        # Usage metering (issue 18): this step's usage rows are written in this, the step's
+        # commit transaction (a lost lease rolls them back with the step). A run whose
+        # organization's monthly budget is now spent stops at this step boundary, resumable.
+        pause = await meter_step(db, loaded.ctx, run, step, result.meter)
+        if pause is not None and status_after == "running":
+            status_after = "paused_quota"
+            result.events.append(("quota_paused", following, pause.event()))
         last_seq = (await db.execute(_STEP_UPDATE[bool(finished)], {
             "tenant": tenant_id, "run": run.id, "expected": run.step, "worker": worker,
             "step": run.step + 1, "n_events": len(result.events) + 1, "status": status_after,

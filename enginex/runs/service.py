@@ -28,6 +28,7 @@ from enginex.runs.models import FINISHED, Checkpoint, Run, RunEvent
 from enginex.runs.repository import RunFilter, RunRepository
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import acting_user_id
+from enginex.usage.service import admit_session, record_session_started
 
 RUN_CHANNEL = "enginex_runs"
 
@@ -127,6 +128,7 @@ async def start_run(db: AsyncSession, ctx: TenantContext, *, agent_key: str,
     agent, agent_version = await _resolve_version(db, ctx, agent_key, version)
     manifest = AgentManifest.model_validate(agent_version.manifest)
     clean = validate_inputs(manifest.inputs, inputs)
+    await admit_session(db, ctx)  # usage quotas: serialised per organization (issue 18)
     run = RunRepository(db, ctx).add(Run(
         agent_id=agent.id, agent_version_id=agent_version.id, agent_key=agent.key,
         agent_version=agent_version.version, status="queued", inputs=clean,
@@ -137,6 +139,7 @@ async def start_run(db: AsyncSession, ctx: TenantContext, *, agent_key: str,
         "agent": agent.key, "version": agent_version.version})])
     await record(db, ctx, "session.started", target_kind="session", target_id=run.id,
                  details={"agent": agent.key, "version": agent_version.version})
+    await record_session_started(db, ctx, run)  # usage metering
     await notify_workers(db)
     return run
 
@@ -169,6 +172,7 @@ async def fork_run(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID, *, s
         raise Conflict(f"Checkpoint {step} is the end of the session; fork from an earlier "
                        "one.", code="nothing_to_replay")
     state.pop(LEGACY_PENDING_APPROVAL, None)
+    await admit_session(db, ctx)  # usage quotas: serialised per organization (issue 18)
     run = repo.add(Run(
         agent_id=source.agent_id, agent_version_id=source.agent_version_id,
         agent_key=source.agent_key, agent_version=source.agent_version, status="queued",
@@ -181,6 +185,7 @@ async def fork_run(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID, *, s
                       next_node=following, status="queued", state=state, path=path))
     await record(db, ctx, "session.forked", target_kind="session", target_id=run.id,
                  details={"source": str(source.id), "step": step})
+    await record_session_started(db, ctx, run)  # usage metering
     await notify_workers(db)
     return run
 

@@ -21,6 +21,7 @@ comes only from the path.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -65,18 +66,30 @@ class AccessRule:
     scope: Scope | None = None
 
 
+async def limit_rate(request: Request, db: AsyncSession | None, principal: Principal | None,
+                     org_id: uuid.UUID | None) -> None:
+    """Per-tenant API rate limits (issue 18): the hook the app installs as
+    ``app.state.rate_limit`` (``usage.api.ApiRateLimits``; the kernel imports no feature).
+    Raises TooManyRequests (429) over the limit. No hook: no limit."""
+    hook = getattr(request.app.state, "rate_limit", None)
+    if hook is not None:
+        await hook(request, db, principal, org_id)
+
+
 class _Public(AccessRule):
     kind = "public"
 
-    async def __call__(self) -> None:
-        return None
+    async def __call__(self, request: Request) -> None:
+        await limit_rate(request, None, None, None)  # per address
 
 
 class _Authenticated(AccessRule):
     kind = "authenticated"
 
     async def __call__(self, request: Request, db: DB) -> Principal:
-        return await authenticate(request, db)
+        principal = await authenticate(request, db)
+        await limit_rate(request, db, principal, None)
+        return principal
 
 
 class _PlatformAdmin(AccessRule):
@@ -88,6 +101,7 @@ class _PlatformAdmin(AccessRule):
             raise Forbidden("This needs a platform admin account. API keys and organization "
                             "roles do not grant platform administration.",
                             code="platform_admin_required")
+        await limit_rate(request, db, principal, None)
         return principal
 
 
@@ -101,7 +115,9 @@ class _TenantScope(AccessRule):
                        org: Annotated[str, Path(description="Organization slug")]
                        ) -> TenantContext:
         principal, access = await authenticate_for_org(request, db, org)
-        return await enter_tenant(request, db, principal, access, self.scope)
+        ctx = await enter_tenant(request, db, principal, access, self.scope)
+        await limit_rate(request, db, principal, ctx.org_id)  # per (organization, principal)
+        return ctx
 
 
 class _ScimClient(AccessRule):

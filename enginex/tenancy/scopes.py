@@ -37,6 +37,7 @@ class Scope(StrEnum):
     SSO_READ = "sso:read"
     SSO_WRITE = "sso:write"
     SCIM_WRITE = "scim:write"  # manage the organization's SCIM tokens (admins only)
+    USAGE_READ = "usage:read"  # usage, limits and exports of the organization (admins)
 
 
 _VIEWER = frozenset({
