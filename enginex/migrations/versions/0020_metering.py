@@ -10,8 +10,8 @@ PostgreSQL: ``enginex_usage_by_tenant(from, to)``, a SECURITY DEFINER read of th
 rollups returning tenant ids, kinds, quantities and costs only (the platform admin's usage
 across tenants; docs/MULTI_TENANT.md "Platform-wide reads").
 
-Revision ID: 0014_metering
-Revises: 0013
+Revision ID: 0020_metering
+Revises: 0019_list_cursors
 Create Date: 2026-12-07 21:30:00.000000
 """
 
@@ -21,8 +21,8 @@ from alembic import op
 import enginex.db
 from enginex.migrations.rls import disable_tenant_rls, enable_tenant_rls, is_postgres
 
-revision = '0014_metering'
-down_revision = '0014_list_cursors'
+revision = '0020_metering'
+down_revision = '0019_list_cursors'
 branch_labels = None
 depends_on = None
 

@@ -8,15 +8,15 @@ keys, invitations, approvals by status, and reports (``artifacts``). On a large 
 table, build the new indexes ``CONCURRENTLY`` by hand first (docs/ARCHITECTURE.md
 "Migrations"); ``if_not_exists`` then skips them and this migration only drops the old ones.
 
-Revision ID: 0014_list_cursors
-Revises: 0013
+Revision ID: 0019_list_cursors
+Revises: 0018_scim
 Create Date: 2026-12-07 21:30:00.000000
 """
 
 from alembic import op
 
-revision = '0014_list_cursors'
-down_revision = '0014_scim'
+revision = '0019_list_cursors'
+down_revision = '0018_scim'
 branch_labels = None
 depends_on = None
 

@@ -3,8 +3,8 @@
 ``tenant_exports`` is tenant-owned (forced row-level security with the tenant policy);
 ``lifecycle_jobs`` is platform data holding ids only (docs/DATA_LIFECYCLE.md).
 
-Revision ID: 0014_lifecycle
-Revises: 0013
+Revision ID: 0015_lifecycle
+Revises: 0014_accounts
 Create Date: 2026-12-07 21:30:00.000000
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import enginex.db
 from enginex.migrations.rls import disable_tenant_rls, enable_tenant_rls
 
-revision = '0014_lifecycle'
+revision = '0015_lifecycle'
 down_revision = '0014_accounts'
 branch_labels = None
 depends_on = None

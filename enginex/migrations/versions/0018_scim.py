@@ -7,8 +7,8 @@
 * ``scim_tokens``, ``scim_users``, ``scim_groups``, ``scim_group_members``: tenant-owned, with
   forced row-level security and the tenant policy (docs/SCIM.md).
 
-Revision ID: 0014_scim
-Revises: 0014_sso
+Revision ID: 0018_scim
+Revises: 0017_saml
 Create Date: 2026-12-07 21:30:00.000000
 """
 
@@ -18,8 +18,8 @@ from alembic import op
 import enginex.db
 from enginex.migrations.rls import disable_tenant_rls, enable_tenant_rls, is_postgres
 
-revision = '0014_scim'
-down_revision = '0015_saml'
+revision = '0018_scim'
+down_revision = '0017_saml'
 branch_labels = None
 depends_on = None
 

@@ -11,8 +11,8 @@ one organization id or nothing) over an owner-only ``platform_read`` policy.
 The new columns on ``organizations`` and ``auth_sessions`` are added in place (no table
 rebuild on SQLite); existing rows get ``require_sso = false`` and NULLs.
 
-Revision ID: 0014_sso
-Revises: 0013
+Revision ID: 0016_sso
+Revises: 0015_lifecycle
 Create Date: 2026-12-07 21:30:00.000000
 """
 
@@ -22,8 +22,8 @@ from alembic import op
 import enginex.db
 from enginex.migrations.rls import disable_tenant_rls, enable_tenant_rls, is_postgres
 
-revision = '0014_sso'
-down_revision = '0014_lifecycle'
+revision = '0016_sso'
+down_revision = '0015_lifecycle'
 branch_labels = None
 depends_on = None
 

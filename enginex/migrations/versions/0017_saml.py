@@ -4,8 +4,8 @@ response) and ``saml_seen_assertions`` (the replay cache of accepted assertion i
 Both tenant-owned: ``tenant_id`` leads the primary keys and the expiry indexes; on PostgreSQL
 they get forced row-level security with the tenant policy.
 
-Revision ID: 0015_saml
-Revises: 0014_sso
+Revision ID: 0017_saml
+Revises: 0016_sso
 Create Date: 2026-12-07 21:40:00.000000
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 import enginex.db
 from enginex.migrations.rls import disable_tenant_rls, enable_tenant_rls
 
-revision = '0015_saml'
-down_revision = '0014_sso'
+revision = '0017_saml'
+down_revision = '0016_sso'
 branch_labels = None
 depends_on = None
 
