@@ -179,7 +179,8 @@ _LOAD = text(
 ).bindparams(bindparam("tenant", type_=Uuid()), bindparam("run", type_=Uuid())).columns(
     column("slug", String()), column("id", Uuid()), column("status", String()),
     column("lease_owner", String()), column("attempts", Integer()), column("step", Integer()),
-    column("agent_version_id", Uuid()), column("inputs", JSON()), column("next_node", String()),
+    column("agent_version_id", Uuid()), column("agent_key", String()), column("inputs", JSON()),
+    column("next_node", String()),
     column("content_hash", String()), column("state", JSON()), column("path", JSON()))
 _LOAD_VERSION = text(
     "SELECT manifest, files FROM agent_versions WHERE tenant_id = :tenant AND id = :version"
