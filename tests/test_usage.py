@@ -261,7 +261,7 @@ def test_limits_are_validated_and_plans_are_admin_only(server: Server, platform_
     assert unknown.status_code == 422 and "free" in unknown.text
     plans = platform_admin.client.get("/api/v1/admin/plans").json()
     assert {p["key"] for p in plans} >= set(SEEDED_PLANS)
-    assert [p["key"] for p in plans if p["is_default"]] == ["team"]
+    assert [p["key"] for p in plans if p["is_default"]] == ["enterprise"]
     for actor in (org_a.admin, org_a.members["viewer"]):
         assert actor.client.get("/api/v1/admin/plans").status_code == 403
         assert set_plan(server, actor, org_a, plan="enterprise").status_code == 403

@@ -353,11 +353,11 @@ async def check_storage(db: AsyncSession, ctx: TenantContext, adding: int) -> No
 
 
 async def seed_plans(db: AsyncSession) -> None:
-    """Create the seeded plans that do not exist yet (``team`` is the default)."""
+    """Create the seeded plans that do not exist yet (``enterprise`` is the default)."""
     for key, (name, weight, limits) in SEEDED_PLANS.items():
         if await repo.get_plan(db, key) is None:
             db.add(Plan(key=key, name=name, weight=weight, limits=dict(limits),
-                        is_default=key == "team"))
+                        is_default=key == "enterprise"))
     await db.flush()
 
 

@@ -3,7 +3,7 @@
 Tenant tables (forced row-level security): ``usage_events`` (the append-only ledger, one row
 per metered event, unique idempotency key per tenant) and ``usage_rollups`` (totals per
 hour/day, kind, provider, model and agent). Platform tables: ``plans`` (seeded free / team /
-enterprise, team the default), ``org_quotas`` (an organization's plan, overrides and admission
+enterprise, enterprise the default: nothing is limited until the operator assigns plans), ``org_quotas`` (an organization's plan, overrides and admission
 lock), ``price_overrides`` and ``rate_windows`` (API request counts per key and minute).
 
 PostgreSQL: ``enginex_usage_by_tenant(from, to)``, a SECURITY DEFINER read of the daily
@@ -46,12 +46,12 @@ SEEDED = [
         "tokens_per_month": 1000000, "cost_usd_per_month": "10", "soft_threshold_percent": 80,
         "storage_bytes": 104857600, "api_requests_per_minute": 120, "members": 5,
         "agents": 5}),
-    ("team", "Team", 2, True, {
+    ("team", "Team", 2, False, {
         "concurrent_sessions": 100, "sessions_per_day": 10000, "steps_per_day": 500000,
         "tokens_per_month": 100000000, "cost_usd_per_month": "1000",
         "soft_threshold_percent": 80, "storage_bytes": 10737418240,
         "api_requests_per_minute": 3000, "members": 500, "agents": 500}),
-    ("enterprise", "Enterprise", 4, False, {
+    ("enterprise", "Enterprise", 4, True, {
         "concurrent_sessions": None, "sessions_per_day": None, "steps_per_day": None,
         "tokens_per_month": None, "cost_usd_per_month": None, "soft_threshold_percent": 80,
         "storage_bytes": None, "api_requests_per_minute": 12000, "members": None,
