@@ -74,7 +74,7 @@ def test_builder_deploys_and_every_member_reads(server: Server, org_a: Org) -> N
     assert version["name"] == "Hourly tracking" and not version["deprecated"]
     assert version["deployed_by"] == org_a.members["builder"].user_id
     assert len(version["content_hash"]) == 64
-    assert version["manifest"]["graph"]["entry_node"] == "summarise"
+    assert version["manifest"]["graph"]["entry_node"] == "tabulate"
     assert {f["path"] for f in version["files"]} == {"README.md", "prompts/report.md",
                                                      "prompts/summarise.md"}
     base = f"/api/v1/orgs/{org_a.slug}/agents"
@@ -196,8 +196,8 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(server: Server, org_a: Or
         "graph.nodes[2].template_file", "graph.entry_node", "graph.edges[0].target",
         "graph.edges[1].expr", "graph.edges[2].expr"}
     assert {"path": "graph.nodes[0].tools[1]",
-            "message": "unknown tool 'x'; known tools: http_request, render_report, set_output "
-                       "(or mcp.<server>.<tool>)"} in error["details"]["errors"]
+            "message": "unknown tool 'x'; known tools: http_request, render_report, set_output, "
+                       "tabulate_csv (or mcp.<server>.<tool>)"} in error["details"]["errors"]
     # Hostile archives.
     for name, (data, path, status) in _hardening_cases().items():
         response = upload(builder, org_a, data)

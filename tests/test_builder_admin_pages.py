@@ -146,7 +146,7 @@ def test_invalid_uploads_list_every_problem_with_its_path(org: Org) -> None:
     for path in BROKEN_PATHS:
         assert f'<code class="path">{path}</code>' in broken.text, path
     assert ("graph.nodes[0].tools[1]</code>: unknown tool 'x'; known tools: http_request, "
-            "render_report, set_output (or mcp.<server>.<tool>)") in text
+            "render_report, set_output, tabulate_csv (or mcp.<server>.<tool>)") in text
 
     not_a_zip = upload_page(builder, org, b"just text", "notes.zip")
     assert not_a_zip.status_code == 422
