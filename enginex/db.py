@@ -562,6 +562,10 @@ class Database:
 # --- connection budget (docs/SCALING.md) ------------------------------------------------------
 
 log = logging.getLogger("enginex.db")
+# aiosqlite logs every statement with its parameters at DEBUG; parameters can hold secrets
+# (an invitation or reset link in an outbox row). Its debug lines never reach the handlers,
+# whatever level an operator gives the root logger (tests/test_leaks.py).
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 class ConnectionBudgetExceeded(UnsafeConfigurationError):
