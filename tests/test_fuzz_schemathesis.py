@@ -183,6 +183,15 @@ def error_shape(ctx: Any, response: schemathesis.Response, case: schemathesis.Ca
     if not 400 <= response.status_code < 500:
         return
     content_type = _content_type(response)
+    if case.operation.path.startswith("/scim/v2/"):
+        # SCIM's own error format (RFC 7644, section 3.12), which SCIM clients expect.
+        assert content_type.startswith(("application/scim+json", "application/json")), (
+            f"{response.status_code} of SCIM answered {content_type!r}, not SCIM JSON")
+        body = response.json()
+        assert body.get("schemas") == ["urn:ietf:params:scim:api:messages:2.0:Error"], body
+        assert body.get("status") == str(response.status_code), body
+        assert isinstance(body.get("detail"), str) and len(body["detail"]) > 10, body
+        return
     if _is_page(case.operation.path):
         assert content_type.startswith("text/html"), (
             f"{response.status_code} of a page answered {content_type!r}, not HTML")

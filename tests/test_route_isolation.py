@@ -277,6 +277,16 @@ PUBLIC_ROUTES = {
     ("POST", "/login"): "the sign-in form (password, or an email routed to its SSO)",
     ("GET", "/invitations/accept"): "the invitation page",
     ("POST", "/invitations/accept"): "the invitation form",
+    ("POST", "/api/v1/auth/password-reset"): "asking for a reset link (same answer for every "
+                                             "address; the link goes by mail)",
+    ("POST", "/api/v1/auth/password-reset/confirm"): "setting a new password: the single-use "
+                                                     "token is the credential",
+    ("GET", "/password-reset"): "the forgotten-password page",
+    ("POST", "/password-reset"): "the forgotten-password form",
+    ("GET", "/password-reset/confirm"): "the new-password page (token in the fragment)",
+    ("POST", "/password-reset/confirm"): "the new-password form (the token is the credential)",
+    ("GET", "/metrics"): "Prometheus scrape: its own bearer token (ENGINEX_METRICS_TOKEN), 404 "
+                         "when none is set; org ids and numbers only",
     **PUBLIC_SSO_ROUTES,
 }
 

@@ -112,7 +112,8 @@ async def get_usage(db: DB, ctx: Reader, start: FromQ = None, end: ToQ = None,
                     rows=await usage_rows(db, ctx, start, end, groups))
 
 
-@router.get("/orgs/{org}/usage/export.csv")
+@router.get("/orgs/{org}/usage/export.csv", response_class=Response,
+            responses={200: {"content": {"text/csv": {}}, "description": "The rows as CSV."}})
 async def export_usage_csv(db: DB, ctx: Reader, start: FromQ = None, end: ToQ = None,
                            group_by: str = "day,kind,provider,model,agent") -> Response:
     """The same rows as ``GET .../usage`` as CSV (one header line)."""
@@ -253,7 +254,8 @@ async def admin_usage(db: DB, _: Admin, start: FromQ = None, end: ToQ = None,
     return await _tenant_usage(db, start, end, sort)
 
 
-@router.get("/admin/usage/export.csv")
+@router.get("/admin/usage/export.csv", response_class=Response,
+            responses={200: {"content": {"text/csv": {}}, "description": "The rows as CSV."}})
 async def admin_usage_csv(db: DB, _: Admin, start: FromQ = None, end: ToQ = None,
                           sort: str = "cost") -> Response:
     """The same rows as ``GET /api/v1/admin/usage`` as CSV."""

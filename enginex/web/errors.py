@@ -61,6 +61,10 @@ def is_page(request: Request) -> bool:
 def _respond(request: Request, status: int, code: str, message: str,
              details: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> Response:
+    if request.url.path.startswith("/scim/"):  # SCIM clients read SCIM's error format
+        from enginex.scim.protocol import scim_error_response
+
+        return scim_error_response(status, message, headers=headers)
     if not is_page(request):
         return _json(status, code, message, details, headers)
     from enginex.web.templating import render
