@@ -37,7 +37,7 @@ from enginex.scim.protocol import (
 )
 from enginex.scim.schemas import ScimTokenCreate, ScimTokenCreated, ScimTokenOut
 from enginex.tenancy.context import TenantContext
-from enginex.tenancy.guards import DB, GuardedRoute, Require, ScimClient, make_router
+from enginex.tenancy.guards import DB, GuardedRoute, Public, Require, ScimClient, make_router
 from enginex.tenancy.scopes import Scope
 
 router = make_router(prefix="/api/v1", tags=["scim"])
@@ -252,12 +252,19 @@ _READ_ONLY = {"ServiceProviderConfig", "Schemas", "ResourceTypes"}
 
 @scim_router.api_route("/{org}/{rest:path}",
                        methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def scim_other(rest: str, request: Request, ctx: Scim) -> Response:
+async def scim_other(rest: str, request: Request, _: Annotated[None, Public()]) -> Response:
     """Anything else under the SCIM base URL: 405 for a method a discovery endpoint does not
-    have, 501 for POST /.search (not supported), 404 otherwise -- as SCIM errors."""
+    have, 501 for POST /.search (not supported), 404 otherwise -- as SCIM errors.
+
+    Public: it only ever answers these errors, the same for every organization slug, known or
+    not (no data, no existence oracle); an undeclared method gets its 405 before any token
+    check, as HTTP has it."""
     first = rest.strip("/").split("/", 1)[0]
     if first in _READ_ONLY or (first in RESOURCE_MODELS and request.method != "GET"):
-        raise ScimError(405, f"{request.method} is not allowed on /{rest}.")
+        from enginex.web.errors import allowed_methods
+
+        return scim_error_response(405, f"{request.method} is not allowed on /{rest}.",
+                                   headers={"Allow": allowed_methods(request) or "GET"})
     if rest.strip("/").endswith(".search"):
         raise ScimError(501, "POST /.search is not supported; use GET with filter.")
     raise ScimError(404, f"No SCIM endpoint /{rest}. The endpoints are /Users, /Groups, "

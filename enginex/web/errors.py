@@ -80,22 +80,23 @@ def _path_regex(path: str) -> re.Pattern[str]:
     return compile_path(path)[0]
 
 
-def _allowed_methods(request: Request) -> str:
+def allowed_methods(request: Request) -> str:
     """Every method the address supports. Starlette's 405 names only the methods of the first
     route whose path matched, but GET and POST of one address are often two routes."""
     from enginex.tenancy.guards import registered_routes
 
     path = request.scope.get("path", "")
     methods: set[str] = set()
+    catch_all: set[str] = set()  # a ``{…:path}`` route counts only when nothing else matches
     for registered in registered_routes(request.app):
         if registered.methods and _path_regex(registered.path).match(path):
-            methods |= registered.methods
-    return ", ".join(sorted(methods))
+            (catch_all if ":path}" in registered.path else methods).update(registered.methods)
+    return ", ".join(sorted(methods or catch_all))
 
 
 def _with_allow(request: Request, headers: dict[str, str] | None) -> dict[str, str]:
     result = dict(headers or {})
-    allowed = _allowed_methods(request)
+    allowed = allowed_methods(request)
     if allowed:
         result["Allow"] = allowed
     return result
