@@ -24,6 +24,7 @@ from enginex.auth.passwords import hasher_parameters
 from enginex.config import Settings
 from enginex.kit.crypto import generate_master_key
 from enginex.migrate import upgrade
+from tests.accounts_support import SmtpServer
 from tests.factories import Org, Server, free_port, make_org, make_platform_admin, wait_for
 
 # Cheap argon2 parameters (enginex/auth/passwords.py) for every server the tests run, in this
@@ -214,3 +215,15 @@ def org_a(server: Server, platform_admin) -> Org:
 @pytest.fixture
 def org_b(server: Server, platform_admin) -> Org:
     return make_org(server, platform_admin, "b")
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that keeps what it receives, for the mail
+    tests (tests/accounts_support.py)."""
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

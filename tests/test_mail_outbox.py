@@ -43,16 +43,6 @@ T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def sending(backend: str, smtp: SmtpServer,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A deployment whose embedded worker sends over ``smtp``."""

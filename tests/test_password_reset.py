@@ -36,16 +36,6 @@ NEW_PASSWORD = "copper-meadow-violin-88"
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def mail_server(backend: str, smtp: SmtpServer,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with separate_deployment(backend, tmp_path_factory.mktemp(f"mail-{backend}"),

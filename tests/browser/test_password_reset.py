@@ -25,16 +25,6 @@ NEW_PASSWORD = "harbour-lantern-quiet-57"
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def mail_server(backend: str, smtp: SmtpServer,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with separate_deployment(backend, tmp_path_factory.mktemp(f"reset-web-{backend}"),
