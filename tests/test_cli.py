@@ -344,7 +344,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Cli, subprocess.Popen[bytes], str]]
 def test_serve_answers_healthz_and_creates_the_key_file_0600(
         served: tuple[Cli, subprocess.Popen[bytes], str], tmp_path: Path) -> None:
     cli, process, base_url = served
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # start-up (imports, migrations) on a loaded 2-core machine
     health = None
     while time.monotonic() < deadline:
         assert process.poll() is None, (tmp_path / "serve.log").read_text()

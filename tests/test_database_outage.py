@@ -7,6 +7,7 @@ cut by the restart answered 500 "internal_error", and clients do not retry a 500
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,15 @@ from enginex.migrate import upgrade
 from tests.conftest import _ServerThread
 from tests.factories import Server, deploy_agent, make_org, make_platform_admin, wait_for
 from tests.pg_private import PrivateCluster, private_pg  # noqa: F401 - the fixture
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def test_a_database_outage_answers_503_and_the_api_recovers(
@@ -33,6 +43,8 @@ def test_a_database_outage_answers_503_and_the_api_recovers(
         sessions = f"/api/v1/orgs/{org.slug}/sessions"
         assert viewer.get(sessions).status_code == 200
         private_pg.stop()
+        server_errors = _Records()
+        logging.getLogger("uvicorn.error").addHandler(server_errors)
         try:
             for path in (sessions, f"/api/v1/orgs/{org.slug}/members"):
                 down = viewer.get(path)
@@ -45,7 +57,11 @@ def test_a_database_outage_answers_503_and_the_api_recovers(
                 sessions, headers={"Idempotency-Key": "outage-1"},
                 json={"agent": "hourly-tracking", "inputs": {"timesheet": "a,b\n"}})
             assert start.status_code == 503, start.text
+            assert not [r for r in server_errors.records if r.exc_info], \
+                "a 503 for an unavailable database is answered in the app, never re-raised " \
+                "to the server (whose log would show a traceback)"
         finally:
+            logging.getLogger("uvicorn.error").removeHandler(server_errors)
             private_pg.start()
 
         def answers() -> httpx.Response | None:

@@ -7,10 +7,12 @@ import re
 from functools import lru_cache
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SqlAlchemyTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
@@ -174,8 +176,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
         return RedirectResponse(f"/login?next={quote(exc.next_path, safe='/')}", status_code=303)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
+    def answer(request: Request, exc: Exception) -> Response:
         if is_transient_db_error(exc):
             # The database restarted, is unreachable or no pooled connection came free: the
             # request's transaction was rolled back, so the same request can be sent again.
@@ -185,3 +186,17 @@ def install_error_handlers(app: FastAPI) -> None:
                             headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _respond(request, 500, "internal_error", INTERNAL_ERROR_MESSAGE)
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        return answer(request, exc)
+
+    # Database errors are answered inside the app (Starlette's ExceptionMiddleware), so a 503
+    # for a restarting database is one warning line, not a traceback that the server re-raises
+    # and logs; the catch-all below is Starlette's last resort, which always re-raises.
+    for database_exception in (DBAPIError, SqlAlchemyTimeout, psycopg.OperationalError,
+                               psycopg.InterfaceError):
+        app.add_exception_handler(database_exception, database_error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return answer(request, exc)
