@@ -29,6 +29,7 @@ from enginex.credentials.web import router as credentials_web_router
 from enginex.db import Database
 from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
+from enginex.kit.logs import configure_logging
 from enginex.kit.process import protect_process
 from enginex.lifecycle.api import router as lifecycle_router
 from enginex.lifecycle.web import router as lifecycle_web_router
@@ -79,6 +80,14 @@ WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_w
                audit_web_router, credentials_web_router, mcp_web_router, skills_web_router,
                auth_web_router, lifecycle_web_router, sso_web_router, saml_web_router,
                usage_web_router)
+
+
+def create_served_app() -> FastAPI:
+    """The app of one of ``enginex serve --workers N``'s processes: a process of its own, whose
+    logging is configured here (its parent's configuration does not cross the spawn)."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -194,8 +194,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         return
     app = create_app(settings)
     print(f"EngineX listening on http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
+    # Our logging (kit/logs.py) formats uvicorn's records too; the one access line per request
+    # is the middleware's (with tenant and request ids), so uvicorn's own is off.
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                proxy_headers=False)
+                proxy_headers=False, log_config=None, access_log=False)
 
 
 SERVE_HEALTHCHECK_SECONDS = 60
@@ -276,9 +278,10 @@ def _serve_processes(args: argparse.Namespace, settings: Settings) -> None:
     try:
         # A process that starts slowly (a busy host) or stops answering the supervisor for
         # this long is replaced; uvicorn's 5 s default replaced healthy children under load.
-        uvicorn.run("enginex.app:create_app", factory=True, workers=args.workers,
+        uvicorn.run("enginex.app:create_served_app", factory=True, workers=args.workers,
                     host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                    proxy_headers=False, timeout_worker_healthcheck=SERVE_HEALTHCHECK_SECONDS)
+                    proxy_headers=False, timeout_worker_healthcheck=SERVE_HEALTHCHECK_SECONDS,
+                    log_config=None, access_log=False)
     finally:
         if run_worker is not None:
             run_worker.stop()
@@ -496,9 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     # installed; this process never uses it, and a None entry makes httpx skip it.
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # noise per command
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per client request
+    from enginex.kit.logs import configure_logging
+
+    configure_logging("INFO", "auto")  # until the settings, which may say otherwise, are read
     from pydantic import ValidationError
 
     from enginex.config import get_settings
@@ -508,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         _fail("invalid settings: " + "; ".join(
             f"ENGINEX_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()))
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if args.func is not cmd_keys_generate:  # generating a key must work before one is set
             settings.check_safe()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     login_max_failures_per_address: int = 50
     login_window_minutes: int = 15
     log_level: str = "INFO"
+    # json: one JSON object per line (production); text: readable lines; auto: JSON unless
+    # stderr is a terminal (enginex/kit/logs.py).
+    log_format: Literal["auto", "json", "text"] = "auto"
     storage_dir: Path | None = None
     embedded_worker: bool = True
     worker_slots: int = 4

@@ -357,6 +357,8 @@ def test_serve_answers_healthz_and_creates_the_key_file_0600(
     assert health.json() == {"status": "ok"}
     assert httpx.get(f"{base_url}/readyz", timeout=30).json() == {"status": "ok",
                                                                  "database": "ok"}
+    assert httpx.get(f"{base_url}/healthz", headers={"X-Request-ID": "cli-probe-1"},
+                     timeout=30).headers["x-request-id"] == "cli-probe-1"
     key_file = cli.data_dir / "master.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert len(base64.urlsafe_b64decode(key_file.read_text().strip() + "=")) == 32
@@ -366,6 +368,10 @@ def test_serve_answers_healthz_and_creates_the_key_file_0600(
     assert process.wait(30) in (0, -signal.SIGTERM)
     log = (tmp_path / "serve.log").read_text()
     assert "Application shutdown complete" in log and "Traceback" not in log
+    # Not a terminal: one JSON object per line, and one access line per request (ours).
+    probe = [json.loads(line) for line in log.splitlines() if "cli-probe-1" in line]
+    assert len(probe) == 1, log
+    assert probe[0]["logger"] == "enginex.request" and probe[0]["http"]["status"] == 200
 
 
 def test_the_key_file_is_kept_across_restarts(tmp_path: Path) -> None:

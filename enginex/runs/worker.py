@@ -46,6 +46,7 @@ import psycopg
 from sqlalchemy import delete, func, make_url, update
 
 from enginex.db import ConnectionGate, Database, SessionFactory, is_transient_db_error, set_tenant
+from enginex.kit.logs import log_context
 from enginex.kit.time import utcnow
 from enginex.mail.sender import MailSender
 from enginex.reports.sweeper import DEFAULT_OLDER_THAN, sweep_orphans
@@ -182,11 +183,14 @@ class Worker:
         """Execute one claimed step in a slot; the slot frees when it ends (after a pause of
         one poll interval when the database interrupted the step)."""
         try:
-            try:
-                interrupted = await self._execute(claim)
-            except Exception:  # never let one bad step take the slot down
-                log.exception("step of run %s failed unexpectedly", claim.run_id)
-                interrupted = False
+            with log_context(tenant_id=claim.tenant_id, run_id=claim.run_id):
+                try:
+                    interrupted = await self._execute(claim)
+                    log.debug("step of run %s ended (interrupted: %s)", claim.run_id,
+                              interrupted)
+                except Exception:  # never let one bad step take the slot down
+                    log.exception("step of run %s failed unexpectedly", claim.run_id)
+                    interrupted = False
             if interrupted:  # the database is struggling: do not claim again at once
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)

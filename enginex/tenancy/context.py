@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 from enginex.kit.errors import Forbidden
@@ -38,9 +37,6 @@ class TenantContext:
     @property
     def actor_id(self) -> uuid.UUID | None:
         return self.principal.actor_id if self.principal else None
-
-
-current_tenant: ContextVar[TenantContext | None] = ContextVar("enginex_tenant", default=None)
 
 
 def system_context(org_id: uuid.UUID, org_slug: str) -> TenantContext:

@@ -40,7 +40,8 @@ from enginex.auth.service import (
 )
 from enginex.db import set_tenant
 from enginex.kit.errors import Forbidden, NotFound
-from enginex.tenancy.context import TenantContext, current_tenant
+from enginex.kit.logs import bind_log_fields
+from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import Principal, UserPrincipal
 from enginex.tenancy.scopes import ROLE_SCOPES, Role, Scope
 
@@ -136,7 +137,7 @@ class _ScimClient(AccessRule):
         # The role only fills the context; the scopes are what the SCIM client may do.
         ctx = TenantContext(org_id=access.org_id, org_slug=access.slug, principal=principal,
                             role=Role.ADMIN, scopes=frozenset({Scope.SCIM_WRITE}))
-        current_tenant.set(ctx)
+        bind_log_fields(tenant_id=ctx.org_id)
         request.state.tenant = ctx
         return ctx
 
@@ -168,7 +169,7 @@ async def enter_tenant(request: Request, db: AsyncSession, principal: Principal,
     if access is not None and access.role is not None:
         await set_tenant(db, access.org_id)
     ctx = decide_tenant_access(principal, access, scope)
-    current_tenant.set(ctx)
+    bind_log_fields(tenant_id=ctx.org_id)
     request.state.tenant = ctx
     return ctx
 
