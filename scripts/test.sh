@@ -70,4 +70,7 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
 fi
 
 .venv/bin/ruff check enginex tests benchmarks
-.venv/bin/pytest "$@"
+# Parallel test processes (pytest-xdist): much of a test's time is waiting on servers,
+# databases and the browser, so three processes keep two cores busy. Each module stays in one
+# process (--dist loadfile), in its own order; ENGINEX_TEST_WORKERS=0 runs in this process.
+.venv/bin/pytest -n "${ENGINEX_TEST_WORKERS:-3}" --dist loadfile "$@"

@@ -71,6 +71,9 @@ def _pg_available() -> str | None:
 
 
 def _ensure_pg_roles(admin: psycopg.Connection) -> None:
+    # Parallel test processes (pytest-xdist) share the cluster's roles: one creates them at a
+    # time (a transaction-level advisory lock), the others then find them.
+    admin.execute("SELECT pg_advisory_xact_lock(hashtext('enginex_test_roles'))")
     for role in (OWNER_ROLE, APP_ROLE):
         exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if not exists:
@@ -82,8 +85,10 @@ class PgDatabase:
 
     def __init__(self) -> None:
         self.name = f"enginex_test_{os.getpid()}_{secrets.token_hex(3)}"
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-            _ensure_pg_roles(admin)
+        with psycopg.connect(PG_ADMIN_DSN) as admin:
+            with admin.transaction():
+                _ensure_pg_roles(admin)
+            admin.autocommit = True  # CREATE DATABASE cannot run in a transaction
             admin.execute(f'CREATE DATABASE "{self.name}" OWNER "{OWNER_ROLE}"')
 
     def url(self, role: str, driver: str = "postgresql+psycopg") -> str:

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 import pytest
 
 from enginex.kit.logs import ContextFilter, JsonFormatter, TextFormatter, log_context
-from tests.factories import Org, Server, deploy_agent, start_session, wait_for_status
+from tests.factories import (
+    Org,
+    Server,
+    deploy_agent,
+    start_session,
+    wait_for,
+    wait_for_status,
+)
 
 
 class _Capture(logging.Handler):
@@ -50,6 +57,10 @@ def test_request_lines_carry_tenant_and_request_id(
                           headers={"X-Request-ID": "trace-123.a"})
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "trace-123.a"
+    # The access line is written once the response is sent: the client may read it first.
+    wait_for(lambda: [r for r in captured.records if r.name == "enginex.request"
+                      and getattr(r, "request_id", None) == "trace-123.a"],
+             what="the request's access line")
     lines = [r for r in captured.records if r.name == "enginex.request"
              and getattr(r, "request_id", None) == "trace-123.a"]
     assert len(lines) == 1, "one access line per request"
@@ -60,7 +71,9 @@ def test_request_lines_carry_tenant_and_request_id(
                            headers={"X-Request-ID": "not a token!"})
     request_id = generated.headers["x-request-id"]
     assert request_id != "not a token!" and len(request_id) == 16
-    assert [r for r in captured.records if getattr(r, "request_id", None) == request_id]
+    wait_for(lambda: [r for r in captured.records
+                      if getattr(r, "request_id", None) == request_id],
+             what="the second request's access line")
 
 
 def test_worker_lines_carry_tenant_and_run_id(
