@@ -21,7 +21,6 @@ from tests.factories import (
     Server,
     deploy_agent,
     pending_approval,
-    run_db,
     start_session,
     wait_for_status,
 )
@@ -134,25 +133,6 @@ def test_the_trace_of_a_succeeded_session_has_steps_calls_tokens_and_the_decisio
     # The graph's conditional edges read in words; the expression is on hover.
     assert ('title="Condition: approval.decision == &#39;approve&#39;">if approved</span>'
             in text)
-
-
-def test_the_home_page_queries_read_the_status_index(server: Server, org_a: Org) -> None:
-    """On PostgreSQL: sessions per day and recent failures range-scan
-    ix_runs_tenant_id_status_queued_at rather than reading the runs table in full."""
-    if server.backend != "postgres":
-        return  # SQLite's planner output is not what this is about
-    from sqlalchemy import text
-
-    async def explain(session: Any) -> str:
-        await session.execute(text("SET LOCAL enable_seqscan = off"))
-        rows = await session.execute(text(
-            "EXPLAIN SELECT to_char(timezone('UTC', queued_at), 'YYYY-MM-DD'), status, "
-            "count(*) FROM runs WHERE tenant_id = :t AND status IN ('succeeded', 'failed') "
-            "AND queued_at >= now() - interval '30 days' GROUP BY 1, 2"), {"t": org_a.id})
-        return "\n".join(r[0] for r in rows)
-
-    plan = run_db(server, explain)
-    assert "ix_runs_tenant_id_status_queued_at" in plan, plan
 
 
 @pytest.mark.parametrize(("expression", "words"), [
