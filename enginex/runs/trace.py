@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -69,6 +70,7 @@ class TraceStep:
     models: list[str] = field(default_factory=list)
     bar_x: float = 0.0
     bar_width: float = 0.0
+    waited: timedelta | None = None  # after asking for approval: until the next step began
 
     @property
     def duration(self) -> timedelta | None:
@@ -288,6 +290,9 @@ def _fill_times(run: Run, steps: list[TraceStep]) -> None:
             step.started_at = previous_end
         if step.ended_at is not None:
             previous_end = step.ended_at
+    for asked, following in pairwise(steps):
+        if asked.outcome == "waiting" and asked.ended_at and following.started_at:
+            asked.waited = max(following.started_at - asked.ended_at, timedelta(0))
 
 
 def _fill_state(steps: list[TraceStep], checkpoints: list[Checkpoint],

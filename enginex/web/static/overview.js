@@ -19,6 +19,9 @@
       window.uPlot.paths.bars({ size: [0.7, 40] }) : undefined;
   }
 
+  // Half a day either side, so the first and last days' bars are drawn whole.
+  var X = { time: true, range: function (u, min, max) { return [min - 43200, max + 43200]; } };
+
   function empty(el, text) {
     el.textContent = text;
     el.classList.add("ov-chart-empty");
@@ -40,7 +43,7 @@
                points: { show: false },
                value: function (u, v, si, i) { return i == null ? "—" : s.values[i]; } };
     }));
-    opts.scales = { x: { time: true },
+    opts.scales = { x: X,
                     y: { range: function (u, min, max) { return [0, Math.max(1, max)]; } } };
     opts.axes = [{}, { label: "sessions", size: 50 }];
     new window.uPlot(opts, [epochs(data.days)].concat(stackedFor(series, n)), el);
@@ -73,7 +76,7 @@
         points: { show: false }, scale: "tokens" },
       { label: "estimated cost (USD)", stroke: "#c0762a", width: 2, scale: "usd",
         value: function (u, v) { return v == null ? "—" : "$" + v.toFixed(4); } }];
-    opts.scales = { x: { time: true }, tokens: { range: function (u, min, max) { return [0, Math.max(1, max)]; } },
+    opts.scales = { x: X, tokens: { range: function (u, min, max) { return [0, Math.max(1, max)]; } },
                     usd: { range: function (u, min, max) { return [0, Math.max(0.01, max)]; } } };
     opts.axes = [{}, { scale: "tokens", label: "tokens", size: 60 },
                  { scale: "usd", side: 1, label: "USD", size: 60, grid: { show: false },
