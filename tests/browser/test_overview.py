@@ -113,6 +113,14 @@ def test_a_trace_step_opens_to_its_calls_and_the_graph_reads_in_words(
     expect(output.locator("pre").first).to_be_visible()
     expect(output.locator("pre").first).to_contain_text('"key": "summary"')
     expect(page.locator("#trace-step-4")).to_contain_text("Hours look right.")
+    # A live refresh of the page's changing part keeps what the reader opened open.
+    page.evaluate("""() => {
+        document.getElementById('session-live').dataset.before = 'refresh';
+        document.body.dispatchEvent(new CustomEvent('enx-session-changed'));
+    }""")
+    expect(page.locator("#session-live[data-before]")).to_have_count(0)
+    expect(page.locator("#trace-2")).to_have_attribute("open", "")
+    expect(page.locator("#trace-2 .trace-call.call-output pre").first).to_be_visible()
     # The operator may not read usage: no cost figures, tokens and durations only.
     expect(page.locator(".trace-cost")).to_have_count(0)
 
