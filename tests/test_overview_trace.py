@@ -110,7 +110,7 @@ def test_a_failed_session_has_its_failure_on_top_and_a_trace_of_its_steps(
     step = re.search(r'<li class="trace-step outcome-failure" id="trace-step-1"'
                      r'.*?</li>\s*(?=</ol>)', text, re.S)
     assert step, "the first step (tabulate) is not marked failed"
-    assert "tabulate_csv" in step.group(0) and "<details open>" in step.group(0)
+    assert "tabulate_csv" in step.group(0) and '<details id="trace-1" open>' in step.group(0)
 
 
 def test_the_trace_of_a_succeeded_session_has_steps_calls_tokens_and_the_decision(
