@@ -496,3 +496,78 @@ def parse(text: str) -> Expression:
 def evaluate(text: str, state: Mapping[str, Any]) -> Any:
     """Parse and evaluate in one call (parse once and reuse Expression in hot paths)."""
     return parse(text).evaluate(state)
+
+
+# --- wording for people ---------------------------------------------------------------------
+
+# An approval's decision, said as what happened ("approved" rather than
+# ``approval.decision == 'approve'``).
+_DECIDED_AS = {"approve": "approved", "approved": "approved", "reject": "rejected",
+               "rejected": "rejected", "deny": "denied", "denied": "denied",
+               "accept": "accepted", "accepted": "accepted", "cancel": "cancelled"}
+_SAID = {"==": "is", "!=": "is not", "<": "is below", "<=": "is at most", ">": "is above",
+         ">=": "is at least"}
+
+
+def describe(text: str) -> str:
+    """The condition in words, for the dashboard's graph: ``approval.decision == 'approve'``
+    reads "approved", ``score >= 0.8 and not flagged`` reads "score is at least 0.8 and not
+    flagged". An expression that does not parse is returned unchanged (the page shows it as
+    written; the package upload already refuses invalid ones)."""
+    try:
+        root = parse(text)._root
+    except ExpressionError:
+        return text
+    return _say(root, top=True)
+
+
+def _say_path(parts: tuple[str | int, ...]) -> str:
+    return " ".join(str(p).replace("_", " ").replace("-", " ") for p in parts)
+
+
+def _say_value(node: _Node) -> str:
+    if isinstance(node, _Literal):
+        value = node.value
+        if value is None:
+            return "empty"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return f"“{value}”"
+        return str(value)
+    if isinstance(node, _Path):
+        return _say_path(node.parts)
+    if isinstance(node, _List):
+        return ", ".join(_say_value(item) for item in node.items) or "nothing"
+    return f"({_say(node)})"
+
+
+def _say(node: _Node, *, top: bool = False) -> str:
+    if isinstance(node, _BoolOp):
+        text = f" {node.op} ".join(_say(o) for o in node.operands)
+        return text if top else f"({text})"
+    if isinstance(node, _Not):
+        return f"not {_say(node.operand)}"
+    if isinstance(node, _Compare):
+        left, right = node.left, node.right
+        if isinstance(right, _Path) and isinstance(left, _Literal) and node.op in ("==", "!="):
+            left, right = right, left
+        if (node.op == "==" and isinstance(left, _Path) and isinstance(right, _Literal)
+                and isinstance(right.value, str) and left.parts
+                and str(left.parts[-1]) in ("decision", "status")
+                and right.value.lower() in _DECIDED_AS):
+            return _DECIDED_AS[right.value.lower()]
+        if isinstance(right, _Literal) and isinstance(right.value, bool) and node.op in (
+                "==", "!="):
+            positive = right.value == (node.op == "==")
+            return _say_value(left) if positive else f"not {_say_value(left)}"
+        if node.op in ("in", "not in"):
+            verb = "is one of" if node.op == "in" else "is none of"
+            if isinstance(right, _List):
+                return f"{_say_value(left)} {verb} {_say_value(right)}"
+            verb = "contains" if node.op == "in" else "does not contain"
+            return f"{_say_value(right)} {verb} {_say_value(left)}"
+        return f"{_say_value(left)} {_SAID[node.op]} {_say_value(right)}"
+    if isinstance(node, _Path):
+        return _say_path(node.parts)
+    return _say_value(node)

@@ -9,6 +9,7 @@ appear in the one response that created them and never again.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from enginex.approvals.repository import ApprovalRepository
 from enginex.auth import service as auth_service
 from enginex.auth.models import ApiKey
 from enginex.auth.schemas import ApiKeyCreate
@@ -32,7 +32,7 @@ from enginex.orgs import service
 from enginex.orgs.models import Invitation
 from enginex.orgs.repository import get_org
 from enginex.orgs.schemas import InvitationCreate, MemberUpdate
-from enginex.runs.repository import RunRepository
+from enginex.overview.service import org_overview
 from enginex.tenancy.guards import DB, make_router
 from enginex.tenancy.scopes import Role, Scope
 from enginex.web.errors import rollback_for_page
@@ -45,11 +45,14 @@ router = make_router(tags=["dashboard"])
 @router.get("/o/{org}", response_class=HTMLResponse)
 async def overview(request: Request, db: DB,
                    web: Annotated[WebContext, WebTenant(Scope.ORG_READ)]) -> HTMLResponse:
-    """What needs attention in this organization: sessions by status, pending approvals."""
-    counts = await RunRepository(db, web.ctx).count_by_status()
-    pending = await ApprovalRepository(db, web.ctx).count_pending()
+    """The organization's home: sessions per day by outcome and model tokens and cost per day
+    (charts, with the same figures as tables), pending approvals, recent failures with their
+    reason, top agents. Each part only for a role that may read it (``overview.service``)."""
+    found = await org_overview(db, web.ctx)
     return render(request, "orgs/overview.html", principal=web.principal, ctx=web.ctx,
-                  counts=counts, pending=pending)
+                  overview=found, pending_approvals=found.pending_total or None,
+                  sessions_chart=json.dumps(found.chart_sessions()),
+                  usage_chart=json.dumps(found.chart_usage()))
 
 
 # --- shared page helpers: pagination and form errors -------------------------------------------

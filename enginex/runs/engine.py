@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -339,7 +340,9 @@ async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Re
                                     model=node.model, node_id=node.id)
         result.events.append(("llm_request", node.id, {"model": node.model,
                                                         "messages": len(messages)}))
+        began = time.monotonic()
         response = await provider.complete(request)
+        took_ms = round((time.monotonic() - began) * 1000)
         result.prompt_tokens += response.usage.prompt_tokens
         result.completion_tokens += response.usage.completion_tokens
         result.meter.llm(getattr(provider, "usage_provider", "other"),  # usage metering
@@ -352,7 +355,7 @@ async def _run_llm(deps: EngineDeps, loaded: _Loaded, node: LLMNode, result: _Re
             "model": response.model, "text": _clip(response.text),
             "tool_calls": [c.name for c in response.tool_calls],
             "prompt_tokens": response.usage.prompt_tokens,
-            "completion_tokens": response.usage.completion_tokens}))
+            "completion_tokens": response.usage.completion_tokens, "duration_ms": took_ms}))
         messages.append(Message("assistant", response.text, tool_calls=response.tool_calls))
         if not response.tool_calls:
             missing = [k for k in node.output_keys if k not in outputs]
@@ -379,6 +382,7 @@ async def _llm_tool_call(tools: ToolRegistry, node: LLMNode, call: ToolCall,
                          tool_ctx: ToolContext, outputs: dict[str, Any], result: _Result) -> str:
     result.events.append(("tool_call", node.id, {"tool": call.name,
                                                  "arguments": _clip(call.arguments)}))
+    began = time.monotonic()
     if call.name == "set_output":
         key, value = call.arguments.get("key"), call.arguments.get("value")
         if key not in node.output_keys:
@@ -400,7 +404,9 @@ async def _llm_tool_call(tools: ToolRegistry, node: LLMNode, call: ToolCall,
         except ToolError as exc:
             result.meter.tool(call.name, call.arguments)  # usage metering
             content = f"error: {exc}"
-    result.events.append(("tool_result", node.id, {"tool": call.name, "result": _clip(content)}))
+    result.events.append(("tool_result", node.id, {
+        "tool": call.name, "result": _clip(content),
+        "duration_ms": round((time.monotonic() - began) * 1000)}))
     return content
 
 
@@ -419,13 +425,16 @@ async def _run_tool(deps: EngineDeps, loaded: _Loaded, node: ToolNode, result: _
     tool_ctx = ToolContext(tenant_id=loaded.ctx.org_id, run_id=loaded.run.id, node_id=node.id,
                            state=loaded.state, allow_private_network=deps.allow_private_network,
                            **_credential_hooks(result))
+    began = time.monotonic()
     try:
         value = await tool.call(tool_ctx, arguments)
     except ToolError:
         result.meter.tool(node.tool, arguments)  # usage metering: a failed call counts too
         raise
     result.meter.tool(node.tool, arguments, value)  # usage metering
-    result.events.append(("tool_result", node.id, {"tool": node.tool, "result": _clip(value)}))
+    result.events.append(("tool_result", node.id, {
+        "tool": node.tool, "result": _clip(value),
+        "duration_ms": round((time.monotonic() - began) * 1000)}))
     loaded.state[node.output_key or node.id] = value
 
 
@@ -631,7 +640,8 @@ async def _execute_loaded(deps: EngineDeps, loaded: _Loaded, worker: str) -> boo
 async def _execute(deps: EngineDeps, loaded: _Loaded, worker: str, step: int,
                    node: LLMNode | ToolNode | ApprovalNode | ReportNode, result: _Result) -> bool:
     run_id, manifest = loaded.run.id, loaded.manifest
-    result.events.append(("node_started", node.id, {"node_type": node.node_type, "step": step}))
+    result.events.append(("node_started", node.id, {"node_type": node.node_type, "step": step,
+                                                    "started_at": utcnow().isoformat()}))
     complete = True
     try:
         if step > manifest.graph.max_steps:

@@ -34,12 +34,14 @@ from enginex.approvals import service as approvals_service
 from enginex.approvals.models import Approval
 from enginex.approvals.repository import ApprovalRepository
 from enginex.kit.errors import AppError, NotFound, ValidationFailed
+from enginex.kit.expressions import describe as describe_expression
 from enginex.reports import service as reports_service
 from enginex.reports.web import parse_id, render_markdown
 from enginex.runs import service
 from enginex.runs.engine import LEGACY_PENDING_APPROVAL
 from enginex.runs.models import ACTIVE, FINISHED, Checkpoint, Run, RunEvent
 from enginex.runs.repository import RunFilter
+from enginex.runs.trace import Trace, load_trace
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.guards import DB, make_router
 from enginex.tenancy.principal import UserPrincipal
@@ -432,6 +434,17 @@ def event_summary(kind: str, data: dict[str, Any]) -> str:
     return ""
 
 
+def edge_label(edge: dict[str, Any]) -> tuple[str, str | None]:
+    """An edge's condition in words, and the expression as written (None for the fixed
+    conditions): ``approval.decision == 'approve'`` reads "approved"."""
+    condition = edge.get("condition", "on_success")
+    fixed = {"always": "always", "on_success": "on success", "on_failure": "on failure"}
+    if condition in fixed:
+        return fixed[condition], None
+    expr = str(edge.get("expr") or "")
+    return (describe_expression(expr) if expr else "if its condition holds"), expr or None
+
+
 def build_graph(manifest: dict[str, Any], path: list[str], current: str | None
                 ) -> list[NodeView]:
     """Nodes in walking order from the entry node, each with its outgoing edges; the visited
@@ -457,10 +470,10 @@ def build_graph(manifest: dict[str, Any], path: list[str], current: str | None
         for edge in edges:
             if edge["source"] != node_id:
                 continue
-            condition = edge.get("condition", "on_success")
-            label = {"always": "always", "on_success": "on success",
-                     "on_failure": "on failure"}.get(condition, f"if {edge.get('expr', '')}")
-            out.append({"target": edge["target"], "label": label,
+            label, expr = edge_label(edge)
+            out.append({"target": edge["target"], "label": label, "expr": expr,
+                        "target_name": nodes.get(edge["target"], {}).get("name")
+                        or edge["target"],
                         "taken": (node_id, edge["target"]) in taken})
         views.append(NodeView(node_id, node.get("name") or node_id, node.get("node_type", ""),
                               state, visits, node_id == graph.get("entry_node"),
@@ -488,6 +501,7 @@ class SessionView:
     can_decide: bool
     may_decide_this: bool
     path: list[str]
+    trace: Trace | None = None
 
     @property
     def active(self) -> bool:
@@ -506,12 +520,15 @@ async def load_session(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID
     latest = checkpoints[-1] if checkpoints else None
     path = list(latest.path) if latest else []
     current = run.next_node if run.status in ACTIVE else None
+    manifest: dict[str, Any] | None = None
     try:
         _, version = await agents_service.access_version(db, ctx, run.agent_key,
                                                          run.agent_version)
-        graph = build_graph(version.manifest, path, current)
+        manifest = version.manifest
+        graph = build_graph(manifest, path, current)
     except NotFound:
         graph = []
+    trace = await load_trace(db, ctx, run, checkpoints, manifest)
     approval = (await approvals_service.awaited_by(db, ctx, run)
                 if ctx.has(Scope.APPROVALS_READ) else None)
     reports = ((await reports_service.list_reports(db, ctx, run_id=run.id, limit=20)).items
@@ -523,7 +540,7 @@ async def load_session(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID
         reports=reports, can_write=ctx.has(Scope.RUNS_WRITE), can_decide=can_decide,
         may_decide_this=bool(approval and can_decide
                              and approvals_service.can_decide(ctx, approval)),
-        path=path)
+        path=path, trace=trace)
 
 
 def render_session(request: Request, principal: UserPrincipal, ctx: TenantContext,

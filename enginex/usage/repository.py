@@ -151,6 +151,53 @@ class UsageRepository:
                                                    UsageEvent.idempotency_key).limit(limit)
         return list((await self.db.execute(stmt)).scalars().all())
 
+    async def run_usage(self, run_id: uuid.UUID, start: datetime,
+                        end: datetime) -> list[UsageEvent]:
+        """The ledger rows of one run. Rows are written with their step's commit, so they all
+        fall between the run's creation and its end: the (tenant_id, occurred_at) index
+        bounds the read to that window instead of the whole ledger."""
+        stmt = select(UsageEvent).where(
+            UsageEvent.tenant_id == self.ctx.org_id, UsageEvent.occurred_at >= start,
+            UsageEvent.occurred_at <= end, UsageEvent.run_id == run_id,
+        ).order_by(UsageEvent.occurred_at, UsageEvent.idempotency_key).limit(20_000)
+        return list((await self.db.execute(stmt)).scalars().all())
+
+    async def daily_model_use(self, start: datetime, end: datetime
+                              ) -> list[tuple[datetime, int, int, int]]:
+        """Per day in [start, end): (day, input tokens, output tokens, estimated cost in
+        micro-dollars of every kind), from the daily rollups."""
+        tokens_in = func.coalesce(func.sum(UsageRollup.quantity).filter(
+            UsageRollup.kind == str(UsageKind.LLM_INPUT_TOKENS)), 0)
+        tokens_out = func.coalesce(func.sum(UsageRollup.quantity).filter(
+            UsageRollup.kind == str(UsageKind.LLM_OUTPUT_TOKENS)), 0)
+        stmt = select(UsageRollup.period_start, tokens_in, tokens_out,
+                      func.coalesce(func.sum(UsageRollup.cost_micro_usd), 0)).where(
+            UsageRollup.tenant_id == self.ctx.org_id, UsageRollup.period == "day",
+            UsageRollup.period_start >= start, UsageRollup.period_start < end,
+        ).group_by(UsageRollup.period_start).order_by(UsageRollup.period_start)
+        return [(day, int(i), int(o), int(c))
+                for day, i, o, c in (await self.db.execute(stmt)).all()]
+
+    async def top_agents(self, start: datetime, end: datetime, *,
+                         limit: int = 5) -> list[tuple[str, int, int, int, int]]:
+        """The agents with the most sessions started in [start, end), from the daily rollups:
+        (agent key, sessions, steps, model tokens, estimated cost in micro-dollars)."""
+        def total(kinds: tuple[UsageKind, ...]) -> Any:
+            return func.coalesce(func.sum(UsageRollup.quantity).filter(
+                UsageRollup.kind.in_([str(k) for k in kinds])), 0)
+
+        sessions = total((UsageKind.SESSION_STARTED,))
+        stmt = select(UsageRollup.agent_key, sessions, total((UsageKind.STEP,)),
+                      total(TOKEN_KINDS),
+                      func.coalesce(func.sum(UsageRollup.cost_micro_usd), 0)).where(
+            UsageRollup.tenant_id == self.ctx.org_id, UsageRollup.period == "day",
+            UsageRollup.period_start >= start, UsageRollup.period_start < end,
+            UsageRollup.agent_key != "",
+        ).group_by(UsageRollup.agent_key).order_by(
+            sessions.desc(), UsageRollup.agent_key).limit(limit)
+        return [(key, int(n), int(steps), int(tokens), int(cost))
+                for key, n, steps, tokens, cost in (await self.db.execute(stmt)).all()]
+
     async def paused_runs(self) -> list[Run]:
         stmt = select(Run).where(Run.tenant_id == self.ctx.org_id,
                                  Run.status == "paused_quota").order_by(Run.queued_at)
