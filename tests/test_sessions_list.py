@@ -74,6 +74,17 @@ def test_sessions_list_filters_by_starter_and_id_and_names_agents(
     # The filters survive in the live refresh and the page links.
     assert f"started_by={operator_id}" in unescape(mine.text)
 
+    # The REST API has the same filters.
+    api = f"/api/v1/orgs/{org_a.slug}/sessions"
+    by_api = viewer.get(api, params={"started_by": operator_id}).json()["items"]
+    assert [r["id"] for r in by_api] == [target]
+    assert [r["id"] for r in viewer.get(api, params={"id": target[:8]}).json()["items"]] == \
+        [target]
+    for text in ("xyz", "abc", "0123456789abcdef0123456789abcdef00"):
+        refused_api = viewer.get(api, params={"id": text})
+        assert refused_api.status_code == 422, text
+        assert refused_api.json()["error"]["message"]
+
     # Another organization's member searching this id finds what a random id finds: nothing.
     stranger = org_b.members["viewer"].client
     foreign = page(stranger, f"/o/{org_b.slug}/sessions", params={"id": target})
