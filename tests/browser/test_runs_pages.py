@@ -65,6 +65,8 @@ def _badge(page: Page):  # type: ignore[no-untyped-def]
 def test_start_from_the_agents_list_with_a_csv_file(browsing: Browsing, runs_org: Org,
                                                     tmp_path: Path) -> None:
     page = _sign_in(browsing, f"/o/{runs_org.slug}/agents", runs_org.members["operator"].email)
+    expect(page.get_by_role("link", name="Sessions of Hourly tracking")).to_be_visible()
+    browsing.screenshot("agents-list-start")
     page.get_by_role("link", name="Start a session of Hourly tracking").click()
     expect(page.get_by_role("heading", name="Start Hourly tracking")).to_be_visible()
 
