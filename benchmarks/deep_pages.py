@@ -6,7 +6,9 @@ the rest of ``--total`` sessions. Then, connected as the app role (row-level sec
 it times ``RunRepository.list`` -- the query behind ``GET /api/v1/orgs/{org}/sessions`` --
 for the first page and for a page after a cursor 90% deep, in the small and the big tenant,
 and the same deep page with the former cursor condition
-(``created_at < :at OR (created_at = :at AND id < :id)``) for comparison.
+(``created_at < :at OR (created_at = :at AND id < :id)``) for comparison. The dashboard's
+filters (issue 17) are timed too: "started by" one of ten members (each started every tenth
+session) on the first and the deep page, and a search by a session's 8-character short id.
 
 Prints p50/p95 in milliseconds per case and the ratios big/small (goal: p95 ratio <= 1.5 for
 the first and the deep page). Run: ``.venv/bin/python -m benchmarks.deep_pages [--quick]``.
@@ -61,11 +63,12 @@ def _seed(db: PgDatabase, tenants: int, big: int, total: int) -> dict[str, uuid.
         conn.execute("""
             INSERT INTO runs (tenant_id, id, agent_id, agent_version_id, agent_key,
                               agent_version, status, inputs, step, last_event_seq, created_at,
-                              queued_at, attempts, prompt_tokens, completion_tokens)
+                              queued_at, attempts, prompt_tokens, completion_tokens, created_by)
             SELECT p.tenant, gen_random_uuid(), p.tenant, p.tenant, 'bench', '1.0.0',
-                   'succeeded', '{}', 3, 9, t, t, 3, 0, 0
+                   'succeeded', '{}', 3, 9, t, t, 3, 0, 0,
+                   ('00000000-0000-4000-8000-00000000000' || (g % 10))::uuid
             FROM plan p, LATERAL (
-                SELECT now() - make_interval(secs => g) AS t
+                SELECT now() - make_interval(secs => g) AS t, g
                 FROM generate_series(1, p.n) AS g) AS times""")
         conn.execute("ANALYZE")
     return {"small": small, "big": large}
@@ -81,7 +84,13 @@ def _deep_cursor(db: PgDatabase, tenant: uuid.UUID, depth: int) -> tuple[datetim
     return row[0], row[1]
 
 
-Case = tuple[uuid.UUID, "tuple[datetime, uuid.UUID] | None", bool]
+Case = tuple[uuid.UUID, "tuple[datetime, uuid.UUID] | None", bool, "dict[str, object]"]
+STARTER = uuid.UUID("00000000-0000-4000-8000-000000000003")
+
+
+def _an_id(db: PgDatabase, tenant: uuid.UUID, depth: int) -> str:
+    """The short id (8 hex digits) of the session ``depth`` rows deep."""
+    return str(_deep_cursor(db, tenant, depth)[1])[:8]
 
 
 async def _time(db_url: str, cases: dict[str, Case], repeats: int) -> dict[str, list[float]]:
@@ -103,7 +112,7 @@ async def _time(db_url: str, cases: dict[str, Case], repeats: int) -> dict[str, 
         for round_ in range(repeats + 5):
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
-                tenant, before, legacy = cases[name]
+                tenant, before, legacy, filters = cases[name]
                 async with sessions() as db:
                     started = time.perf_counter()
                     await set_tenant(db, tenant)
@@ -117,12 +126,13 @@ async def _time(db_url: str, cases: dict[str, Case], repeats: int) -> dict[str, 
                         rows = list((await db.execute(stmt)).scalars())
                     else:
                         repo = RunRepository(db, system_context(tenant, "bench"))
-                        rows = await repo.list(RunFilter(None, None, None, None), limit=PAGE,
-                                               before=before)
+                        rows = await repo.list(RunFilter(**filters),  # type: ignore[arg-type]
+                                               limit=PAGE, before=before)
                     await db.commit()
                     if round_ >= 5:  # the first rounds warm the pool and the plan cache
                         samples[name].append((time.perf_counter() - started) * 1000)
-                    assert len(rows) == PAGE
+                    expected = 1 if "id_prefix" in filters else PAGE
+                    assert len(rows) == expected or (filters and 0 < len(rows) < PAGE), name
     finally:
         await engine.dispose()
     return samples
@@ -166,14 +176,20 @@ def main(argv: list[str] | None = None) -> int:
             for name, tenant, size in (("small", tenants["small"], 1000),
                                        ("big", tenants["big"], args.big)):
                 deep = _deep_cursor(db, tenant, int(size * 0.9))
-                cases[f"{name} first"] = (tenant, None, False)
-                cases[f"{name} deep"] = (tenant, deep, False)
-                cases[f"{name} deep, former OR cursor"] = (tenant, deep, True)
+                cases[f"{name} first"] = (tenant, None, False, {})
+                cases[f"{name} deep"] = (tenant, deep, False, {})
+                cases[f"{name} deep, former OR cursor"] = (tenant, deep, True, {})
+                by = {"created_by": STARTER}
+                cases[f"{name} first, started by"] = (tenant, None, False, by)
+                cases[f"{name} deep, started by"] = (tenant, deep, False, by)
+                cases[f"{name} id search"] = (tenant, None, False,
+                                              {"id_prefix": _an_id(db, tenant, size // 2)})
             samples = asyncio.run(_time(db.url(db.app), cases, args.repeats))
             for name, values in samples.items():
                 print(f"pages/postgres {name:28} p50 {_p(values, .5):6.2f} ms "
                       f"p95 {_p(values, .95):6.2f} ms")
-            for label in ("first", "deep", "deep, former OR cursor"):
+            for label in ("first", "deep", "deep, former OR cursor", "first, started by",
+                          "deep, started by", "id search"):
                 ratio = _p(samples[f"big {label}"], .95) / _p(samples[f"small {label}"], .95)
                 verdict = "" if "former" in label else (
                     "  (goal <= 1.5: met)" if ratio <= GOAL else "  (goal <= 1.5: NOT met)")

@@ -234,7 +234,8 @@ def test_start_form_is_generated_from_inputs_and_validates_each_field(
     assert errors["tags"].startswith("must be a JSON array, like [1, 2]; the JSON is invalid")
     assert errors["extra"] == "must be a object"
     assert set(errors) == {"title", "hours", "people", "region", "tags", "extra"}
-    assert 'aria-invalid="true" aria-describedby="input-hours-error"' in refused.text
+    assert 'aria-invalid="true" aria-describedby="input-hours-hint input-hours-error"' \
+        in refused.text
     assert 'value="lots"' in refused.text  # what was typed stays in the form
     missing = post_form(operator, base, {"agent": "all-inputs", "version": "1.0.0"})
     assert missing.status_code == 422

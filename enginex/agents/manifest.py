@@ -5,7 +5,8 @@ Shape (compatible in spirit with the EngineX ``agent.json`` of the open-source r
     {
       "agent": {"id": "hourly-tracking", "name": "...", "version": "1.0.0", "description": "..."},
       "goal": {"description": "...", "success_criteria": [...]},        # optional, free form
-      "inputs": {"timesheet": {"type": "string", "description": "...", "required": true}},
+      "inputs": {"timesheet": {"type": "string", "title": "Timesheet (CSV)", "description": "...",
+                               "required": true, "multiline": true, "accept": ".csv,text/csv"}},
       "required_tools": ["http_request"],
       "graph": {
         "entry_node": "summarise", "terminal_nodes": ["write_report"], "max_steps": 20,
@@ -67,8 +68,15 @@ class AgentInfo(_Strict):
 
 
 class InputSpec(_Strict):
+    """One declared input. ``title`` is the start form's label (default: the name in words,
+    ``max_rows`` -> "Max rows"); ``accept`` lists the file types the form's file picker offers
+    for a string input (``".csv,text/csv"``; multiline string inputs get a picker for text
+    files without it): the browser reads the chosen file into the field."""
+
     type: Literal["string", "number", "integer", "boolean", "array", "object"] = "string"
+    title: ShortText = ""
     description: ShortText = ""
+    accept: ShortText = ""
     required: bool = False
     default: Any = None
     enum: list[Any] | None = None

@@ -54,6 +54,7 @@ async def _catalog(request: Request, db: AsyncSession, web: WebContext, *,
                   status_code=status_code,
                   agents=paginate(agents, request, base=f"/o/{web.ctx.org_slug}/agents"),
                   can_upload=web.ctx.has(Scope.AGENTS_WRITE), upload_error=upload_error,
+                  can_start=web.ctx.has(Scope.RUNS_WRITE),
                   problems=problems or [], filename=filename, agent_url=_agent_url,
                   max_bytes=DEFAULT_LIMITS.max_compressed_bytes)
 

@@ -13,6 +13,7 @@ from fastapi import Header, Query, Request, Response, status
 
 from enginex.db import READ_ONLY, Database, is_transient_db_error, set_tenant
 from enginex.idempotency import service as idempotency
+from enginex.kit.errors import ValidationFailed
 from enginex.kit.parsing import MAX_INT, parse_ascii_int
 from enginex.kit.schemas import DateTimeParam
 from enginex.runs import service
@@ -65,11 +66,21 @@ async def list_sessions(db: DB, ctx: Annotated[TenantContext, Require(Scope.RUNS
                         agent: Annotated[str | None, Query(max_length=64)] = None,
                         created_after: DateTimeParam | None = None,
                         created_before: DateTimeParam | None = None,
+                        started_by: Annotated[uuid.UUID | None, Query(
+                            description="Only sessions this user started (a user id).")] = None,
+                        id_prefix: Annotated[str | None, Query(
+                            alias="id", pattern=r"^[0-9A-Fa-f-]{4,36}$",
+                            description="A session id or its first characters (at least 4 "
+                                        "hex digits, dashes ignored).")] = None,
                         cursor: Annotated[str | None, Query(max_length=200)] = None,
                         limit: Annotated[int, Query(ge=1, le=200)] = 50) -> SessionPage:
     """Sessions, newest first, with filters and cursor pagination (``next_cursor``)."""
+    digits = id_prefix.replace("-", "").lower() if id_prefix else None
+    if digits is not None and not 4 <= len(digits) <= 32:
+        raise ValidationFailed("id: give a session id or its first characters (4 to 32 hex "
+                               "digits, like 3f2a9c1b).", details={"field": "id"})
     page = await service.list_runs(db, ctx, RunFilter(status_, agent, created_after,
-                                                      created_before),
+                                                      created_before, started_by, digits),
                                    limit=limit, cursor=cursor)
     return SessionPage(items=[SessionOut.model_validate(r) for r in page.items],
                        next_cursor=page.next_cursor)

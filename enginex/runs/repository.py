@@ -23,6 +23,15 @@ class RunFilter:
     agent_key: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    created_by: uuid.UUID | None = None
+    id_prefix: str | None = None  # lowercase hex digits without dashes, 1 to 32 of them
+
+
+def id_range(prefix: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The first and the last UUID that start with the hex digits ``prefix``: a range both
+    databases compare in the order of the hex text (PostgreSQL's uuid bytes, SQLite's
+    CHAR(32)), so a search by the short id the pages show is a primary-key range scan."""
+    return uuid.UUID(prefix.ljust(32, "0")), uuid.UUID(prefix.ljust(32, "f"))
 
 
 class RunRepository(ScopedRepository[Run]):
@@ -43,6 +52,11 @@ class RunRepository(ScopedRepository[Run]):
             stmt = stmt.where(Run.created_at >= filters.created_after)
         if filters.created_before:
             stmt = stmt.where(Run.created_at < filters.created_before)
+        if filters.created_by:
+            stmt = stmt.where(Run.created_by == filters.created_by)
+        if filters.id_prefix:
+            low, high = id_range(filters.id_prefix)
+            stmt = stmt.where(Run.id >= low, Run.id <= high)
         if before:
             # A row-value comparison: an index range scan on (tenant_id, created_at, id), so
             # a deep page costs what the first page does (the OR form filtered after the scan).

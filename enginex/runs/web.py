@@ -35,6 +35,7 @@ from enginex.approvals.models import Approval
 from enginex.approvals.repository import ApprovalRepository
 from enginex.kit.errors import AppError, NotFound, ValidationFailed
 from enginex.kit.expressions import describe as describe_expression
+from enginex.orgs import service as orgs_service
 from enginex.reports import service as reports_service
 from enginex.reports.web import parse_id, render_markdown
 from enginex.runs import service
@@ -55,6 +56,8 @@ STATUSES = ("queued", "running", "waiting_approval", "succeeded", "failed", "can
 PAGE_SIZE = 25
 EVENTS_ON_PAGE = 500
 STATE_PREVIEW_CHARS = 20_000
+# The file picker of a multiline text input whose package names no file types.
+TEXT_FILES = ".txt,.csv,.tsv,.md,.json,.jsonl,.xml,.yaml,.yml,text/*"
 
 
 def _org_path(ctx: TenantContext, *parts: str) -> str:
@@ -75,6 +78,8 @@ async def pending_count(db: AsyncSession, ctx: TenantContext) -> int | None:
 class ListQuery:
     status: str = ""
     agent: str = ""
+    started_by: str = ""
+    session_id: str = ""
     date_from: str = ""
     date_to: str = ""
     cursor: str = ""
@@ -85,20 +90,24 @@ class ListQuery:
         before = _day(self.date_to)
         return RunFilter(status=self.status or None, agent_key=self.agent or None,
                          created_after=after,
-                         created_before=before + timedelta(days=1) if before else None)
+                         created_before=before + timedelta(days=1) if before else None,
+                         created_by=uuid.UUID(self.started_by) if self.started_by else None,
+                         id_prefix=_id_prefix(self.session_id) or None)
 
     def query(self, **override: str) -> str:
         """The query string of this view (filters, and ``override``), for links."""
         from urllib.parse import urlencode
 
-        values = {"status": self.status, "agent": self.agent, "from": self.date_from,
-                  "to": self.date_to, "cursor": self.cursor, **override}
+        values = {"id": self.session_id, "status": self.status, "agent": self.agent,
+                  "started_by": self.started_by, "from": self.date_from, "to": self.date_to,
+                  "cursor": self.cursor, **override}
         kept = {k: v for k, v in values.items() if v}
         return "?" + urlencode(kept) if kept else ""
 
     @property
     def filtered(self) -> bool:
-        return bool(self.status or self.agent or self.date_from or self.date_to)
+        return bool(self.status or self.agent or self.started_by or self.session_id
+                    or self.date_from or self.date_to)
 
 
 def _day(value: str) -> datetime | None:
@@ -107,16 +116,36 @@ def _day(value: str) -> datetime | None:
     return datetime.combine(date.fromisoformat(value), time.min, tzinfo=UTC)
 
 
+def _id_prefix(text: str) -> str:
+    """A session id, or its first characters, as lowercase hex without dashes ("" if the
+    text is not one)."""
+    digits = text.strip().lower().replace("-", "")
+    if not 4 <= len(digits) <= 32 or any(c not in "0123456789abcdef" for c in digits):
+        return ""
+    return digits
+
+
 def _read_list_query(request: Request) -> ListQuery:
     params = request.query_params
     query = ListQuery(status=(params.get("status") or "")[:40],
                       agent=(params.get("agent") or "")[:64],
+                      started_by=(params.get("started_by") or "").strip()[:36],
+                      session_id=(params.get("id") or "").strip()[:40],
                       date_from=(params.get("from") or "")[:20],
                       date_to=(params.get("to") or "")[:20],
                       cursor=(params.get("cursor") or "")[:200])
     if query.status and query.status not in STATUSES:
         query.errors["status"] = f"must be one of {', '.join(STATUSES)}"
         query.status = ""
+    if query.started_by:
+        try:
+            uuid.UUID(query.started_by)
+        except ValueError:
+            query.errors["started_by"] = "choose a member from the list"
+            query.started_by = ""
+    if query.session_id and not _id_prefix(query.session_id):
+        query.errors["session_id"] = ("use a session id or its first characters (at least "
+                                      "4, like 3f2a9c1b): letters a-f and digits only")
     for name in ("date_from", "date_to"):
         value = getattr(query, name)
         try:
@@ -127,6 +156,31 @@ def _read_list_query(request: Request) -> ListQuery:
     if query.date_from and query.date_to and query.date_from > query.date_to:
         query.errors["date_to"] = "must not be before the start date"
     return query
+
+
+@dataclass(frozen=True)
+class Names:
+    """What the sessions table shows instead of keys and ids: agents' and members' names."""
+
+    agents: dict[str, str]
+    people: dict[str, str]
+
+    def agent(self, key: str) -> str:
+        return self.agents.get(key, key)
+
+    def person(self, user_id: uuid.UUID | None) -> str:
+        if user_id is None:
+            return ""
+        return self.people.get(str(user_id), str(user_id)[:8])
+
+
+async def _names(db: AsyncSession, ctx: TenantContext) -> tuple[Names, list[Any], list[Any]]:
+    """The agents and members of the organization (for the filters) and the names they give."""
+    agents = (await agents_service.list_agents(db, ctx)) if ctx.has(Scope.AGENTS_READ) else []
+    members = (await orgs_service.list_members(db, ctx)) if ctx.has(Scope.MEMBERS_READ) else []
+    names = Names(agents={item.agent.key: item.agent.name for item in agents},
+                  people={str(m.user_id): m.display_name or m.email for m in members})
+    return names, agents, members
 
 
 @router.get("/o/{org}/sessions", response_class=HTMLResponse)
@@ -144,15 +198,16 @@ async def sessions_list(request: Request, db: DB,
             query.errors["cursor"] = "this page link is not valid any more; start again below"
             query.cursor = ""
     status_code = 422 if query.errors else 200
+    names, agents, members = await _names(db, ctx)
     data: dict[str, Any] = {"page": page, "query": query, "statuses": STATUSES,
-                            "live": _list_is_live(query, page)}
+                            "live": _list_is_live(query, page), "names": names,
+                            "pending_approvals": await pending_count(db, ctx)}
     if is_htmx(request):
         return render(request, "runs/_table.html", principal=web.principal, ctx=ctx,
                       status_code=status_code, **data)
-    agents = (await agents_service.list_agents(db, ctx)) if ctx.has(Scope.AGENTS_READ) else []
     return render(request, "runs/list.html", principal=web.principal, ctx=ctx,
-                  status_code=status_code, agents=agents, can_start=ctx.has(Scope.RUNS_WRITE),
-                  pending_approvals=await pending_count(db, ctx), **data)
+                  status_code=status_code, agents=agents, members=members,
+                  can_start=ctx.has(Scope.RUNS_WRITE), **data)
 
 
 def _list_is_live(query: ListQuery, page: service.RunPage) -> bool:
@@ -181,6 +236,30 @@ class InputField:
     @property
     def form_name(self) -> str:
         return f"inputs.{self.name}"
+
+    @property
+    def label(self) -> str:
+        """The package's title, else the name in words (``max_rows`` -> "Max rows")."""
+        if self.spec.title:
+            return self.spec.title
+        words = self.name.replace("_", " ").replace("-", " ").strip()
+        return words[:1].upper() + words[1:] if words else self.name
+
+    @property
+    def hint(self) -> str:
+        """What to type, for the controls where it is not obvious."""
+        return {"integer": "A whole number, like 42.", "number": "A number, like 3.5.",
+                "json": "A JSON list, like [1, 2]." if self.spec.type == "array"
+                else 'A JSON object, like {"key": "value"}.'}.get(self.widget, "")
+
+    @property
+    def file_types(self) -> str | None:
+        """The file picker's ``accept`` list, or None when this input has no picker."""
+        if self.spec.type != "string" or self.spec.enum is not None:
+            return None
+        if self.spec.accept:
+            return self.spec.accept
+        return TEXT_FILES if self.spec.multiline else None
 
     @property
     def dom_id(self) -> str:
@@ -502,6 +581,7 @@ class SessionView:
     may_decide_this: bool
     path: list[str]
     trace: Trace | None = None
+    agent_name: str = ""
 
     @property
     def active(self) -> bool:
@@ -521,11 +601,13 @@ async def load_session(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID
     path = list(latest.path) if latest else []
     current = run.next_node if run.status in ACTIVE else None
     manifest: dict[str, Any] | None = None
+    agent_name = run.agent_key
     try:
         _, version = await agents_service.access_version(db, ctx, run.agent_key,
                                                          run.agent_version)
         manifest = version.manifest
         graph = build_graph(manifest, path, current)
+        agent_name = str(manifest.get("agent", {}).get("name") or run.agent_key)
     except NotFound:
         graph = []
     trace = await load_trace(db, ctx, run, checkpoints, manifest)
@@ -540,7 +622,7 @@ async def load_session(db: AsyncSession, ctx: TenantContext, run_id: uuid.UUID
         reports=reports, can_write=ctx.has(Scope.RUNS_WRITE), can_decide=can_decide,
         may_decide_this=bool(approval and can_decide
                              and approvals_service.can_decide(ctx, approval)),
-        path=path, trace=trace)
+        path=path, trace=trace, agent_name=agent_name)
 
 
 def render_session(request: Request, principal: UserPrincipal, ctx: TenantContext,
@@ -587,7 +669,8 @@ async def session_live(request: Request, db: DB, run_id: str,
     view = await load_session(db, web.ctx, parse_id(run_id))
     return render(request, "runs/_live.html", principal=web.principal, ctx=web.ctx, view=view,
                   run=view.run, state_preview=_state_preview, error=None,
-                  approval_error=None, comment="")
+                  approval_error=None, comment="",
+                  pending_approvals=await pending_count(db, web.ctx))
 
 
 @router.post("/o/{org}/sessions/{run_id}/cancel", response_class=HTMLResponse)

@@ -91,7 +91,7 @@ def test_builder_uploads_a_version_and_sees_a_broken_packages_errors(
     browsing.sign_in(team.members["builder"].email)
     assert page.url == browsing.url(catalog)
     agents = page.get_by_role("list", name="Agents")
-    expect(agents.get_by_role("link", name="Hourly tracking")).to_be_visible()
+    expect(agents.get_by_role("link", name="Hourly tracking", exact=True)).to_be_visible()
     expect(agents).to_contain_text("1.0.0")
     browsing.screenshot("agents-catalog")
 

@@ -1,6 +1,6 @@
 // Session page: follows the session's event stream (Server-Sent Events) and appends each
-// event to the timeline; after progress it asks htmx to reload the rest of the page
-// (#session-live listens for "enx-session-changed"). The browser resumes a dropped stream by
+// event to the timeline; the status badge follows the events, and after progress htmx reloads
+// the rest of the page (#session-live, one request at a time). The browser resumes a dropped stream by
 // itself with Last-Event-ID. Text is inserted with textContent only, never as HTML.
 (function () {
   "use strict";
@@ -100,8 +100,69 @@
     return li;
   }
 
-  function changed() {
-    document.body.dispatchEvent(new CustomEvent("enx-session-changed"));
+  // The status the newest event implies; null for events that do not change it.
+  function statusAfter(kind, data) {
+    data = data || {};
+    switch (kind) {
+      case "checkpoint":
+      case "finished":
+        return data.status ? text(data.status) : null;
+      case "node_started":
+        return "running";
+      case "approval_requested":
+        return "waiting_approval";
+      case "approval_decided":
+        return data.status === "expired" ? null : "running";
+      case "cancelled":
+        return "cancelled";
+      default:
+        return null;
+    }
+  }
+
+  // One source of truth: the status badge shows what the newest event says, also over a
+  // header fragment that was read from the database a moment before that event.
+  var lastStatus = null;
+
+  function showStatus() {
+    var holder = document.getElementById("session-status");
+    if (!holder || !lastStatus || holder.getAttribute("data-status") === lastStatus) { return; }
+    var badge = document.createElement("span");
+    badge.className = "badge status-" + lastStatus.replace(/[^a-z_]/g, "");
+    badge.textContent = lastStatus.replace(/_/g, " ");
+    holder.replaceChildren(badge);
+    holder.setAttribute("data-status", lastStatus);
+  }
+
+  // The header, approval, graph and checkpoints are re-read from the server after progress:
+  // one request at a time, and a change that arrives during a request fetches again after
+  // it, so the last change is never lost (an htmx trigger on the swapped element was).
+  var busy = false;
+  var again = false;
+  var timer = null;
+
+  function refresh() {
+    var part = document.getElementById("session-live");
+    if (!part || !window.htmx) { return; }
+    if (busy) { again = true; return; }
+    busy = true;
+    var done = function () {
+      busy = false;
+      showStatus();
+      if (again) { again = false; refresh(); }
+    };
+    window.htmx.ajax("GET", part.getAttribute("data-live-url"),
+                     { target: "#session-live", swap: "outerHTML" }).then(done, done);
+  }
+
+  function changed(event) {
+    if (event) {
+      var status = statusAfter(event.kind, event.data);
+      if (status) { lastStatus = status; showStatus(); }
+    }
+    if (timer === null) {
+      timer = window.setTimeout(function () { timer = null; refresh(); }, 250);
+    }
   }
 
   function follow(list) {
@@ -122,7 +183,7 @@
       if (!event || typeof event.seq !== "number" || event.seq <= seen) { return; }
       seen = event.seq;
       list.appendChild(item(event));
-      changed();
+      changed(event);
     }
 
     KINDS.forEach(function (kind) { source.addEventListener(kind, onEvent); });
