@@ -28,6 +28,7 @@ from enginex.credentials.api import router as credentials_router
 from enginex.credentials.web import router as credentials_web_router
 from enginex.db import Database
 from enginex.erasure.api import router as erasure_router
+from enginex.erasure.web import router as erasure_web_router
 from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
 from enginex.kit.process import protect_process
@@ -78,8 +79,8 @@ ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
                audit_web_router, credentials_web_router, mcp_web_router, skills_web_router,
-               auth_web_router, lifecycle_web_router, sso_web_router, saml_web_router,
-               usage_web_router)
+               auth_web_router, lifecycle_web_router, erasure_web_router, sso_web_router,
+               saml_web_router, usage_web_router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -20,7 +20,8 @@ from enginex.sso import models as sso_models
 from enginex.sso import saml_state as saml_models
 from enginex.usage import models as usage_models
 
-__all__ = ["agent_models", "approval_models", "audit_models", "auth_models", "credential_models", "erasure_models",
+__all__ = ["agent_models", "approval_models", "audit_models", "auth_models", "credential_models",
+           "erasure_models",
            "idempotency_models", "lifecycle_models", "llm_models", "mail_models", "mcp_models",
            "org_models", "report_models", "run_models", "saml_models", "scim_models",
            "skill_models", "sso_models", "usage_models"]

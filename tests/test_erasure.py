@@ -297,3 +297,39 @@ def test_an_account_can_be_erased_only_by_a_platform_admin(server: Server, org_a
     assert victim.client.get("/api/v1/me").status_code == 200
     with httpx.Client(base_url=server.base_url) as anon:
         assert anon.get("/api/v1/me/personal-data").status_code == 401
+
+
+def test_the_pages_ask_for_erasure_and_a_platform_admin_erases_there(
+        server: Server, platform_admin, org_a: Org) -> None:
+    person = add_member(server, org_a, "viewer")
+    csrf = person.client.headers["X-CSRF-Token"]
+    page = person.client.get("/account")
+    assert page.status_code == 200 and person.email in page.text
+    assert 'href="/api/v1/me/personal-data"' in page.text
+    wrong = person.client.post("/account/erasure-request",
+                               data={"csrf_token": csrf, "password": "nope"})
+    assert wrong.status_code == 422 and "current password" in wrong.text
+    asked = person.client.post("/account/erasure-request",
+                               data={"csrf_token": csrf, "password": PASSWORD,
+                                     "reason": "moving on"})
+    assert asked.status_code == 303, asked.text
+    assert "platform admin will confirm" in person.client.get("/account").text
+    admin_csrf = platform_admin.client.headers["X-CSRF-Token"]
+    listing = platform_admin.client.get("/admin/erasures")
+    assert listing.status_code == 200 and person.email in listing.text
+    assert "moving on" in listing.text
+    user_page = platform_admin.client.get(f"/admin/users/{person.user_id}")
+    assert 'id="erase-user"' in user_page.text
+    mistyped = platform_admin.client.post(f"/admin/users/{person.user_id}/erase",
+                                          data={"csrf_token": admin_csrf,
+                                                "confirm_email": "x@y.org"})
+    assert mistyped.status_code == 422 and "confirm_email" in mistyped.text
+    erased = platform_admin.client.post(f"/admin/users/{person.user_id}/erase",
+                                        data={"csrf_token": admin_csrf,
+                                              "confirm_email": person.email})
+    assert erased.status_code == 303, erased.text
+    after = platform_admin.client.get("/admin/erasures?done=erased")
+    assert "The account was erased." in after.text
+    assert person.email not in after.text
+    assert person.email not in org_a.admin.client.get(f"/o/{org_a.slug}/members").text
+    assert verify(org_a)["intact"] is True
