@@ -1,4 +1,6 @@
-"""Erasure of a person (issue 15, item 4): ``user_erasures``, a platform table.
+"""Erasure of a person (issue 15, item 4): ``user_erasures``, a platform table; and
+``tenant_exports.secrets_recipient`` (an export with credentials' values sealed to an import
+key, item 1).
 
 It holds account ids (pseudonyms once the account is gone), statuses and times; an e-mail
 address only while an erasure runs. Existing audit entries are not touched: they name people
@@ -41,6 +43,8 @@ def upgrade() -> None:
     sa.Column('finished_at', enginex.db.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_user_erasures'))
     )
+    with op.batch_alter_table('tenant_exports', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('secrets_recipient', sa.String(length=120), nullable=True))
     with op.batch_alter_table('user_erasures', schema=None) as batch_op:
         batch_op.create_index('ix_user_erasures_user_id', ['user_id'], unique=False)
         batch_op.create_index('ix_user_erasures_status_requested_at', ['status', 'requested_at'],
@@ -56,3 +60,5 @@ def downgrade() -> None:
         batch_op.drop_index('ix_user_erasures_status_requested_at')
         batch_op.drop_index('ix_user_erasures_user_id')
     op.drop_table('user_erasures')
+    with op.batch_alter_table('tenant_exports', schema=None) as batch_op:
+        batch_op.drop_column('secrets_recipient')
