@@ -29,6 +29,7 @@ from tests.factories import (
     make_org,
     pending_approval,
     sign_in,
+    wait_for,
     wait_for_status,
 )
 from tests.test_lifecycle import enginex, export_archive
@@ -144,6 +145,12 @@ def test_an_erased_person_disappears_and_every_audit_chain_still_verifies(
         refused = key_client.get("/api/v1/me/personal-data")
         assert refused.status_code == 403, refused.text
 
+    # A finished export of org B lists the person among its members: erasure withdraws it.
+    exports = f"/api/v1/orgs/{org_b.slug}/exports"
+    earlier = org_b.admin.client.post(exports).json()["id"]
+    wait_for(lambda: org_b.admin.client.get(f"{exports}/{earlier}").json()["status"]
+             == "succeeded", what="org B's export")
+
     # The erasure: the address must be typed again.
     erase = f"/api/v1/admin/users/{person.user_id}/erasure"
     wrong = platform_admin.client.post(erase, json={"confirm_email": "someone@else.org"})
@@ -161,6 +168,9 @@ def test_an_erased_person_disappears_and_every_audit_chain_still_verifies(
     assert result["removed"][org_a.id]["sessions_unlinked"] == 1
     assert result["removed"][org_a.id]["approvals_unlinked"] == 1
     assert result["removed"][org_b.id]["api_keys"] == 1
+    assert result["removed"][org_b.id]["exports_withdrawn"] == 1
+    assert org_b.admin.client.get(f"{exports}/{earlier}").json()["status"] == "expired"
+    assert org_b.admin.client.post(f"{exports}/{earlier}/link").status_code == 409
     assert result["removed"][org_c.id] == {"invitations": 1}
 
     # Signed out everywhere, cannot sign in, the key is gone.

@@ -120,7 +120,8 @@ async def erase_user(user_id: uuid.UUID, body: ErasureConfirm, request: Request,
     await db.commit()  # the erasure commits organization by organization (SQLite: one writer)
     result = await service.erase_user(request.app.state.db.sessions, user_id,
                                       actor=service.Actor("platform_admin", admin.user_id),
-                                      confirm_email=body.confirm_email)
+                                      confirm_email=body.confirm_email,
+                                      storage=request.app.state.storage)
     erasure = await db.get(UserErasure, result.erasure_id)
     assert erasure is not None
     return ErasureResultOut(erasure=erasure_out(erasure), removed=result.removed)

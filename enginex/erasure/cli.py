@@ -55,10 +55,12 @@ async def _find(settings: Settings, email: str) -> Any:
 
 async def _erase(settings: Settings, email: str) -> Any:
     from enginex.erasure.service import Actor, erase_user
+    from enginex.reports.storage import ArtifactStorage
 
     db, user_id = await _find(settings, email)
     try:
-        return await erase_user(db.sessions, user_id, actor=Actor("cli"), confirm_email=None)
+        return await erase_user(db.sessions, user_id, actor=Actor("cli"), confirm_email=None,
+                                storage=ArtifactStorage(settings.resolved_storage_dir))
     finally:
         await db.dispose()
 

@@ -16,7 +16,7 @@ from enginex.auth.models import ApiKey, LoginFailure, User
 from enginex.credentials.models import Credential
 from enginex.erasure.models import OPEN_STATUSES, ErasureStatus, UserErasure
 from enginex.idempotency.models import IdempotencyRecord
-from enginex.lifecycle.models import TenantExport
+from enginex.lifecycle.models import ExportStatus, TenantExport
 from enginex.mail.models import OutboxMessage
 from enginex.orgs.models import Invitation, Membership, Organization
 from enginex.runs.models import Run
@@ -65,9 +65,12 @@ async def _count(db: AsyncSession, stmt: Any) -> int:
 
 
 async def remove_from_org(db: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID,
-                          email: str) -> dict[str, int]:
+                          email: str, withdrawn_ids: list[uuid.UUID]) -> dict[str, int]:
     """Delete the person's rows and unlink their id from the rows that stay, in the bound
-    organization; returns how many rows each step touched (zero counts left out)."""
+    organization; returns how many rows each step touched (zero counts left out). Finished
+    export archives of an organization the person was a member of are withdrawn (status
+    ``expired``, link cleared); their ids are appended to ``withdrawn_ids`` so the caller
+    deletes the files after the commit."""
     lowered = email.strip().lower()
     counts = {
         # API keys they created (their child keys go with them: FK cascade).
@@ -95,6 +98,15 @@ async def remove_from_org(db: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUI
         "idempotency_keys": await _count(db, delete(IdempotencyRecord).where(
             IdempotencyRecord.principal == f"user:{user_id}")),
     }
+    if counts["memberships"]:
+        # Finished archives list the members' addresses (members.jsonl): withdraw them.
+        withdrawn = list((await db.execute(select(TenantExport.id).where(
+            TenantExport.status == ExportStatus.SUCCEEDED))).scalars().all())
+        if withdrawn:
+            await _count(db, update(TenantExport).where(TenantExport.id.in_(withdrawn)).values(
+                status=ExportStatus.EXPIRED, link_digest=None, link_expires_at=None))
+        counts["exports_withdrawn"] = len(withdrawn)
+        withdrawn_ids.extend(withdrawn)
     org = await db.get(Organization, org_id)
     if org is not None and org.sso_break_glass_user_id == user_id:
         org.sso_break_glass_user_id = None

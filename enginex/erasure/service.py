@@ -35,6 +35,7 @@ from enginex.erasure import repository as repo
 from enginex.erasure.models import ErasureStatus, UserErasure
 from enginex.kit.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from enginex.kit.time import utcnow
+from enginex.reports.storage import ArtifactStorage
 from enginex.tenancy.context import system_context
 
 ERASED_ACTION = "user.erased"
@@ -156,15 +157,33 @@ async def begin_erasure(sessions: async_sessionmaker[AsyncSession], user_id: uui
 
 async def erase_in_org(sessions: async_sessionmaker[AsyncSession], erasure_id: uuid.UUID,
                         org_id: uuid.UUID, user_id: uuid.UUID, email: str,
-                        actor: Actor) -> dict[str, int] | None:
-    """One organization, one transaction. None when another run already did it."""
+                        actor: Actor, storage: ArtifactStorage | None = None
+                        ) -> dict[str, int] | None:
+    """One organization, one transaction. None when another run already did it. With
+    ``storage``, the files of the export archives it withdrew are deleted after the commit
+    (a file left by a crash is unreachable: its export is ``expired``; the expiry job deletes
+    it)."""
+    withdrawn: list[uuid.UUID] = []
+    counts = await _erase_in_org_transaction(sessions, erasure_id, org_id, user_id, email,
+                                             actor, withdrawn)
+    if storage is not None:
+        from enginex.lifecycle.service import archive_path
+        for export_id in withdrawn:
+            archive_path(storage, org_id, export_id).unlink(missing_ok=True)
+    return counts
+
+
+async def _erase_in_org_transaction(sessions: async_sessionmaker[AsyncSession],
+                                    erasure_id: uuid.UUID, org_id: uuid.UUID,
+                                    user_id: uuid.UUID, email: str, actor: Actor,
+                                    withdrawn: list[uuid.UUID]) -> dict[str, int] | None:
     async with sessions() as db, db.begin():
         await set_tenant(db, org_id)
         erasure = await db.get(UserErasure, erasure_id, with_for_update=True)
         if erasure is None or erasure.status != ErasureStatus.ERASING or (
                 erasure.last_org_id is not None and erasure.last_org_id >= org_id):
             return None
-        counts = await repo.remove_from_org(db, org_id, user_id, email)
+        counts = await repo.remove_from_org(db, org_id, user_id, email, withdrawn)
         if counts:
             from enginex.orgs.repository import get_org
             org = await get_org(db, org_id)
@@ -178,12 +197,14 @@ async def erase_in_org(sessions: async_sessionmaker[AsyncSession], erasure_id: u
 
 
 async def erase_user(sessions: async_sessionmaker[AsyncSession], user_id: uuid.UUID, *,
-                     actor: Actor, confirm_email: str | None) -> ErasureResult:
+                     actor: Actor, confirm_email: str | None,
+                     storage: ArtifactStorage | None = None) -> ErasureResult:
     """Erase the account ``user_id`` everywhere (module docstring), or finish an interrupted
     erasure of it. Commits as it goes (one transaction per organization).
 
     ``confirm_email`` must be the account's address (ValidationFailed otherwise; None skips
-    the check, for the CLI which looked the account up by address). NotFound for an unknown
+    the check, for the CLI which looked the account up by address). ``storage``: where the
+    withdrawn export archives' files are deleted (see ``erase_in_org``). NotFound for an unknown
     or already erased account; Conflict for the acting admin's own account. A pending request
     of the person is confirmed by this call.
     """
@@ -197,7 +218,8 @@ async def erase_user(sessions: async_sessionmaker[AsyncSession], user_id: uuid.U
         async with sessions() as db:
             org_ids = await repo.org_ids_after(db, after, ORG_BATCH)
         for org_id in org_ids:
-            counts = await erase_in_org(sessions, erasure_id, org_id, user_id, email, actor)
+            counts = await erase_in_org(sessions, erasure_id, org_id, user_id, email, actor,
+                                        storage)
             if counts:
                 result.removed[str(org_id)] = counts
         if len(org_ids) < ORG_BATCH:

@@ -108,7 +108,7 @@ async def erase(request: Request, user_id: uuid.UUID, db: DB, principal: Admin) 
     try:
         await service.erase_user(request.app.state.db.sessions, user_id,
                                  actor=service.Actor("platform_admin", principal.user_id),
-                                 confirm_email=confirm)
+                                 confirm_email=confirm, storage=request.app.state.storage)
     except AppError as exc:
         return await _erasures_page(request, db, principal, error=exc.message,
                                     status_code=exc.status_code)
