@@ -35,6 +35,7 @@ from enginex.erasure import repository as repo
 from enginex.erasure.models import ErasureStatus, UserErasure
 from enginex.kit.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from enginex.kit.time import utcnow
+from enginex.orgs.repository import get_org
 from enginex.reports.storage import ArtifactStorage
 from enginex.tenancy.context import system_context
 
@@ -185,7 +186,6 @@ async def _erase_in_org_transaction(sessions: async_sessionmaker[AsyncSession],
             return None
         counts = await repo.remove_from_org(db, org_id, user_id, email, withdrawn)
         if counts:
-            from enginex.orgs.repository import get_org
             org = await get_org(db, org_id)
             await record(db, system_context(org_id, org.slug if org else ""), ERASED_ACTION,
                          target_kind="user", target_id=user_id, details={"removed": counts},
