@@ -75,7 +75,11 @@ async def seed(db: Database, sessions: int) -> uuid.UUID:
     return org_id
 
 
-async def measure(sessions: int) -> None:
+GOAL_MB = 100.0  # issue 15: RSS growth under 100 MB for an organization with 100k sessions
+
+
+async def measure(sessions: int) -> float:
+    """Seed, export, print one line; returns the peak RSS growth in MB."""
     from enginex.lifecycle.exporter import write_archive
     from enginex.reports.storage import ArtifactStorage
 
@@ -102,6 +106,7 @@ async def measure(sessions: int) -> None:
             print(f"sessions {sessions:>7}: {rows:>8} rows, archive {info.size_bytes / 1e6:7.1f} "
                   f"MB in {seconds:6.1f} s ({rows / seconds:7.0f} rows/s); RSS before "
                   f"{before:6.1f} MB, peak growth {peak[0] - before:6.1f} MB", flush=True)
+            return peak[0] - before
         finally:
             await db.dispose()
 
@@ -112,8 +117,15 @@ def main() -> None:
     args = parser.parse_args()
     import enginex.models  # noqa: F401
 
-    for n in args.sessions:
-        asyncio.run(measure(n))
+    growth = {n: asyncio.run(measure(n)) for n in args.sessions}
+    if len(growth) > 1:
+        small, large = min(growth), max(growth)
+        print(f"sessions x{large / small:.0f} -> RSS growth x"
+              f"{growth[large] / max(growth[small], 0.1):.2f} "
+              f"({growth[small]:.1f} MB -> {growth[large]:.1f} MB)")
+    worst = max(growth.values())
+    print(f"goal: growth < {GOAL_MB:.0f} MB -> {'met' if worst < GOAL_MB else 'NOT met'} "
+          f"(largest growth {worst:.1f} MB)")
 
 
 if __name__ == "__main__":

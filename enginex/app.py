@@ -27,6 +27,8 @@ from enginex.config import Settings, get_settings
 from enginex.credentials.api import router as credentials_router
 from enginex.credentials.web import router as credentials_web_router
 from enginex.db import Database
+from enginex.erasure.api import router as erasure_router
+from enginex.erasure.web import router as erasure_web_router
 from enginex.health.api import router as health_router
 from enginex.kit.crypto import derive_key, load_master_key
 from enginex.kit.logs import configure_logging
@@ -72,14 +74,14 @@ from enginex.web.pages import router as pages_router
 
 ROUTERS = (health_router, auth_router, orgs_router, admin_router, runs_router,
            agents_router, approvals_router, reports_router, llm_router, credentials_router,
-           audit_router, mcp_router, skills_router, lifecycle_router, sso_router,
+           audit_router, mcp_router, skills_router, lifecycle_router, erasure_router, sso_router,
            scim_tokens_router, scim_router, usage_router, metrics_router, pages_router)
 # Dashboard pages (HTML), one router per feature: enginex/<feature>/web.py
 WEB_ROUTERS = (orgs_web_router, runs_web_router, approvals_web_router, reports_web_router,
                agents_web_router, llm_web_router, admin_web_router, invitations_web_router,
                audit_web_router, credentials_web_router, mcp_web_router, skills_web_router,
-               auth_web_router, lifecycle_web_router, sso_web_router, saml_web_router,
-               usage_web_router)
+               auth_web_router, lifecycle_web_router, erasure_web_router, sso_web_router,
+               saml_web_router, usage_web_router)
 
 
 def create_served_app() -> FastAPI:

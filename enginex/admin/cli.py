@@ -22,6 +22,8 @@ def add_user_commands(subparsers: Any) -> None:
         command = actions.add_parser(verb, help=text)
         command.add_argument("email")
         command.set_defaults(func=cmd_user_set_disabled, disabled=verb == "disable")
+    from enginex.erasure.cli import add_erasure_commands
+    add_erasure_commands(actions)
 
 
 async def _set_disabled(settings: Settings, email: str, disabled: bool) -> bool:

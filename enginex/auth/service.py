@@ -76,6 +76,11 @@ def _account_key(email: str) -> str:
     return "acct:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:40]
 
 
+def account_failure_key(email: str) -> str:
+    """The ``login_failures`` key of an account's failed sign-ins (erasure deletes them)."""
+    return _account_key(email)
+
+
 async def clear_account_failures(db: AsyncSession, email: str) -> None:
     """Forget the account's failed sign-ins (its password was just replaced)."""
     await repo.clear_failures(db, _account_key(email))

@@ -11,9 +11,10 @@ from typing import Annotated
 from fastapi import Request, status
 from fastapi.responses import FileResponse
 
+from enginex.kit.errors import Forbidden, ValidationFailed
 from enginex.lifecycle import service
 from enginex.lifecycle.models import TenantExport
-from enginex.lifecycle.schemas import ExportLinkOut, ExportOut
+from enginex.lifecycle.schemas import ExportCreate, ExportLinkOut, ExportOut
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.guards import DB, Require, make_router
 from enginex.tenancy.scopes import Scope
@@ -30,7 +31,8 @@ def export_out(export: TenantExport) -> ExportOut:
                      done=export.done, total=export.total, current_kind=export.current_kind,
                      size_bytes=export.size_bytes, sha256=export.sha256,
                      expires_at=export.expires_at, error=export.error,
-                     downloads=export.downloads)
+                     downloads=export.downloads,
+                     with_secrets=bool(export.secrets_recipient))
 
 
 def download_path(org: str, token: str) -> str:
@@ -39,11 +41,45 @@ def download_path(org: str, token: str) -> str:
 
 @router.post("/orgs/{org}/exports", response_model=ExportOut,
              status_code=status.HTTP_202_ACCEPTED)
-async def request_export(db: DB, ctx: Exporter) -> ExportOut:
+async def request_export(db: DB, ctx: Exporter,
+                         body: ExportCreate | None = None) -> ExportOut:
     """Ask for a full export of the organization; a worker builds it (poll ``GET
     .../exports/{export_id}`` for progress). 409 while another export is being prepared.
-    Audited as ``export.requested``."""
-    return export_out(await service.request_export(db, ctx))
+    Audited as ``export.requested``.
+
+    Credentials travel as metadata only, unless ``secrets_recipient`` names an import key:
+    then their values are sealed to it (never in plaintext) and the person asking must give
+    their current ``password`` (API keys cannot ask for secrets)."""
+    recipient = None
+    if body is not None and body.secrets_recipient:
+        recipient = await check_secrets_request(db, ctx, body.secrets_recipient, body.password)
+    return export_out(await service.request_export(db, ctx, secrets_recipient=recipient))
+
+
+async def check_secrets_request(db: DB, ctx: TenantContext, recipient: str,
+                                password: str | None) -> str:
+    """Re-authenticate the person asking for secrets and check the import key; returns the
+    key as stored. Forbidden for an API key; ValidationFailed for a wrong password or key."""
+    from enginex.auth import repository as auth_repo
+    from enginex.auth.passwords import verify_password_off_loop
+    from enginex.lifecycle.sealed import SealError, parse_recipient
+    from enginex.tenancy.principal import UserPrincipal
+
+    if not isinstance(ctx.principal, UserPrincipal):
+        raise Forbidden("An export with secrets needs a person who re-enters their password; "
+                        "an API key cannot ask for one.", code="reauthentication_required")
+    user = await auth_repo.get_user(db, ctx.principal.user_id)
+    if user is None or user.password_hash is None or not password or \
+            not await verify_password_off_loop(user.password_hash, password):
+        raise ValidationFailed("password: enter your current password to export the "
+                               "credentials' values (accounts without a password cannot).",
+                               details={"field": "password"})
+    try:
+        parse_recipient(recipient)
+    except SealError as exc:
+        raise ValidationFailed(f"secrets_recipient: {exc}.",
+                               details={"field": "secrets_recipient"}) from None
+    return recipient.strip()
 
 
 @router.get("/orgs/{org}/exports", response_model=list[ExportOut])

@@ -37,7 +37,9 @@ def _migrate_embedded(settings: Settings) -> None:
 
 def cmd_tenant_export(args: argparse.Namespace, settings: Settings) -> None:
     from enginex.audit.service import record
+    from enginex.credentials.vault import Keyring
     from enginex.db import Database, set_tenant
+    from enginex.kit.crypto import load_master_key
     from enginex.lifecycle import service
     from enginex.lifecycle.jobs import LifecycleJobs
     from enginex.lifecycle.models import ExportStatus, JobKind, LifecycleJob
@@ -76,7 +78,8 @@ def cmd_tenant_export(args: argparse.Namespace, settings: Settings) -> None:
                                  lease_seconds=settings.export_lease_seconds,
                                  poll_seconds=settings.lifecycle_poll_seconds,
                                  retention_days=settings.export_retention_days,
-                                 rows_per_second=settings.export_rows_per_second)
+                                 rows_per_second=settings.export_rows_per_second,
+                                 keyring=Keyring.for_master(load_master_key(settings)))
             while True:
                 await jobs.run_once(job_id)  # builds it here unless a worker holds it
                 async with db.sessions() as session:
@@ -124,9 +127,18 @@ def cmd_tenant_import(args: argparse.Namespace, settings: Settings) -> None:
         finish_files,
         import_archive,
     )
+    from enginex.lifecycle.sealed import SealError, parse_identity
     from enginex.reports.storage import ArtifactStorage
 
     path = Path(args.file)
+    identity = None
+    if args.identity:
+        try:
+            identity = parse_identity(Path(args.identity).read_text())
+        except OSError as exc:
+            raise _cli_error(f"cannot read the identity file: {exc.strerror}") from None
+        except SealError as exc:
+            raise _cli_error(f"{args.identity}: {exc}") from None
     try:
         manifest = check_archive(path, max_bytes=settings.import_max_bytes)
     except ArchiveRefused as exc:
@@ -145,7 +157,7 @@ def cmd_tenant_import(args: argparse.Namespace, settings: Settings) -> None:
                 try:
                     result, staging = await import_archive(
                         session, path, manifest, storage=storage, keyring=keyring,
-                        slug=args.slug, archive_sha256=archive_sha256)
+                        slug=args.slug, archive_sha256=archive_sha256, identity=identity)
                     await session.commit()
                 except BaseException:
                     await session.rollback()
@@ -168,6 +180,9 @@ def cmd_tenant_import(args: argparse.Namespace, settings: Settings) -> None:
     if result.new_accounts:
         print(f"{len(result.new_accounts)} member account(s) created without a password: "
               + ", ".join(result.new_accounts))
+    if result.credentials_restored:
+        print("credentials imported with their values (opened with the identity): "
+              + ", ".join(result.credentials_restored))
     if result.credentials_needing_values:
         print("credentials imported without values (an org admin must set them): "
               + ", ".join(result.credentials_needing_values))
@@ -185,4 +200,25 @@ def add_lifecycle_commands(tenant: Any) -> None:
     imp = tenant.add_parser("import", help="rebuild an organization from an export archive")
     imp.add_argument("file", metavar="FILE", help="the archive")
     imp.add_argument("--slug", help="the slug in this deployment (default: the exported one)")
+    imp.add_argument("--identity", metavar="KEYFILE",
+                     help="the import key's identity file (`enginex tenant keygen`): opens the "
+                          "credentials' values of an export made with secrets")
     imp.set_defaults(func=cmd_tenant_import)
+    keygen = tenant.add_parser("keygen", help="make an import key pair: the identity goes to "
+                               "KEYFILE (0600), the recipient to give to the exporting org "
+                               "admin is printed")
+    keygen.add_argument("-o", "--output", required=True, metavar="KEYFILE")
+    keygen.set_defaults(func=cmd_tenant_keygen)
+
+
+def cmd_tenant_keygen(args: argparse.Namespace, settings: Settings) -> None:
+    from enginex.lifecycle.sealed import generate_identity
+
+    identity, recipient = generate_identity()
+    try:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise _cli_error(f"{args.output} exists: keep that key, or choose another file") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"# EngineX import key; recipient: {recipient}\n{identity}\n")
+    print(recipient)

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.chain import chain_tenant, origins_of
 from enginex.audit.repository import AuditRepository
+from enginex.credentials.vault import Keyring
 from enginex.db import READ_ONLY, SessionFactory, set_tenant
 from enginex.kit.time import utcnow
 from enginex.lifecycle.codec import dump_line, to_json_value
@@ -46,6 +47,15 @@ MANIFEST = "manifest.json"
 REPORT_FILES = "files/reports/"
 
 Progress = Callable[[int, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SecretsPlan:
+    """An export with secrets: credentials' values sealed to ``recipient`` (lifecycle/
+    sealed.py), opened with this deployment's ``keyring`` while the archive is written."""
+
+    recipient: str
+    keyring: Keyring
 
 
 @dataclass
@@ -109,11 +119,32 @@ def _org_record(org: Organization) -> dict[str, Any]:
             "region": org.region, "created_at": to_json_value(org.created_at)}
 
 
+async def _sealed_credentials(db: AsyncSession, kind: Kind, plan: SecretsPlan
+                              ) -> AsyncIterator[dict[str, Any]]:
+    """The credential lines of an export with secrets: each with ``sealed_values``. The
+    credentials are read first (an organization has few), then opened one by one."""
+    from enginex.credentials.service import binding
+    from enginex.lifecycle.sealed import associated_data, parse_recipient, seal
+
+    recipient = parse_recipient(plan.recipient)
+    columns = kind.exported_columns()
+    credentials = (await db.execute(kind.statement())).scalars().all()
+    for credential in credentials:
+        record = {c: to_json_value(getattr(credential, c)) for c in columns}
+        plaintext = await plan.keyring.open(db, binding(credential),  # type: ignore[arg-type]
+                                            credential.ciphertext)  # type: ignore[attr-defined]
+        record["sealed_values"] = seal(recipient, plaintext,
+                                       associated_data(record["id"], record["name"]))
+        del plaintext
+        yield record
+
+
 async def write_archive(sessions: SessionFactory, org_id: uuid.UUID, storage: ArtifactStorage,
-                        path: Path, *, progress: Progress, rows_per_second: int = 0
-                        ) -> ArchiveInfo:
+                        path: Path, *, progress: Progress, rows_per_second: int = 0,
+                        secrets: SecretsPlan | None = None) -> ArchiveInfo:
     """Write the export of organization ``org_id`` to ``path`` (through ``path.part``, renamed
-    at the end). ``progress(done, kind)`` is awaited about once a second."""
+    at the end). ``progress(done, kind)`` is awaited about once a second. ``secrets``: seal
+    the credentials' values into the archive (never in plaintext)."""
     from stream_zip import ZIP_64, async_stream_zip
 
     info = ArchiveInfo()
@@ -146,7 +177,9 @@ async def write_archive(sessions: SessionFactory, org_id: uuid.UUID, storage: Ar
         async def kind_lines(kind: Kind) -> AsyncIterator[bytes]:
             buffer = bytearray()
             count = 0
-            async for record in _rows(db, kind, org_id):
+            records = _sealed_credentials(db, kind, secrets) \
+                if secrets is not None and kind.name == "credentials" else _rows(db, kind, org_id)
+            async for record in records:
                 buffer += dump_line(record)
                 count += 1
                 await pace.tick(kind.name)
@@ -168,6 +201,10 @@ async def write_archive(sessions: SessionFactory, org_id: uuid.UUID, storage: Ar
                     "source": _org_record(org), "kinds": [ORG_FILE[:-6], *(k.name for k in KINDS)],
                     "counts": {"org": 1, **info.counts}, "files": info.files,
                     "excluded": EXCLUDED}
+            if secrets is not None:
+                from enginex.lifecycle.sealed import SCHEME
+                body["secrets"] = {"scheme": SCHEME, "recipient": secrets.recipient,
+                                   "field": "credentials.jsonl: sealed_values"}
             yield json.dumps(body, sort_keys=True, indent=1).encode("utf-8")
 
         async def members() -> AsyncIterator[Any]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,6 +45,7 @@ from enginex.kit.schemas import RESERVED_SLUGS, SLUG_PATTERN
 from enginex.lifecycle.codec import RowError, from_json_value
 from enginex.lifecycle.exporter import MANIFEST, ORG_FILE
 from enginex.lifecycle.kinds import FORMAT, FORMAT_VERSION, KINDS, Kind
+from enginex.lifecycle.sealed import SealError, associated_data, open_sealed
 from enginex.mcp.models import McpCatalogEntry
 from enginex.orgs import repository as org_repo
 from enginex.orgs.models import Organization
@@ -67,6 +69,7 @@ class ImportResult:
     counts: dict[str, int] = field(default_factory=dict)
     new_accounts: list[str] = field(default_factory=list)
     credentials_needing_values: list[str] = field(default_factory=list)
+    credentials_restored: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -171,8 +174,9 @@ class _Rows:
     """Turns the lines of one kind into rows of the target organization."""
 
     def __init__(self, db: AsyncSession, org_id: uuid.UUID, keyring: Keyring,
-                 result: ImportResult) -> None:
+                 result: ImportResult, identity: X25519PrivateKey | None = None) -> None:
         self.db = db
+        self.identity = identity
         self.org_id = org_id
         self.keyring = keyring
         self.result = result
@@ -185,6 +189,7 @@ class _Rows:
         data = dict(data)
         special = {name: data.pop(name, None) for name, _ in kind.extra}
         chain_tenant_id = data.pop("chain_tenant_id", None) if kind.name == "audit" else None
+        sealed = data.pop("sealed_values", None) if kind.name == "credentials" else None
         table = kind.model.__table__  # type: ignore[attr-defined]
         allowed = set(kind.exported_columns())
         unknown = set(data) - allowed
@@ -202,13 +207,36 @@ class _Rows:
             row["catalog_id"] = await self._catalog(str(special["catalog_name"]))
         if kind.name == "credentials":
             binding = Binding(PURPOSE, self.org_id, row["id"], row["value_version"])
+            values = self._open_sealed(sealed, row) if sealed is not None else b"{}"
             row["ciphertext"], row["key_version"] = await self.keyring.seal(self.db, binding,
-                                                                            b"{}")
+                                                                            values)
             row["hint"] = None
-            self.result.credentials_needing_values.append(row["name"])
+            (self.result.credentials_restored if sealed is not None
+             else self.result.credentials_needing_values).append(row["name"])
         if kind.name == "audit":
             self._check_chain(row, chain_tenant_id)
         return row
+
+    def _open_sealed(self, sealed: Any, row: dict[str, Any]) -> bytes:
+        """A credential's values sealed to the import key, opened with the identity."""
+        if self.identity is None:
+            raise RowError("this archive holds credential values sealed to an import key: "
+                           "pass --identity KEYFILE (the key pair made with `enginex tenant "
+                           "keygen`)")
+        if not isinstance(sealed, str):
+            raise RowError("sealed_values: expected a string")
+        try:
+            plaintext = open_sealed(self.identity, sealed,
+                                    associated_data(str(row["id"]), str(row["name"])))
+            values = json.loads(plaintext)
+        except SealError as exc:
+            raise RowError(f"sealed_values: {exc}") from None
+        except ValueError:
+            raise RowError("sealed_values: the opened value is not JSON") from None
+        if not isinstance(values, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
+            raise RowError("sealed_values: the opened value is not an object of strings")
+        return plaintext
 
     async def _member(self, old_id: uuid.UUID, special: dict[str, Any]) -> uuid.UUID:
         email = special.get("email")
@@ -269,7 +297,8 @@ def _valid_slug(slug: str) -> str:
 
 async def import_archive(db: AsyncSession, path: Path, manifest: Manifest, *,
                          storage: ArtifactStorage, keyring: Keyring, slug: str | None,
-                         archive_sha256: str) -> tuple[ImportResult, Path]:
+                         archive_sha256: str, identity: X25519PrivateKey | None = None
+                         ) -> tuple[ImportResult, Path]:
     """Write the organization in ``db``'s transaction (the caller commits, then calls
     ``finish_files``; on any failure, ``discard_files``). Returns the result and the staging
     directory of its report files."""
@@ -293,7 +322,8 @@ async def import_archive(db: AsyncSession, path: Path, manifest: Manifest, *,
     staging.mkdir(mode=0o700, parents=True)
     try:
         await _write(db, path, manifest, result, keyring=keyring, staging=staging,
-                     source=source, source_id=source_id, archive_sha256=archive_sha256)
+                     source=source, source_id=source_id, archive_sha256=archive_sha256,
+                     identity=identity)
     except BaseException:
         discard_files(staging)
         raise
@@ -302,7 +332,8 @@ async def import_archive(db: AsyncSession, path: Path, manifest: Manifest, *,
 
 async def _write(db: AsyncSession, path: Path, manifest: Manifest, result: ImportResult, *,
                  keyring: Keyring, staging: Path, source: dict[str, Any],
-                 source_id: uuid.UUID, archive_sha256: str) -> None:
+                 source_id: uuid.UUID, archive_sha256: str,
+                 identity: X25519PrivateKey | None = None) -> None:
     org_id, target_slug = result.org_id, result.slug
     with zipfile.ZipFile(path) as archive:
         with archive.open(ORG_FILE) as member:
@@ -317,7 +348,7 @@ async def _write(db: AsyncSession, path: Path, manifest: Manifest, result: Impor
         db.add(Organization(id=org_id, slug=target_slug, name=name[:120], region=region))
         await db.flush()
         await set_tenant(db, org_id)
-        rows = _Rows(db, org_id, keyring, result)
+        rows = _Rows(db, org_id, keyring, result, identity)
         for kind in KINDS:
             batch: list[dict[str, Any]] = []
             count = 0

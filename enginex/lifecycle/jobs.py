@@ -15,6 +15,7 @@ import logging
 import uuid
 from datetime import timedelta
 
+from enginex.credentials.vault import Keyring
 from enginex.db import SessionFactory, is_transient_db_error
 from enginex.lifecycle import repository as repo
 from enginex.lifecycle import service
@@ -33,8 +34,9 @@ class LeaseLost(RuntimeError):
 class LifecycleJobs:
     def __init__(self, sessions: SessionFactory, storage: ArtifactStorage, *, name: str,
                  lease_seconds: int, poll_seconds: float, retention_days: int,
-                 rows_per_second: int) -> None:
+                 rows_per_second: int, keyring: Keyring | None = None) -> None:
         self.sessions = sessions
+        self.keyring = keyring  # opens credentials for an export with secrets
         self.storage = storage
         self.name = name
         self.lease = timedelta(seconds=lease_seconds)
@@ -102,7 +104,8 @@ class LifecycleJobs:
             await service.build_export(self.sessions, self.storage, job,
                                        retention=self.retention,
                                        rows_per_second=self.rows_per_second,
-                                       heartbeat=lambda: self._heartbeat(job))
+                                       heartbeat=lambda: self._heartbeat(job),
+                                       keyring=self.keyring)
         elif job.kind == JobKind.EXPIRE_EXPORT:
             await service.expire_export(self.sessions, self.storage, job)
         else:

@@ -65,6 +65,9 @@ class TenantExport(TenantOwned, Base):
     link_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     link_expires_at: Mapped[datetime | None]
     downloads: Mapped[int] = mapped_column(default=0)
+    # An export with secrets (docs/DATA_LIFECYCLE.md): the import key (X25519 public key) the
+    # credentials' values are sealed to. None: metadata only.
+    secrets_recipient: Mapped[str | None] = mapped_column(String(120))
 
     __table_args__ = (
         Index("ix_tenant_exports_tenant_id_requested_at", "tenant_id", "requested_at"),

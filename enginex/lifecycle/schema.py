@@ -57,6 +57,11 @@ def schema_for(kind: Kind) -> dict[str, Any]:
                                          "description": "the organization id this entry "
                                                         "was hashed under"}
     required = sorted(k for k in properties)
+    if kind.name == "credentials":
+        properties["sealed_values"] = {
+            "type": "string", "pattern": "^enginex-sealed-v1:[A-Za-z0-9_-]+$",
+            "description": "only in an export with secrets: the credential's values sealed "
+                           "to the import key (docs/DATA_LIFECYCLE.md \"Secrets in exports\")"}
     return {"$schema": DRAFT, "$id": f"enginex-export/{kind.filename}",
             "title": f"{kind.filename}: one line", "description": kind.description,
             "type": "object", "properties": properties, "required": required,

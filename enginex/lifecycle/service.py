@@ -13,6 +13,7 @@ only the SHA-256 of the link token is stored; using it clears it. An archive is 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,12 +23,13 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
+from enginex.credentials.vault import Keyring
 from enginex.db import SessionFactory, set_tenant
 from enginex.kit.errors import Conflict, NotFound
 from enginex.kit.ids import new_token, token_digest
 from enginex.kit.time import utcnow
 from enginex.lifecycle import repository as repo
-from enginex.lifecycle.exporter import count_rows, write_archive
+from enginex.lifecycle.exporter import SecretsPlan, count_rows, write_archive
 from enginex.lifecycle.models import ExportStatus, JobKind, LifecycleJob, TenantExport
 from enginex.lifecycle.repository import ExportRepository
 from enginex.reports.storage import ArtifactStorage
@@ -46,17 +48,28 @@ def archive_path(storage: ArtifactStorage, org_id: uuid.UUID, export_id: uuid.UU
     return prefix / "exports" / f"{export_id.hex}.zip"
 
 
-async def request_export(db: AsyncSession, ctx: TenantContext) -> TenantExport:
+async def request_export(db: AsyncSession, ctx: TenantContext, *,
+                         secrets_recipient: str | None = None) -> TenantExport:
     """Queue an export of ``ctx``'s organization. Conflict while another one is queued or
-    being built (one at a time per organization). Audited (``export.requested``)."""
+    being built (one at a time per organization). Audited (``export.requested``, with the
+    import key's fingerprint when the credentials' values are to be sealed into it).
+
+    ``secrets_recipient``: an import key (lifecycle/sealed.py), already checked; the caller
+    re-authenticated the person who asks."""
     exports = ExportRepository(db, ctx)
     if any(e.status in ACTIVE for e in await exports.list(limit=20)):
         raise Conflict("An export of this organization is already being prepared; wait for "
                        "it to finish (its progress is on the exports page).")
-    export = exports.add(TenantExport(id=uuid.uuid4(), requested_by=ctx.actor_id))
+    export = exports.add(TenantExport(id=uuid.uuid4(), requested_by=ctx.actor_id,
+                                      secrets_recipient=secrets_recipient))
     await db.flush()
     repo.enqueue(db, JobKind.BUILD_EXPORT, ctx.org_id, export.id)
-    await record(db, ctx, "export.requested", target_kind="export", target_id=export.id)
+    details = None
+    if secrets_recipient:
+        details = {"secrets": True, "import_key_sha256": hashlib.sha256(
+            secrets_recipient.encode()).hexdigest()[:16]}
+    await record(db, ctx, "export.requested", target_kind="export", target_id=export.id,
+                 details=details)
     return export
 
 
@@ -113,7 +126,7 @@ Heartbeat = Callable[[], Awaitable[None]]
 
 async def build_export(sessions: SessionFactory, storage: ArtifactStorage, job: LifecycleJob,
                        *, retention: timedelta, rows_per_second: int,
-                       heartbeat: Heartbeat) -> None:
+                       heartbeat: Heartbeat, keyring: Keyring | None = None) -> None:
     """Build the archive of ``job``'s export from scratch (an attempt after a dead worker
     overwrites that worker's partial ``.part`` file), then mark it succeeded and schedule its
     expiry, in one transaction. The caller finishes the job."""
@@ -130,6 +143,7 @@ async def build_export(sessions: SessionFactory, storage: ArtifactStorage, job: 
         export.done = 0
         export.current_kind = None
         export.total = await count_rows(db)
+        recipient = export.secrets_recipient
         await record(db, ctx, "export.started", target_kind="export", target_id=export_id,
                      details={"attempt": job.attempts})
         await db.commit()
@@ -144,8 +158,14 @@ async def build_export(sessions: SessionFactory, storage: ArtifactStorage, job: 
                 await db.commit()
 
     path = archive_path(storage, org_id, export_id)
+    plan = None
+    if recipient:
+        if keyring is None:
+            raise RuntimeError("this export includes secrets, but this process has no master "
+                               "key to open them with")
+        plan = SecretsPlan(recipient, keyring)
     info = await write_archive(sessions, org_id, storage, path, progress=progress,
-                               rows_per_second=rows_per_second)
+                               rows_per_second=rows_per_second, secrets=plan)
     async with sessions() as db:
         await set_tenant(db, org_id)
         export = await ExportRepository(db, ctx).access(export_id)

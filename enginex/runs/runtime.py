@@ -61,14 +61,18 @@ def build_worker(settings: Settings, db: Database, deps: EngineDeps) -> Worker:
 def lifecycle_loop(settings: Settings, storage: ArtifactStorage
                    ) -> Callable[[Worker], Awaitable[None]]:
     """The life-cycle job loop (exports) as a worker background task."""
+    from enginex.credentials.vault import Keyring
+    from enginex.kit.crypto import load_master_key
     from enginex.lifecycle.jobs import LifecycleJobs
+
+    keyring = Keyring.for_master(load_master_key(settings))
 
     async def start(worker: Worker) -> None:
         await LifecycleJobs(worker.sessions, storage, name=worker.name,
                             lease_seconds=settings.export_lease_seconds,
                             poll_seconds=settings.lifecycle_poll_seconds,
                             retention_days=settings.export_retention_days,
-                            rows_per_second=settings.export_rows_per_second
-                            ).run(worker.stopping)
+                            rows_per_second=settings.export_rows_per_second,
+                            keyring=keyring).run(worker.stopping)
 
     return start
