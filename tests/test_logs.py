@@ -113,3 +113,32 @@ def test_json_lines_and_text_lines() -> None:
     ContextFilter().filter(failed)
     line = JsonFormatter().format(failed)
     assert "\n" not in line and "ValueError: boom" in json.loads(line)["exception"]
+
+
+def test_configuring_twice_keeps_one_handler_that_follows_sys_stderr(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`enginex` commands run inside a test: their handler writes to the stderr of the moment
+    (never to a stream closed since) and leaves other handlers (pytest's) in place."""
+    import io
+
+    from enginex.kit.logs import configure_logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    level = root.level
+    try:
+        configure_logging("INFO", "json")
+        configure_logging("INFO", "json")
+        ours = [h for h in root.handlers if h not in before]
+        assert len(ours) == 1 and all(h in root.handlers for h in before)
+        first, second = io.StringIO(), io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        logging.getLogger("enginex.test").warning("to the first")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("enginex.test").warning("to the second")
+        assert json.loads(second.getvalue())["message"] == "to the second"
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+        root.setLevel(level)

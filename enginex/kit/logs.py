@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 FIELDS = ("tenant_id", "request_id", "run_id")
 LogFormat = Literal["auto", "json", "text"]
@@ -95,17 +95,34 @@ class TextFormatter(logging.Formatter):
         return f"{head} [{' '.join(known)}]" + (f"\n{tail}" if tail else "")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (a command run inside
+    another program, e.g. a test, may have its stderr swapped and closed meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
     """One handler on the root logger (stderr), stamping and formatting every record;
     ``auto`` writes JSON unless stderr is a terminal. uvicorn's loggers lose their own
     handlers and propagate here (uvicorn is started with ``log_config=None``)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):
-        root.removeHandler(existing)
+        if isinstance(existing, _StderrHandler):  # configured again (settings read): replace
+            root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
