@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -61,6 +61,16 @@ class AuditRepository(ScopedRepository[AuditEntry]):
                        AuditEntry.action == action, AuditEntry.at >= since)
                 .limit(1))
         return (await self.db.execute(stmt)).first() is not None
+
+    async def count_since(self, *, action: str, since: datetime, limit: int) -> int:
+        """How many ``action`` entries were written since ``since``, counting at most
+        ``limit`` (a cap check reads no more rows than the cap)."""
+        recent = (select(AuditEntry.seq)
+                  .where(AuditEntry.tenant_id == self.ctx.org_id, AuditEntry.action == action,
+                         AuditEntry.at >= since)
+                  .limit(limit).subquery())
+        counted = await self.db.execute(select(func.count()).select_from(recent))
+        return int(counted.scalar_one())
 
     async def head(self) -> AuditHead | None:
         return (await self.db.execute(select(AuditHead).where(

@@ -30,6 +30,7 @@ from enginex.sso.saml_signin import (
     email_of,
     service_provider,
 )
+from enginex.sso.signin import record_failed_sign_in
 from enginex.tenancy.guards import DB, Public, make_router
 from enginex.web.pages import safe_next
 from enginex.web.templating import templates
@@ -100,6 +101,11 @@ async def saml_acs(request: Request, org: str, db: DB,
         await db.rollback()
         log.info("saml sign-in refused at %s: %s %s", org[:40], exc.code,
                  exc.details.get("reason", ""))
+        try:
+            await record_failed_sign_in(request.app.state.db.sessions, org.lower(), exc,
+                                        protocol="saml")
+        except Exception:
+            log.exception("could not audit a refused SAML sign-in")
         return _error(request, exc)
     await db.commit()
     try:
