@@ -62,7 +62,7 @@ async def _seed(settings: Settings, users: int) -> dict[str, str]:
         slug = f"bench-{uuid.uuid4().hex[:6]}"
         tenant = await create_tenant(session, slug=slug, name="SCIM bench",
                                      admin_email=f"admin@{slug}.example", region="default",
-                                     actor_id=uuid.uuid4())
+                                     actor_id=uuid.uuid4(), base_url=settings.base_url)
         assert tenant.invitation_token is not None
         admin, org, _ = await accept_invitation(session, token=tenant.invitation_token,
                                                 password="bench-pass-phrase-42")

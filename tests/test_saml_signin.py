@@ -245,6 +245,31 @@ def test_acs_refuses_missing_fields_and_garbage_with_a_page(world: World):
         assert unknown.status_code == 404
 
 
+def test_entra_group_overage_is_refused_with_a_fix_when_rules_decide_roles(world: World):
+    from enginex.sso.provisioning import ENTRA_SAML_GROUPS_LINK
+
+    org = world.a.org
+    user = f"u-{secrets.token_hex(4)}"
+    with anonymous(world.server) as browser:
+        redirect = start(browser, org.slug)
+        relay_state = parse_qs(urlsplit(redirect).query)["RelayState"][0]
+        # Beyond 150 groups Entra sends a Graph link instead of the groups.
+        response = world.idp.respond(redirect, name_id=user, attributes={
+            "email": [f"{user}@{world.a.domain}"], "displayName": ["Sam L"],
+            ENTRA_SAML_GROUPS_LINK: ["https://graph.windows.net/tenant/users/x/getMemberObjects"]})
+        refused = post_acs(browser, org.slug, {"SAMLResponse": response,
+                                               "RelayState": relay_state})
+        assert refused.status_code == 403, refused.text
+        assert "group overage" in refused.text and "Groups assigned to the application" in \
+            refused.text
+        assert browser.get("/api/v1/me").status_code == 401
+    # nothing was provisioned; the refusal is audited
+    members = org.admin.client.get(f"/api/v1/orgs/{org.slug}/members",
+                                   params={"limit": 200}).json()
+    assert user not in str(members)
+    assert [e["details"]["error"] for e in failed_sign_ins(org)] == ["sso_group_overage"]
+
+
 def failed_sign_ins(org: Org) -> list[dict[str, Any]]:
     response = org.admin.client.get(f"/api/v1/orgs/{org.slug}/audit",
                                     params={"action": "sso.login_failed", "limit": 200})

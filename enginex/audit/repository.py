@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -68,9 +68,8 @@ class AuditRepository(ScopedRepository[AuditEntry]):
         recent = (select(AuditEntry.seq)
                   .where(AuditEntry.tenant_id == self.ctx.org_id, AuditEntry.action == action,
                          AuditEntry.at >= since)
-                  .limit(limit).subquery())
-        counted = await self.db.execute(select(func.count()).select_from(recent))
-        return int(counted.scalar_one())
+                  .limit(limit))
+        return len((await self.db.execute(recent)).all())
 
     async def head(self) -> AuditHead | None:
         return (await self.db.execute(select(AuditHead).where(

@@ -23,7 +23,12 @@ from enginex.kit.errors import AppError, NotFound
 from enginex.orgs.repository import get_org_by_slug
 from enginex.sso import saml
 from enginex.sso.models import SsoAuditAction
-from enginex.sso.provisioning import Assertion, groups_from, sign_in_user
+from enginex.sso.provisioning import (
+    Assertion,
+    groups_from,
+    saml_groups_overage,
+    sign_in_user,
+)
 from enginex.sso.saml_signin import (
     accept_response,
     display_name_of,
@@ -86,7 +91,8 @@ async def saml_acs(request: Request, org: str, db: DB,
         signed_in = await sign_in_user(db, accepted.ctx, connection, Assertion(
             issuer=found.issuer, subject=found.name_id, email=email_of(found, connection),
             email_verified=None, display_name=display_name_of(found, connection),
-            groups=groups_from(list(found.attribute(connection.groups_claim)))))
+            groups=groups_from(list(found.attribute(connection.groups_claim))),
+            groups_overage=saml_groups_overage(found, connection.groups_claim)))
         result = await open_session(db, settings, signed_in.user,
                                     user_agent=request.headers.get("user-agent", ""))
         result.session.sso_org_id = accepted.ctx.org_id

@@ -47,7 +47,13 @@ from enginex.sso.oidc import (
     exchange_code,
     validate_id_token,
 )
-from enginex.sso.provisioning import Assertion, SignedIn, groups_from, sign_in_user
+from enginex.sso.provisioning import (
+    Assertion,
+    SignedIn,
+    groups_from,
+    oidc_groups_overage,
+    sign_in_user,
+)
 from enginex.sso.saml_signin import begin_saml
 from enginex.sso.service import SECRET_FIELD, normalise_domain
 from enginex.tenancy.context import TenantContext, system_context
@@ -291,7 +297,8 @@ async def complete_oidc(db: AsyncSession, request: Request, slug: str, *,
         email=claims.get("email") if isinstance(claims.get("email"), str) else None,
         email_verified=verified if isinstance(verified, bool) else None,
         display_name=str(claims.get("name") or ""),
-        groups=groups_from(claims.get(connection.groups_claim)))
+        groups=groups_from(claims.get(connection.groups_claim)),
+        groups_overage=oidc_groups_overage(claims, connection.groups_claim))
     signed_in = await sign_in_user(db, ctx, connection, assertion)
     result = await open_session(db, settings, signed_in.user,
                                 user_agent=request.headers.get("user-agent", ""))
