@@ -138,9 +138,14 @@ def _p(samples: list[float], q: float) -> float:
 
 
 def bench(backend: str, users: int, repeats: int) -> None:
-    with backend_settings(backend) as (settings, _pg):
+    with backend_settings(backend) as (settings, pg):
         started = time.perf_counter()
         seeded = asyncio.run(_seed(settings, users))
+        if pg is not None:
+            # A bulk load leaves no planner statistics until autovacuum analyzes the tables;
+            # without them PostgreSQL estimates ~30 members and joins by nested loops (seconds
+            # per page). A deployment gets them from autovacuum within minutes.
+            pg.analyze()
         print(f"[{backend}] seeded {users} users in {time.perf_counter() - started:.1f} s")
         server, thread, base = _serve(settings)
         try:

@@ -223,7 +223,10 @@ def test_post_search_finds_the_same_as_get_and_pages_across_types(server: Server
         assert_scim_error(scim.post("/.search", content=b"{nope"), 400, "invalidSyntax")
         assert "POST" in assert_scim_error(scim.get("/.search"), 405)["detail"] and \
             scim.get("/.search").headers["Allow"] == "POST"
-        assert_scim_error(scim.get("/Users/.search"), 404)  # GET /Users/{id}: not an id
+        for method in ("GET", "PUT", "PATCH", "DELETE"):  # never read as a user's id
+            wrong = scim.request(method, "/Users/.search", json={})
+            assert_scim_error(wrong, 405)
+            assert wrong.headers["Allow"] == "POST", wrong.headers
         assert_scim_error(httpx.post(f"{server.base_url}/scim/v2/{org_a.slug}/.search",
                                      json={"schemas": [SEARCH]}), 401)
 

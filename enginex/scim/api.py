@@ -7,19 +7,21 @@ included: no or bad token 401, another organization's token or an unknown organi
 ``protocol.MAX_BODY_BYTES``.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the handlers of _mount annotate their id with a
+# type built per resource (its path parameter's name), which FastAPI must see as an object.
 
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response, status
+from fastapi import FastAPI, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRouter
 from pydantic import ValidationError
 from scim2_models import SearchRequest
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from enginex.kit.errors import AppError
 from enginex.scim import service
@@ -172,6 +174,7 @@ class ScimResource:
     handlers below are the same for every resource; only these functions differ."""
 
     name: str
+    id_param: str  # the path parameter of one resource: /Users/{user_id}, /Groups/{group_id}
     model: type[Any]
     list: Callable[[AsyncSession, TenantContext, str, PageRequest, EqFilter | None],
                    Awaitable[tuple[list[dict[str, Any]], int]]]
@@ -201,7 +204,7 @@ class ScimResource:
 
 RESOURCES: tuple[ScimResource, ...] = (
     ScimResource(
-        "Users", RESOURCE_MODELS["Users"], service.list_users, service.get_user,
+        "Users", "user_id", RESOURCE_MODELS["Users"], service.list_users, service.get_user,
         service.create_user, service.replace_user, service.patch_user, service.delete_user,
         summary={"list": "Users of the organization; filter on userName / externalId (eq), "
                          "startIndex/count pagination.",
@@ -212,7 +215,7 @@ RESOURCES: tuple[ScimResource, ...] = (
                  "delete": "Remove the membership; the account stays (it may belong to other "
                            "organizations)."}),
     ScimResource(
-        "Groups", RESOURCE_MODELS["Groups"], service.list_groups, service.get_group,
+        "Groups", "group_id", RESOURCE_MODELS["Groups"], service.list_groups, service.get_group,
         service.create_group, service.replace_group, service.patch_group,
         service.delete_group,
         summary={"list": "Groups of the organization; filter on displayName / externalId "
@@ -247,10 +250,14 @@ def _search_parameters(search: SearchRequest) -> tuple[PageRequest, Projection]:
 
 
 def _mount(resource: ScimResource) -> None:
-    """Registers the SCIM routes of one resource type under ``/scim/v2/{org}/<name>``."""
+    """Registers the SCIM routes of one resource type under ``/scim/v2/{org}/<name>``. The id
+    of one resource is the path parameter ``resource.id_param``; its converter ``scimid``
+    never matches ``.search``, so another method on ``<name>/.search`` reaches the catch-all
+    (405 naming POST) instead of the routes of one resource."""
     name = resource.name
     path = f"/{{org}}/{name}"
     key = name.lower()
+    ResourceId = Annotated[str, Path(alias=resource.id_param)]
 
     async def list_resources(request: Request, db: DB, ctx: Scim) -> Response:
         page = page_request(request)
@@ -271,27 +278,28 @@ def _mount(resource: ScimResource) -> None:
         created = await resource.create(db, ctx, _base(request, ctx), body)
         return scim_response(created, 201, headers={"Location": created["meta"]["location"]})
 
-    async def get_resource(resource_id: str, request: Request, db: DB, ctx: Scim) -> Response:
+    async def get_resource(resource_id: ResourceId, request: Request, db: DB, ctx: Scim
+                           ) -> Response:
         doc = await resource.get(db, ctx, _base(request, ctx), resource.resource_id(resource_id))
         return scim_response(project(resource.model, doc, projection(request)))
 
-    async def replace_resource(resource_id: str, request: Request, db: DB, ctx: Scim
+    async def replace_resource(resource_id: ResourceId, request: Request, db: DB, ctx: Scim
                                ) -> Response:
         body = await read_json(request)
         return scim_response(await resource.replace(
             db, ctx, _base(request, ctx), resource.resource_id(resource_id), body))
 
-    async def patch_resource(resource_id: str, request: Request, db: DB, ctx: Scim
+    async def patch_resource(resource_id: ResourceId, request: Request, db: DB, ctx: Scim
                              ) -> Response:
         body = await read_json(request)
         return scim_response(await resource.patch(
             db, ctx, _base(request, ctx), resource.resource_id(resource_id), body))
 
-    async def delete_resource(resource_id: str, db: DB, ctx: Scim) -> Response:
+    async def delete_resource(resource_id: ResourceId, db: DB, ctx: Scim) -> Response:
         await resource.delete(db, ctx, resource.resource_id(resource_id))
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    one = f"{path}/{{resource_id}}"
+    one = f"{path}/{{{resource.id_param}:scimid}}"
     for route_path, endpoint, method, verb, summary in (
         (path, list_resources, "GET", "list", resource.summary["list"]),
         (f"{path}/.search", search_resources, "POST", "search",
@@ -304,6 +312,15 @@ def _mount(resource: ScimResource) -> None:
     ):
         scim_router.add_api_route(route_path, endpoint, methods=[method],
                                   name=f"scim_{verb}_{key}", description=summary)
+
+
+class ScimIdConvertor(StringConvertor):
+    """A SCIM resource id in a path: any segment but ``.search`` (RFC 7644 §3.4.3)."""
+
+    regex = r"(?!\.search(?:/|$))[^/]+"
+
+
+register_url_convertor("scimid", ScimIdConvertor())
 
 
 for _resource in RESOURCES:
