@@ -221,6 +221,12 @@ def test_post_search_finds_the_same_as_get_and_pages_across_types(server: Server
         assert_scim_error(scim.post("/Users/.search", json={"schemas": [SEARCH],
                                                             "count": "many"}), 400)
         assert_scim_error(scim.post("/.search", content=b"{nope"), 400, "invalidSyntax")
+        assert_scim_error(scim.post("/.search", json={"schemas": 7}), 400, "invalidSyntax")
+        for huge in (10**30, -(10**30)):
+            page = scim.post("/Users/.search", json={"schemas": [SEARCH], "startIndex": huge})
+            assert page.status_code == 200, page.text
+            listed = scim.get("/Users", params={"startIndex": str(huge)})
+            assert listed.status_code == 200, listed.text
         assert "POST" in assert_scim_error(scim.get("/.search"), 405)["detail"] and \
             scim.get("/.search").headers["Allow"] == "POST"
         for method in ("GET", "PUT", "PATCH", "DELETE"):  # never read as a user's id

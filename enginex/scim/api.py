@@ -231,7 +231,8 @@ RESOURCES: tuple[ScimResource, ...] = (
 def _search_request(body: dict[str, Any]) -> SearchRequest:
     """The body of ``POST .../.search`` (RFC 7644 §3.4.3): ScimError 400 when it is not a
     SearchRequest."""
-    if SEARCH_SCHEMA not in (body.get("schemas") or []):
+    schemas = body.get("schemas")
+    if not isinstance(schemas, list) or SEARCH_SCHEMA not in schemas:
         raise ScimError(400, f"A search body must have \"schemas\": [\"{SEARCH_SCHEMA}\"].",
                         "invalidSyntax")
     try:

@@ -41,6 +41,7 @@ SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 MAX_BODY_BYTES = 256 * 1024  # advertised as bulk.maxPayloadSize; larger bodies -> 413
 MAX_RESULTS = 200  # filter.maxResults: count above it is lowered to it
 DEFAULT_COUNT = 100
+MAX_START_INDEX = 1_000_000_000  # startIndex above it reads as it (an empty page)
 MAX_GROUP_MEMBERS_PER_REQUEST = 1000
 
 UserModel = User[EnterpriseUser]
@@ -176,7 +177,8 @@ def page_request(request: Request) -> PageRequest:
 def clamp_page(start_index: int | None, count: int | None) -> PageRequest:
     """The page asked for (from the query string or a SearchRequest body), with the bounds of
     RFC 7644 §3.4.2.4 applied; None means the default."""
-    start = 1 if start_index is None else max(1, start_index)
+    # Capped: an OFFSET beyond a 64-bit integer is an error in the database, not an empty page.
+    start = 1 if start_index is None else min(max(1, start_index), MAX_START_INDEX)
     wanted = DEFAULT_COUNT if count is None else count
     return PageRequest(start, min(max(0, wanted), MAX_RESULTS))
 
