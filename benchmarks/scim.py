@@ -1,7 +1,8 @@
 """SCIM read latency at 10,000 users in one organization (issue 14): ``GET /Users?filter=userName
 eq "..."`` and a 100-per-page ``GET /Users`` list, p50/p95, on SQLite and PostgreSQL, with the
 ratio to the organization's members API page of the same size (``GET
-/api/v1/orgs/{org}/members``, 100 members by default) measured in the same run. Printed, never asserted; goal >= 0.8.
+/api/v1/orgs/{org}/members``, 100 members by default) measured in the same run. Printed,
+never asserted; goal >= 0.8.
 
 Ratio = members-API p50 / SCIM p50 (above 1: the SCIM request is faster).
 
