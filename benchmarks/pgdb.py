@@ -56,6 +56,12 @@ class PgDatabase:
     def url(self, role: str, driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://{role}@{self.host}:{self.port}/{self.name}"
 
+    def analyze(self) -> None:
+        """ANALYZE every table (as the owner): planner statistics after a bulk load."""
+        with psycopg.connect(self.url(self.owner, driver="postgresql"),
+                             autocommit=True) as owner:
+            owner.execute("ANALYZE")
+
     def drop(self) -> None:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

@@ -1,7 +1,8 @@
 """SCIM read latency at 10,000 users in one organization (issue 14): ``GET /Users?filter=userName
 eq "..."`` and a 100-per-page ``GET /Users`` list, p50/p95, on SQLite and PostgreSQL, with the
-ratio to the organization's members API list (``GET /api/v1/orgs/{org}/members``, all members
-of the same organization) measured in the same run. Printed, never asserted; goal >= 0.8.
+ratio to the organization's members API page of the same size (``GET
+/api/v1/orgs/{org}/members``, 100 members by default) measured in the same run. Printed,
+never asserted; goal >= 0.8.
 
 Ratio = members-API p50 / SCIM p50 (above 1: the SCIM request is faster).
 
@@ -62,7 +63,7 @@ async def _seed(settings: Settings, users: int) -> dict[str, str]:
         slug = f"bench-{uuid.uuid4().hex[:6]}"
         tenant = await create_tenant(session, slug=slug, name="SCIM bench",
                                      admin_email=f"admin@{slug}.example", region="default",
-                                     actor_id=uuid.uuid4())
+                                     actor_id=uuid.uuid4(), base_url=settings.base_url)
         assert tenant.invitation_token is not None
         admin, org, _ = await accept_invitation(session, token=tenant.invitation_token,
                                                 password="bench-pass-phrase-42")
@@ -138,9 +139,14 @@ def _p(samples: list[float], q: float) -> float:
 
 
 def bench(backend: str, users: int, repeats: int) -> None:
-    with backend_settings(backend) as (settings, _pg):
+    with backend_settings(backend) as (settings, pg):
         started = time.perf_counter()
         seeded = asyncio.run(_seed(settings, users))
+        if pg is not None:
+            # A bulk load leaves no planner statistics until autovacuum analyzes the tables;
+            # without them PostgreSQL estimates ~30 members and joins by nested loops (seconds
+            # per page). A deployment gets them from autovacuum within minutes.
+            pg.analyze()
         print(f"[{backend}] seeded {users} users in {time.perf_counter() - started:.1f} s")
         server, thread, base = _serve(settings)
         try:
@@ -169,7 +175,7 @@ def bench(backend: str, users: int, repeats: int) -> None:
                   f"{'ratio':>7}")
             for label, name in (("SCIM GET /Users?filter=userName eq \"...\"", "filter"),
                                 ("SCIM GET /Users?startIndex=..&count=100", "page"),
-                                (f"members API list ({users + 1} members)", "members")):
+                                (f"members API page (100 of {users + 1} members)", "members")):
                 samples = rounds[name]
                 ratio = reference / statistics.median(samples)
                 print(f"[{backend}] {label:<46} {len(samples):>5} {_p(samples, 0.5):>8.1f} "

@@ -46,8 +46,8 @@ from enginex.reports.web import router as reports_web_router
 from enginex.runs.api import router as runs_router
 from enginex.runs.runtime import build_engine, build_worker
 from enginex.runs.web import router as runs_web_router
+from enginex.scim.api import install_scim_errors, scim_router
 from enginex.scim.api import router as scim_tokens_router
-from enginex.scim.api import scim_router
 from enginex.skills.api import router as skills_router
 from enginex.skills.web import router as skills_web_router
 from enginex.sso.api import router as sso_router
@@ -138,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RateLimiter(store), anonymous_per_minute=settings.rate_limit_anonymous_per_minute,
         user_per_minute=settings.rate_limit_user_per_minute)
     install_error_handlers(app)
+    install_scim_errors(app)  # SCIM clients read SCIM's error format under /scim/
     for router in (*ROUTERS, *WEB_ROUTERS):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"),

@@ -157,3 +157,52 @@ def test_reset_requests_are_throttled_per_client_address(mail_server: Server) ->
     answers = [request_reset(mail_server, f"spray-{i}-{uuid.uuid4().hex[:6]}@example.org",
                              address).status_code for i in range(limit + 1)]
     assert answers[:limit] == [202] * limit and answers[-1] == 429
+
+
+SSO_SUBJECT = "Your EngineX sign-in uses single sign-on"
+
+
+def test_reset_does_not_bypass_sso_enforcement_but_the_break_glass_admin_keeps_it(
+        mail_server: Server, smtp: SmtpServer) -> None:
+    org = make_org(mail_server, make_platform_admin(mail_server), "ps",
+                   roles=("admin", "viewer"))
+    admin, viewer = org.admin, org.members["viewer"]
+    # A link issued before the organization turns enforcement on ...
+    assert request_reset(mail_server, viewer.email).status_code == 202
+    _, early_token = mailed_token(smtp, viewer.email)
+    connection = admin.client.post(f"/api/v1/orgs/{org.slug}/sso/connections", json={
+        "name": "idp", "kind": "oidc", "enabled": True, "default_role": "viewer",
+        "oidc": {"issuer": "https://idp.example.org", "client_id": "enginex"},
+        "client_secret": secrets.token_urlsafe(24)})
+    assert connection.status_code == 201, connection.text
+    enforced = admin.client.put(f"/api/v1/orgs/{org.slug}/sso/enforcement",
+                                json={"require_sso": True, "break_glass_user_id": admin.user_id})
+    assert enforced.status_code == 200, enforced.text
+    with client_from(mail_server) as browser:
+        # ... no longer sets a password: it would open nothing.
+        refused = browser.post("/api/v1/auth/password-reset/confirm",
+                               json={"token": early_token, "new_password": NEW_PASSWORD})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "sso_required"
+        assert "single sign-on" in refused.json()["error"]["message"]
+    # A new request answers the same, but the mail points to SSO and carries no link.
+    asked = request_reset(mail_server, viewer.email)
+    assert asked.status_code == 202
+    [notice] = smtp.inbox.wait_for(viewer.email, SSO_SUBJECT)
+    text = body_of(notice)
+    assert f"{mail_server.base_url}/sso/{org.slug}/start" in text
+    assert RESET_LINK.search(text) is None and "pwr_" not in text
+    assert len(smtp.inbox.to(viewer.email, SUBJECT)) == 1  # only the early link
+    # The break-glass admin can still reset, and the new password still opens the org.
+    assert request_reset(mail_server, admin.email).status_code == 202
+    _, token = mailed_token(smtp, admin.email)
+    with client_from(mail_server) as browser:
+        done = browser.post("/api/v1/auth/password-reset/confirm",
+                            json={"token": token, "new_password": NEW_PASSWORD})
+        assert done.status_code == 204, done.text
+    fresh = sign_in(mail_server, admin.email, NEW_PASSWORD)
+    assert fresh.client.get(f"/api/v1/orgs/{org.slug}/members").status_code == 200
+    # The viewer's old password signs in, but the organization stays closed to it.
+    viewer_again = sign_in(mail_server, viewer.email, PASSWORD)
+    closed = viewer_again.client.get(f"/api/v1/orgs/{org.slug}/members")
+    assert closed.status_code == 403 and closed.json()["error"]["code"] == "sso_required"

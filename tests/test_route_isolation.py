@@ -287,7 +287,7 @@ PUBLIC_ROUTES = {
     ("POST", "/password-reset/confirm"): "the new-password form (the token is the credential)",
     ("GET", "/metrics"): "Prometheus scrape: its own bearer token (ENGINEX_METRICS_TOKEN), 404 "
                          "when none is set; org ids and numbers only",
-    **{(method, "/scim/v2/{org}/{rest:path}"): "SCIM's catch-all: only 404/405/501 in SCIM's "
+    **{(method, "/scim/v2/{org}/{rest:path}"): "SCIM's catch-all: only 404/405 in SCIM's "
        "format, the same for every slug" for method in ("GET", "POST", "PUT", "PATCH", "DELETE")},
     **PUBLIC_SSO_ROUTES,
 }

@@ -12,8 +12,9 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -242,6 +243,71 @@ def test_acs_refuses_missing_fields_and_garbage_with_a_page(world: World):
         unknown = client.post("/sso/no-such-org/saml/acs",
                               data={"SAMLResponse": "PGE+", "RelayState": "_nope"})
         assert unknown.status_code == 404
+
+
+def test_entra_group_overage_is_refused_with_a_fix_when_rules_decide_roles(world: World):
+    from enginex.sso.provisioning import ENTRA_SAML_GROUPS_LINK
+
+    org = world.a.org
+    user = f"u-{secrets.token_hex(4)}"
+    with anonymous(world.server) as browser:
+        redirect = start(browser, org.slug)
+        relay_state = parse_qs(urlsplit(redirect).query)["RelayState"][0]
+        # Beyond 150 groups Entra sends a Graph link instead of the groups.
+        response = world.idp.respond(redirect, name_id=user, attributes={
+            "email": [f"{user}@{world.a.domain}"], "displayName": ["Sam L"],
+            ENTRA_SAML_GROUPS_LINK: ["https://graph.windows.net/tenant/users/x/getMemberObjects"]})
+        refused = post_acs(browser, org.slug, {"SAMLResponse": response,
+                                               "RelayState": relay_state})
+        assert refused.status_code == 403, refused.text
+        assert "group overage" in refused.text and "Groups assigned to the application" in \
+            refused.text
+        assert browser.get("/api/v1/me").status_code == 401
+    # nothing was provisioned; the refusal is audited
+    members = org.admin.client.get(f"/api/v1/orgs/{org.slug}/members",
+                                   params={"limit": 200}).json()
+    assert user not in str(members)
+    assert [e["details"]["error"] for e in failed_sign_ins(org)] == ["sso_group_overage"]
+
+
+def failed_sign_ins(org: Org) -> list[dict[str, Any]]:
+    response = org.admin.client.get(f"/api/v1/orgs/{org.slug}/audit",
+                                    params={"action": "sso.login_failed", "limit": 200})
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def test_refused_sign_ins_are_audited_without_personal_data_and_capped(world: World):
+    from enginex.sso.signin import FAILED_SIGN_INS_PER_MINUTE
+
+    org = world.a.org
+    user = f"u-{secrets.token_hex(4)}"
+    with anonymous(world.server) as browser:
+        form = idp_answer(world, start(browser, org.slug), user=user,
+                          email=f"{user}@{world.b.domain}", groups=[ENG_ADMINS])
+        assert post_acs(browser, org.slug, form).status_code == 403
+    [entry] = failed_sign_ins(org)
+    assert entry["actor_kind"] == "anonymous" and entry["actor_id"] is None
+    assert entry["details"] == {"protocol": "saml", "error": "sso_domain_not_verified",
+                                "status": 403}
+    # what failed, never who: no name id, email or domain of the person
+    assert user not in str(entry) and world.b.domain not in str(entry)
+    # the other organization's log holds nothing of it
+    assert failed_sign_ins(world.b.org) == []
+    # a public endpoint cannot flood the audit log: at most N entries a minute
+    garbage = {"SAMLResponse": "PGE+", "RelayState": "_nope"}
+    with anonymous(world.server) as client:
+        for _ in range(FAILED_SIGN_INS_PER_MINUTE + 5):
+            assert post_acs(client, org.slug, garbage).status_code == 400
+    entries = failed_sign_ins(org)
+    assert entries[0]["details"]["protocol"] == "saml" and "error" in entries[0]["details"]
+    times = sorted(datetime.fromisoformat(e["at"]) for e in entries)
+    for at in times:
+        within_a_minute = [t for t in times if at - timedelta(seconds=59) < t <= at]
+        assert len(within_a_minute) <= FAILED_SIGN_INS_PER_MINUTE, times
+    assert len(entries) > 1  # the garbage was audited too, up to the cap
+    verified = org.admin.client.get(f"/api/v1/orgs/{org.slug}/audit/verify")
+    assert verified.status_code == 200 and verified.json()["intact"] is True, verified.text
 
 
 def test_sp_metadata_of_an_unknown_org_is_404(server: Server):

@@ -164,6 +164,79 @@ def test_users_crud_filter_and_pagination(server: Server, org_a: Org) -> None:
         assert_scim_error(scim.get("/Users/not-a-uuid"), 404)
 
 
+SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
+
+
+def test_post_search_finds_the_same_as_get_and_pages_across_types(server: Server, org_a: Org,
+                                                                  org_b: Org) -> None:
+    with scim_client(server, org_a) as scim, scim_client(server, org_b) as scim_b:
+        user = new_user(scim, externalId=f"ext-{uuid.uuid4().hex}")
+        group = scim.post("/Groups", json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": f"g-{uuid.uuid4().hex[:8]}", "externalId": user["externalId"],
+            "members": [{"value": user["id"]}]})
+        assert group.status_code == 201, group.text
+        # one resource type: the filter, attributes and paging of GET, from the body
+        found = scim.post("/Users/.search", json={
+            "schemas": [SEARCH], "filter": f'userName eq "{user["userName"]}"',
+            "attributes": ["userName"]})
+        assert found.status_code == 200 and found.headers["content-type"].startswith(SCIM_JSON)
+        body = found.json()
+        assert body["totalResults"] == 1 and body["Resources"][0]["id"] == user["id"]
+        assert "emails" not in body["Resources"][0] and body["Resources"][0]["userName"]
+        groups = scim.post("/Groups/.search", json={
+            "schemas": [SEARCH], "filter": f'displayName eq "{group.json()["displayName"]}"',
+            "excludedAttributes": ["members"]}).json()
+        assert groups["totalResults"] == 1 and "members" not in groups["Resources"][0]
+        # every type at once: externalId is shared by both types, userName only by Users
+        both = scim.post("/.search", json={
+            "schemas": [SEARCH], "filter": f'externalId eq "{user["externalId"]}"'}).json()
+        assert {r["id"] for r in both["Resources"]} == {user["id"], group.json()["id"]}
+        users_only = scim.post("/.search", json={
+            "schemas": [SEARCH], "filter": f'userName eq "{user["userName"]}"'}).json()
+        assert [r["id"] for r in users_only["Resources"]] == [user["id"]]
+        # pages of one across Users then Groups cover everything exactly once
+        users_total = scim.get("/Users", params={"count": 0}).json()["totalResults"]
+        groups_total = scim.get("/Groups", params={"count": 0}).json()["totalResults"]
+        everything = scim.post("/.search", json={"schemas": [SEARCH], "count": 200}).json()
+        assert everything["totalResults"] == users_total + groups_total
+        seen = []
+        for start in range(1, users_total + groups_total + 2):
+            page = scim.post("/.search", json={"schemas": [SEARCH], "startIndex": start,
+                                               "count": 1}).json()
+            assert page["totalResults"] == users_total + groups_total
+            seen += [r["id"] for r in page["Resources"]]
+        assert seen == [r["id"] for r in everything["Resources"]]
+        # another organization's search never sees org A's resources
+        other = scim_b.post("/.search", json={
+            "schemas": [SEARCH], "filter": f'externalId eq "{user["externalId"]}"'}).json()
+        assert other["totalResults"] == 0
+        # bad search bodies are SCIM errors
+        assert_scim_error(scim.post("/.search", json={"filter": "x"}), 400, "invalidSyntax")
+        assert_scim_error(scim.post("/.search", json={"schemas": [SEARCH],
+                                                      "filter": 'title eq "x"'}), 400,
+                          "invalidFilter")
+        assert_scim_error(scim.post("/Users/.search", json={"schemas": [SEARCH],
+                                                            "sortBy": "userName"}), 400)
+        assert_scim_error(scim.post("/Users/.search", json={"schemas": [SEARCH],
+                                                            "count": "many"}), 400)
+        assert_scim_error(scim.post("/.search", content=b"{nope"), 400, "invalidSyntax")
+        assert_scim_error(scim.post("/.search", json={"schemas": 7}), 400, "invalidSyntax")
+        for huge in (10**30, -(10**30)):
+            page = scim.post("/Users/.search", json={"schemas": [SEARCH], "startIndex": huge})
+            assert page.status_code == 200, page.text
+            listed = scim.get("/Users", params={"startIndex": str(huge)})
+            assert listed.status_code == 200, listed.text
+        assert "POST" in assert_scim_error(scim.get("/.search"), 405)["detail"] and \
+            scim.get("/.search").headers["Allow"] == "POST"
+        for method in ("GET", "PUT", "PATCH", "DELETE"):  # never read as a user's id
+            wrong = scim.request(method, "/Users/.search", json={})
+            assert_scim_error(wrong, 405)
+            assert wrong.headers["Allow"] == "POST", wrong.headers
+        assert_scim_error(httpx.post(f"{server.base_url}/scim/v2/{org_a.slug}/.search",
+                                     json={"schemas": [SEARCH]}), 401)
+
+
 def test_bad_input_is_a_scim_error_and_changes_nothing(server: Server, org_a: Org) -> None:
     with scim_client(server, org_a) as scim:
         before = scim.get("/Users").json()["totalResults"]

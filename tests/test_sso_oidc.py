@@ -248,6 +248,18 @@ def test_a_forged_or_stale_response_is_refused_with_a_clear_error(world: World) 
     assert browser.get(callback).status_code == 303
     replayed = browser.get(callback)
     assert replayed.status_code == 400 and sso_error(replayed) == "sso_no_flow"
+    # Each refusal is in the organization's audit log: what failed, never who.
+    failed = audit_actions(world, "a", "sso.login_failed")
+    errors = {e["details"]["error"] for e in failed}
+    assert {"sso_state_mismatch", "sso_issuer_mismatch", "sso_code_refused", "sso_idp_refused",
+            "sso_no_flow"} <= errors, errors
+    connection = world.connections["a"]
+    assert any(e["details"].get("connection_id") == connection for e in failed
+               if e["details"]["error"] == "sso_state_mismatch")
+    for entry in failed:
+        assert entry["actor_kind"] == "anonymous" and entry["actor_id"] is None
+        assert set(entry["details"]) <= {"protocol", "error", "status", "connection_id"}
+        assert "hal" not in str(entry["details"]) and "@" not in str(entry["details"])
 
 
 def test_sign_in_page_sends_a_verified_domain_to_its_idp(world: World) -> None:

@@ -62,6 +62,15 @@ class AuditRepository(ScopedRepository[AuditEntry]):
                 .limit(1))
         return (await self.db.execute(stmt)).first() is not None
 
+    async def count_since(self, *, action: str, since: datetime, limit: int) -> int:
+        """How many ``action`` entries were written since ``since``, counting at most
+        ``limit`` (a cap check reads no more rows than the cap)."""
+        recent = (select(AuditEntry.seq)
+                  .where(AuditEntry.tenant_id == self.ctx.org_id, AuditEntry.action == action,
+                         AuditEntry.at >= since)
+                  .limit(limit))
+        return len((await self.db.execute(recent)).all())
+
     async def head(self) -> AuditHead | None:
         return (await self.db.execute(select(AuditHead).where(
             AuditHead.tenant_id == self.ctx.org_id))).scalar_one_or_none()

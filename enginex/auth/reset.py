@@ -10,6 +10,12 @@ Contracts:
   in ``login_failures`` under keys of their own; over a limit: 429 with Retry-After.
 * A link's token (``pwr_...``, 256 random bits) is stored as its SHA-256 digest, works once,
   for ``password_reset_ttl_minutes``. No link is issued for a disabled account.
+* SSO enforcement: when every organization of the account requires SSO for it (not its
+  break-glass admin) and it is no platform admin, a password would open nothing, so no link is
+  made: the mail names the organizations' SSO sign-in addresses instead. Confirming a link
+  issued before enforcement turned on is refused the same way (Forbidden ``sso_required``). A
+  new password never opens an SSO-enforced organization anyway: its guard refuses password
+  sessions (``sso_required``) for everyone but its break-glass admin and platform admins.
 * Confirming sets the new password (the sign-up policy), ends every browser session of the
   user and every other unused link; it revokes nothing else (API keys stay). Audited in each
   organization the user belongs to, after the commit (``audit.service.record_in_user_orgs``).
@@ -32,7 +38,10 @@ from enginex.config import Settings
 from enginex.kit.errors import Forbidden, NotFound, TooManyRequests
 from enginex.kit.ids import new_token, token_digest
 from enginex.kit.time import utcnow
-from enginex.mail.service import queue_password_reset
+from enginex.mail.service import queue_password_reset, queue_sso_sign_in_notice
+from enginex.orgs.models import Organization
+from enginex.orgs.repository import get_org
+from enginex.tenancy.platform import list_user_orgs
 
 log = logging.getLogger("enginex.auth")
 
@@ -43,6 +52,26 @@ RESET_REQUESTED = ("If an EngineX account uses this email address, a link to cho
                    "Nothing arrived? Check the spam folder, or ask your platform operator.")
 INVALID_RESET = ("This password-reset link is not valid: it may have expired or been used "
                  "already. Ask for a new one on the sign-in page ('Forgot your password?').")
+
+
+SSO_ONLY_RESET = ("Your organizations now require single sign-on, so a password would not "
+                  "open them and this link no longer sets one. Sign in through your identity "
+                  "provider: type your email address on the sign-in page.")
+
+
+async def sso_only_organizations(db: AsyncSession, user: User) -> list[Organization]:
+    """The account's organizations when every one of them requires SSO for this user (it is
+    not their break-glass admin); empty when a password opens at least one of them, when the
+    user is a platform admin, or when the account belongs to no organization."""
+    if user.is_platform_admin:
+        return []
+    found = []
+    for membership in await list_user_orgs(db, user.id):
+        org = await get_org(db, membership.org_id)
+        if org is None or not org.require_sso or org.sso_break_glass_user_id == user.id:
+            return []
+        found.append(org)
+    return found
 
 
 def _email_key(email: str) -> str:
@@ -94,6 +123,13 @@ async def issue_reset(sessions: async_sessionmaker[AsyncSession], settings: Sett
         user = await repo.get_user_by_email(db, email)
         if user is None or user.disabled:
             return False
+        sso_only = await sso_only_organizations(db, user)
+        if sso_only:
+            base = settings.base_url.rstrip("/")
+            queue_sso_sign_in_notice(db, recipient=user.email, organizations=[
+                (org.name, f"{base}/sso/{org.slug}/start") for org in sso_only])
+            log.info("password reset refused (SSO required) user_id=%s", user.id)
+            return False
         token = new_token(RESET_PREFIX)
         db.add(PasswordReset(token_digest=token_digest(token), user_id=user.id,
                              created_at=now, expires_at=now + timedelta(
@@ -133,6 +169,8 @@ async def confirm_reset(db: AsyncSession, *, token: str, new_password: str,
     if user.disabled:
         raise Forbidden("This account is disabled. Ask an organization admin to re-enable it.",
                         code="account_disabled")
+    if await sso_only_organizations(db, user):
+        raise Forbidden(SSO_ONLY_RESET, code="sso_required")
     check_password_policy(new_password, email=user.email, field="new_password")
     reset_id, user_id = reset.id, user.id
     await db.commit()

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the ORM is imported by the command: `enginex --help` must n
     from enginex.config import Settings
 
 STATUSES = ("queued", "sent", "failed", "all")
-KINDS = ("password_reset", "invitation")
+KINDS = ("password_reset", "sso_sign_in_notice", "invitation")  # mail/models.py MailKind
 
 
 def add_outbox_commands(subparsers: Any) -> None:

@@ -29,6 +29,7 @@ class MailStatus(StrEnum):
 class MailKind(StrEnum):
     PASSWORD_RESET = "password_reset"  # noqa: S105 - a kind of mail, no secret
     INVITATION = "invitation"
+    SSO_SIGN_IN_NOTICE = "sso_sign_in_notice"
 
 
 class OutboxMessage(Base):

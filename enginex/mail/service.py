@@ -71,6 +71,22 @@ def queue_password_reset(db: AsyncSession, *, recipient: str, link: str,
                    subject="Reset your EngineX password", body=body)
 
 
+def queue_sso_sign_in_notice(db: AsyncSession, *, recipient: str,
+                             organizations: list[tuple[str, str]]) -> OutboxMessage:
+    """Sent instead of a reset link when every organization of the account requires single
+    sign-on: ``organizations`` are (name, SSO start URL) pairs."""
+    lines = "\n".join(f"  {name}: {url}" for name, url in organizations)
+    body = (f"Someone (hopefully you) asked to reset the password of the EngineX account "
+            f"{recipient}.\n\n"
+            "Your organizations sign you in with single sign-on, so a password would not "
+            "open them and no reset link was made. Sign in through your identity provider:"
+            f"\n\n{lines}\n\n"
+            "Or type your email address on the EngineX sign-in page. If you cannot sign in "
+            "there, ask an organization admin.\n")
+    return enqueue(db, kind=MailKind.SSO_SIGN_IN_NOTICE, recipient=recipient,
+                   subject="Your EngineX sign-in uses single sign-on", body=body)
+
+
 def queue_invitation(db: AsyncSession, *, recipient: str, org_name: str, role: str,
                      link: str, expires: datetime) -> OutboxMessage:
     body = (f"You are invited to join the organization \"{org_name}\" on EngineX as "

@@ -37,9 +37,11 @@ from enginex.kit.errors import AppError
 SCIM_MEDIA_TYPE = "application/scim+json"
 ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 MAX_BODY_BYTES = 256 * 1024  # advertised as bulk.maxPayloadSize; larger bodies -> 413
 MAX_RESULTS = 200  # filter.maxResults: count above it is lowered to it
 DEFAULT_COUNT = 100
+MAX_START_INDEX = 1_000_000_000  # startIndex above it reads as it (an empty page)
 MAX_GROUP_MEMBERS_PER_REQUEST = 1000
 
 UserModel = User[EnterpriseUser]
@@ -168,9 +170,17 @@ class PageRequest:
 def page_request(request: Request) -> PageRequest:
     """startIndex (< 1 is read as 1) and count (negative is read as 0, above MAX_RESULTS is
     lowered to it), per RFC 7644 §3.4.2.4."""
-    start = max(1, _positive_int(request.query_params.get("startIndex"), "startIndex", 1))
-    count = _positive_int(request.query_params.get("count"), "count", DEFAULT_COUNT)
-    return PageRequest(start, min(max(0, count), MAX_RESULTS))
+    return clamp_page(_positive_int(request.query_params.get("startIndex"), "startIndex", 1),
+                      _positive_int(request.query_params.get("count"), "count", DEFAULT_COUNT))
+
+
+def clamp_page(start_index: int | None, count: int | None) -> PageRequest:
+    """The page asked for (from the query string or a SearchRequest body), with the bounds of
+    RFC 7644 §3.4.2.4 applied; None means the default."""
+    # Capped: an OFFSET beyond a 64-bit integer is an error in the database, not an empty page.
+    start = 1 if start_index is None else min(max(1, start_index), MAX_START_INDEX)
+    wanted = DEFAULT_COUNT if count is None else count
+    return PageRequest(start, min(max(0, wanted), MAX_RESULTS))
 
 
 def list_response(resources: list[dict[str, Any]], total: int,

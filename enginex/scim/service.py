@@ -35,7 +35,6 @@ from typing import Any
 
 from pydantic import ValidationError
 from scim2_models import Context, PatchOp, SCIMException
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -64,8 +63,7 @@ from enginex.scim.repository import (
     ScimUserRepository,
     UserRow,
 )
-from enginex.sso.models import RoleMappingRule
-from enginex.sso.role_mapping import role_for_groups
+from enginex.sso.role_mapping import has_rules, role_for_groups
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.principal import acting_user_id
 from enginex.tenancy.scopes import Role
@@ -541,15 +539,10 @@ async def delete_group(db: AsyncSession, ctx: TenantContext, group_id: uuid.UUID
 # --- roles from groups -------------------------------------------------------------------------
 
 
-async def _has_rules(db: AsyncSession, ctx: TenantContext) -> bool:
-    stmt = select(RoleMappingRule.group_name).where(RoleMappingRule.tenant_id == ctx.org_id)
-    return (await db.execute(stmt.limit(1))).first() is not None
-
-
 async def _sync_roles(db: AsyncSession, ctx: TenantContext, user_ids: set[uuid.UUID]) -> None:
     """Give each SCIM-managed member in ``user_ids`` the role their groups map to (see the
     module docstring). The last enabled admin is never demoted (logged and skipped)."""
-    if not user_ids or not await _has_rules(db, ctx):
+    if not user_ids or not await has_rules(db, ctx.org_id):
         return
     users = ScimUserRepository(db, ctx)
     names = await ScimGroupRepository(db, ctx).group_names_of(list(user_ids))

@@ -19,8 +19,9 @@ Rules (docs/SSO.md, "Who signs in"):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,7 +33,8 @@ from enginex.kit.time import utcnow
 from enginex.orgs.models import Membership
 from enginex.sso import repository as repo
 from enginex.sso.models import SsoAuditAction, SsoConnection, SsoIdentity
-from enginex.sso.role_mapping import role_for_groups
+from enginex.sso.role_mapping import has_rules, role_for_groups
+from enginex.sso.saml import SamlAssertion
 from enginex.sso.service import normalise_domain
 from enginex.tenancy.context import TenantContext
 from enginex.tenancy.scopes import Role
@@ -50,6 +52,9 @@ class Assertion:
     email_verified: bool | None
     display_name: str
     groups: Sequence[str]
+    # The IdP left the groups out because there are too many (Entra's "group overage"):
+    # they are only available from Microsoft Graph, which EngineX does not call.
+    groups_overage: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,34 @@ def groups_from(value: object) -> list[str]:
     return []
 
 
+ENTRA_SAML_GROUPS_LINK = "http://schemas.microsoft.com/claims/groups.link"
+GROUP_OVERAGE = ("Your identity provider left your groups out of the sign-in because you are "
+                 "in too many of them (Microsoft Entra's 'group overage'), so EngineX cannot "
+                 "tell which role this organization's rules give you. An organization admin "
+                 "can fix it at the identity provider: emit only the groups assigned to the "
+                 "application (Token configuration -> groups claim -> 'Groups assigned to the "
+                 "application'), then sign in again.")
+
+
+def oidc_groups_overage(claims: Mapping[str, Any], groups_claim: str) -> bool:
+    """Whether an id_token omits its groups for overage: no ``groups_claim`` but the claim
+    named in ``_claim_names`` (a distributed claim, OIDC Core 5.6.2, as Entra sends beyond 200
+    groups), or ``hasgroups: true`` (Entra's implicit-flow form)."""
+    if groups_claim in claims:
+        return False
+    names = claims.get("_claim_names")
+    if isinstance(names, Mapping) and groups_claim in names:
+        return True
+    return claims.get("hasgroups") in (True, "true")
+
+
+def saml_groups_overage(assertion: SamlAssertion, groups_attribute: str) -> bool:
+    """Whether a SAML assertion omits its groups for overage: no ``groups_attribute`` values
+    but Entra's ``groups.link`` attribute (sent instead beyond 150 groups)."""
+    return not assertion.attribute(groups_attribute) and bool(
+        assertion.attribute(ENTRA_SAML_GROUPS_LINK))
+
+
 def _refused(message: str, code: str) -> AppError:
     return Forbidden(message, code=code)
 
@@ -77,8 +110,11 @@ async def sign_in_user(db: AsyncSession, ctx: TenantContext, connection: SsoConn
     """Resolve, link or provision the user of ``assertion`` in ``ctx``'s organization and set
     their role from their groups (rules in the module docstring). ``db`` must be bound to
     ``ctx.org_id``. Raises Forbidden (codes ``sso_domain_not_verified``, ``sso_no_email``,
-    ``account_disabled``) and writes nothing then. Audited: ``sso.user_provisioned``,
-    ``sso.identity_linked``, ``sso.role_changed``."""
+    ``account_disabled``, ``sso_group_overage`` -- the IdP omitted the groups and the
+    organization has role-mapping rules, so no role can be decided) and writes nothing then.
+    Audited: ``sso.user_provisioned``, ``sso.identity_linked``, ``sso.role_changed``."""
+    if assertion.groups_overage and await has_rules(db, ctx.org_id):
+        raise _refused(GROUP_OVERAGE, "sso_group_overage")
     identities = repo.IdentityRepository(db, ctx)
     identity = await identities.find(connection.id, assertion.issuer, assertion.subject)
     provisioned = False

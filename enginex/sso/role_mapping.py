@@ -57,3 +57,12 @@ async def role_for_groups(db: AsyncSession, tenant_id: uuid.UUID, groups: list[s
         select(RoleMappingRule.group_name, RoleMappingRule.role, RoleMappingRule.priority)
         .where(RoleMappingRule.tenant_id == tenant_id))).all()
     return pick_role([(g, Role(r), p) for g, r, p in rows], groups, default_role)
+
+
+async def has_rules(db: AsyncSession, tenant_id: uuid.UUID) -> bool:
+    """Whether the organization ``tenant_id`` has any role-mapping rule (groups matter only
+    then). ``db`` must be bound to ``tenant_id``."""
+    if session_tenant(db) != tenant_id:
+        raise TenantContextMissing("database session is not bound to this tenant")
+    stmt = select(RoleMappingRule.group_name).where(RoleMappingRule.tenant_id == tenant_id)
+    return (await db.execute(stmt.limit(1))).first() is not None

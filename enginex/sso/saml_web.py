@@ -23,13 +23,19 @@ from enginex.kit.errors import AppError, NotFound
 from enginex.orgs.repository import get_org_by_slug
 from enginex.sso import saml
 from enginex.sso.models import SsoAuditAction
-from enginex.sso.provisioning import Assertion, groups_from, sign_in_user
+from enginex.sso.provisioning import (
+    Assertion,
+    groups_from,
+    saml_groups_overage,
+    sign_in_user,
+)
 from enginex.sso.saml_signin import (
     accept_response,
     display_name_of,
     email_of,
     service_provider,
 )
+from enginex.sso.signin import record_failed_sign_in
 from enginex.tenancy.guards import DB, Public, make_router
 from enginex.web.pages import safe_next
 from enginex.web.templating import templates
@@ -85,7 +91,8 @@ async def saml_acs(request: Request, org: str, db: DB,
         signed_in = await sign_in_user(db, accepted.ctx, connection, Assertion(
             issuer=found.issuer, subject=found.name_id, email=email_of(found, connection),
             email_verified=None, display_name=display_name_of(found, connection),
-            groups=groups_from(list(found.attribute(connection.groups_claim)))))
+            groups=groups_from(list(found.attribute(connection.groups_claim))),
+            groups_overage=saml_groups_overage(found, connection.groups_claim)))
         result = await open_session(db, settings, signed_in.user,
                                     user_agent=request.headers.get("user-agent", ""))
         result.session.sso_org_id = accepted.ctx.org_id
@@ -100,6 +107,11 @@ async def saml_acs(request: Request, org: str, db: DB,
         await db.rollback()
         log.info("saml sign-in refused at %s: %s %s", org[:40], exc.code,
                  exc.details.get("reason", ""))
+        try:
+            await record_failed_sign_in(request.app.state.db.sessions, org.lower(), exc,
+                                        protocol="saml")
+        except Exception:
+            log.exception("could not audit a refused SAML sign-in")
         return _error(request, exc)
     await db.commit()
     try:

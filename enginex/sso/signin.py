@@ -14,15 +14,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from enginex.auth.service import LoginResult, open_session
 from enginex.config import Settings
@@ -33,6 +35,7 @@ from enginex.db import set_tenant
 from enginex.kit.crypto import derive_key
 from enginex.kit.errors import AppError, NotFound
 from enginex.kit.ids import new_token
+from enginex.kit.time import utcnow
 from enginex.orgs.repository import get_org, get_org_by_slug
 from enginex.sso import repository as repo
 from enginex.sso.models import ConnectionKind, SsoAuditAction, SsoConnection
@@ -44,7 +47,13 @@ from enginex.sso.oidc import (
     exchange_code,
     validate_id_token,
 )
-from enginex.sso.provisioning import Assertion, SignedIn, groups_from, sign_in_user
+from enginex.sso.provisioning import (
+    Assertion,
+    SignedIn,
+    groups_from,
+    oidc_groups_overage,
+    sign_in_user,
+)
 from enginex.sso.saml_signin import begin_saml
 from enginex.sso.service import SECRET_FIELD, normalise_domain
 from enginex.tenancy.context import TenantContext, system_context
@@ -99,6 +108,56 @@ class FlowSealer:
         except (ValueError, TypeError, InvalidTag):
             return None
         return flow if flow.expires > time.time() else None
+
+
+FAILED_SIGN_INS_PER_MINUTE = 20  # per organization; more are logged, not audited
+_REASON = re.compile(r"^[a-z_]{1,40}$")
+
+
+async def record_failed_sign_in(sessions: async_sessionmaker[AsyncSession], slug: str,
+                                error: AppError, *, protocol: str,
+                                flow_connection: tuple[str, str] | None = None) -> bool:
+    """Audit a refused SSO sign-in (``sso.login_failed``) in the organization whose callback
+    or ACS received it, in a transaction of its own (the sign-in's was rolled back).
+
+    The entry holds what failed, never who: the protocol, the error code, SAML's reason code
+    and the connection id when this browser's flow (``flow_connection``: organization id,
+    connection id) began at this organization -- no email, subject, IP address or token
+    (the callbacks are public, so the caller is unknown; actor ``anonymous``). An unknown or
+    inactive organization writes nothing. At most FAILED_SIGN_INS_PER_MINUTE entries per
+    organization a minute, so a public endpoint cannot flood an audit log. Returns whether an
+    entry was written."""
+    from enginex.audit.repository import AuditRepository
+    from enginex.audit.service import record
+
+    async with sessions() as db, db.begin():
+        org = await get_org_by_slug(db, slug)
+        if org is None or org.status != "active":
+            return False
+        await set_tenant(db, org.id)
+        ctx = system_context(org.id, org.slug)
+        since = utcnow() - timedelta(minutes=1)
+        recent = await AuditRepository(db, ctx).count_since(
+            action=SsoAuditAction.LOGIN_FAILED, since=since, limit=FAILED_SIGN_INS_PER_MINUTE)
+        if recent >= FAILED_SIGN_INS_PER_MINUTE:
+            return False
+        details: dict[str, Any] = {"protocol": protocol, "error": error.code,
+                                   "status": error.status_code}
+        reason = error.details.get("reason")
+        if isinstance(reason, str) and _REASON.match(reason):
+            details["reason"] = reason
+        if flow_connection is not None and flow_connection[0] == str(org.id):
+            details["connection_id"] = flow_connection[1]
+        await record(db, ctx, SsoAuditAction.LOGIN_FAILED, target_kind="org", target_id=org.id,
+                     details=details, actor_kind="anonymous")
+    return True
+
+
+def connection_of_flow(request: Request) -> tuple[str, str] | None:
+    """(organization id, connection id) of this browser's unexpired OIDC flow, for the audit
+    entry of a refused sign-in; None without one."""
+    flow = request.app.state.sso_flow_sealer.open(request.cookies.get(FLOW_COOKIE))
+    return (flow.org_id, flow.connection_id) if flow is not None else None
 
 
 def _org_flow_error(message: str, code: str) -> OidcError:
@@ -238,7 +297,8 @@ async def complete_oidc(db: AsyncSession, request: Request, slug: str, *,
         email=claims.get("email") if isinstance(claims.get("email"), str) else None,
         email_verified=verified if isinstance(verified, bool) else None,
         display_name=str(claims.get("name") or ""),
-        groups=groups_from(claims.get(connection.groups_claim)))
+        groups=groups_from(claims.get(connection.groups_claim)),
+        groups_overage=oidc_groups_overage(claims, connection.groups_claim))
     signed_in = await sign_in_user(db, ctx, connection, assertion)
     result = await open_session(db, settings, signed_in.user,
                                 user_agent=request.headers.get("user-agent", ""))

@@ -29,6 +29,8 @@ from enginex.sso.signin import (
     FLOW_SECONDS,
     begin,
     complete_oidc,
+    connection_of_flow,
+    record_failed_sign_in,
     redirect_uri,
     start_url,
 )
@@ -321,6 +323,12 @@ async def oidc_callback(request: Request, org: str, db: DB,
     except AppError as exc:
         await db.rollback()
         log.info("sso sign-in refused at %s: %s", org[:40], exc.code)
+        try:
+            await record_failed_sign_in(request.app.state.db.sessions, org.lower(), exc,
+                                        protocol="oidc",
+                                        flow_connection=connection_of_flow(request))
+        except Exception:
+            log.exception("could not audit a refused SSO sign-in")
         return _sso_error(request, exc)
     await db.commit()
     try:

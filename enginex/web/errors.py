@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from fastapi import FastAPI, Request
@@ -60,13 +60,29 @@ def is_page(request: Request) -> bool:
     return not request.url.path.startswith(API_PREFIXES)
 
 
+class ErrorRenderer(Protocol):
+    """Renders an error in a protocol's own format: ``(status, message, headers)``."""
+
+    def __call__(self, status: int, message: str, /, headers: dict[str, str] | None = None
+                 ) -> Response: ...
+
+
+def register_error_renderer(app: FastAPI, path_prefix: str, render: ErrorRenderer) -> None:
+    """Errors under ``path_prefix`` (the application's handlers': not found, method not
+    allowed, validation, conflicts, database unavailable) are rendered by ``render`` instead of
+    EngineX's JSON shape. For a feature whose clients read another protocol's error format
+    (SCIM, RFC 7644 §3.12); the feature names its own prefix, this module knows none."""
+    renderers: list[tuple[str, ErrorRenderer]] = getattr(app.state, "error_renderers", [])
+    app.state.error_renderers = [*renderers, (path_prefix, render)]
+
+
 def _respond(request: Request, status: int, code: str, message: str,
              details: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> Response:
-    if request.url.path.startswith("/scim/"):  # SCIM clients read SCIM's error format
-        from enginex.scim.protocol import scim_error_response
-
-        return scim_error_response(status, message, headers=headers)
+    path = request.url.path
+    for prefix, render in getattr(request.app.state, "error_renderers", ()):
+        if path.startswith(prefix):
+            return render(status, message, headers=headers)
     if not is_page(request):
         return _json(status, code, message, details, headers)
     from enginex.web.templating import render
