@@ -29,6 +29,7 @@ class MailStatus(StrEnum):
 class MailKind(StrEnum):
     PASSWORD_RESET = "password_reset"  # noqa: S105 - a kind of mail, no secret
     INVITATION = "invitation"
+    USAGE_WARNING = "usage_warning"  # an organization reached its soft threshold (usage/)
 
 
 class OutboxMessage(Base):

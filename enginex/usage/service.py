@@ -29,7 +29,7 @@ from enginex.runs.models import Run
 from enginex.runs.repository import RunRepository
 from enginex.tenancy.context import TenantContext, system_context
 from enginex.usage import repository as repo
-from enginex.usage.limits import LIMITS, SEEDED_PLANS, clean_limits, effective_limits, micro_usd
+from enginex.usage.limits import LIMITS, clean_limits, effective_limits, micro_usd
 from enginex.usage.meter import StepMeter
 from enginex.usage.models import UNITS, OrgQuota, Plan, PriceOverride, UsageKind
 from enginex.usage.pricing import price_tokens
@@ -37,6 +37,13 @@ from enginex.usage.repository import Totals, UsageRepository, day_of, month_of, 
 
 PAUSED = "paused_quota"
 CACHE_SECONDS = 5.0
+
+
+class QueueFull(AppError):
+    """429: the organization has as many sessions waiting for a worker as its plan allows."""
+
+    status_code = 429
+    code = "queue_full"
 
 
 class QuotaExceeded(AppError):
@@ -184,7 +191,7 @@ async def meter_step(db: AsyncSession, ctx: TenantContext, run: MeteredRun, step
         if quantity:
             rows.append(_row(kind, quantity, f"{base}:{kind}", now, run=run))
     usage = UsageRepository(db, ctx)
-    await usage.append(rows)
+    await usage.append_at(rows, now)
     if not meter.models:
         return None  # only model calls spend the monthly budget
     limits = await org_limits(db, ctx.org_id)
@@ -230,10 +237,36 @@ async def _maybe_warn(db: AsyncSession, ctx: TenantContext, limits: OrgLimits, t
     if quota is None:
         await repo.admit_lock(db, ctx.org_id)
     if await repo.set_soft_warned(db, ctx.org_id, month):
+        percent = limits.get("soft_threshold_percent")
         await record(db, ctx, "usage.soft_threshold_reached", target_kind="organization",
                      target_id=ctx.org_id,
-                     details={"limit": limit, "month": month,
-                              "percent": limits.get("soft_threshold_percent")})
+                     details={"limit": limit, "month": month, "percent": percent})
+        await _mail_warning(db, ctx, limit, percent, limits.get(limit), totals, now)
+
+
+async def _mail_warning(db: AsyncSession, ctx: TenantContext, limit: str, percent: Any,
+                        value: Any, totals: Totals, now: datetime) -> None:
+    """Queue the soft-threshold email to each admin of the organization, in the caller's
+    transaction (the outbox sends it after commit; nothing is sent if the step rolls back)."""
+    from enginex.config import get_settings
+    from enginex.mail.models import MailKind
+    from enginex.mail.service import enqueue
+
+    used = (f"{totals.tokens} of {value} tokens" if limit == "tokens_per_month" else
+            f"{totals.cost_micro_usd / 1_000_000:.2f} of {value} USD (estimated)")
+    link = f"{get_settings().base_url.rstrip('/')}/o/{ctx.org_slug}/usage"
+    body = (f"The organization \"{ctx.org_slug}\" on EngineX has used {percent}% or more of "
+            f"its {LIMITS[limit].description} budget for {now:%B %Y}: {used}.\n\n"
+            "When the budget is spent, new sessions are refused and running sessions pause at "
+            "their next step (nothing is lost; they resume when the budget is raised). The "
+            f"budget resets on {next_month(now):%Y-%m-%d} (UTC).\n\n"
+            f"Usage against the limits: {link}\n\n"
+            "To raise the budget, ask the platform operator for a larger plan.\n"
+            "You receive this once per month, as an admin of the organization.\n")
+    for email in await repo.admin_emails(db, ctx):
+        enqueue(db, kind=MailKind.USAGE_WARNING, recipient=email,
+                subject=f"EngineX: {ctx.org_slug} reached {percent}% of its monthly budget",
+                body=body)
 
 
 async def record_session_started(db: AsyncSession, ctx: TenantContext, run: Run, *,
@@ -268,7 +301,8 @@ async def admit_session(db: AsyncSession, ctx: TenantContext, *,
     """Check the organization's limits before a session starts, holding its admission lock
     (until the caller's transaction ends) so that parallel starts are serialised.
 
-    Raises ConcurrencyLimited (429) when as many sessions are open as allowed, QuotaExceeded
+    Raises ConcurrencyLimited (429) when as many sessions are open as allowed, QueueFull (429
+    ``queue_full``) when as many wait in the queue as allowed, QuotaExceeded
     (403 ``quota_exceeded``) when the day's sessions or steps, or the month's tokens or cost,
     are spent. ``details`` name the limit, the usage, the reset time and what to do."""
     now = now or utcnow()
@@ -284,6 +318,17 @@ async def admit_session(db: AsyncSession, ctx: TenantContext, *,
                 f"({concurrent}). Wait for one to finish or cancel one, then start again.",
                 details=_details("concurrent_sessions", concurrent, open_now, None,
                                  "Wait for a session to finish, or cancel one. " + RAISE),
+                headers={"Retry-After": "30"})
+    queued = limits.get("queued_sessions")
+    if queued is not None:
+        waiting = await usage.queued_sessions()
+        if waiting >= queued:
+            raise QueueFull(
+                f"This organization already has {waiting} sessions waiting for a worker, its "
+                f"limit ({queued}). Start more when some of them are running.",
+                details=_details("queued_sessions", queued, waiting, None,
+                                 "Wait until queued sessions start running, or cancel some. "
+                                 + RAISE),
                 headers={"Retry-After": "30"})
     tomorrow = day_of(now) + timedelta(days=1)
     for limit, kind in (("sessions_per_day", UsageKind.SESSION_STARTED),
@@ -350,15 +395,6 @@ async def check_storage(db: AsyncSession, ctx: TenantContext, adding: int) -> No
 
 
 # --- platform admin: plans, assignments, prices ------------------------------------------------
-
-
-async def seed_plans(db: AsyncSession) -> None:
-    """Create the seeded plans that do not exist yet (``enterprise`` is the default)."""
-    for key, (name, weight, limits) in SEEDED_PLANS.items():
-        if await repo.get_plan(db, key) is None:
-            db.add(Plan(key=key, name=name, weight=weight, limits=dict(limits),
-                        is_default=key == "enterprise"))
-    await db.flush()
 
 
 async def save_plan(db: AsyncSession, key: str, *, name: str, limits: dict[str, Any],
