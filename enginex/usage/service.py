@@ -284,6 +284,15 @@ async def record_storage(db: AsyncSession, ctx: TenantContext, key: str, size_by
         [_row(UsageKind.STORAGE_BYTES, size_bytes, key, now or utcnow())])
 
 
+async def release_storage(db: AsyncSession, ctx: TenantContext, key: str, size_bytes: int, *,
+                          now: datetime | None = None) -> None:
+    """Meter storage freed when what was stored under ``key`` (``run:<id>:<step>:...``,
+    ``agent_version:<id>``) is deleted: a negative ``storage_bytes`` row keyed
+    ``released:<key>``, written in the deleting transaction, so one deletion counts once
+    however often it is retried. The storage limit and the page read the net total."""
+    await record_storage(db, ctx, f"released:{key}", -abs(size_bytes), now=now)
+
+
 # --- admission ---------------------------------------------------------------------------------
 
 
