@@ -173,8 +173,10 @@ async def put_plan(plan_key: str, body: PlanBody, db: DB, _: Admin) -> PlanOut:
 
 async def _tenant_plan(db: DB, org_id: uuid.UUID, resumed: int = 0) -> TenantPlanOut:
     limits = await service.org_limits(db, org_id, fresh=True)
+    quota = await repo.get_quota(db, org_id)
     return TenantPlanOut(plan=limits.plan_key, overrides=limits.overrides,
-                         limits=limits.limits, resumed_sessions=resumed)
+                         limits=limits.limits, resumed_sessions=resumed,
+                         stripe_customer_id=quota.stripe_customer_id if quota else None)
 
 
 @router.get("/admin/tenants/{tenant_id}/plan", response_model=TenantPlanOut)
@@ -187,14 +189,14 @@ async def get_tenant_plan(tenant_id: uuid.UUID, db: DB, _: Admin) -> TenantPlanO
 @router.put("/admin/tenants/{tenant_id}/plan", response_model=TenantPlanOut)
 async def put_tenant_plan(tenant_id: uuid.UUID, body: TenantPlanBody, db: DB,
                           admin: Admin) -> TenantPlanOut:
-    """Assign a plan and/or overrides (``{}`` clears them). Audited in the tenant's log;
+    """Assign a plan and/or overrides (``{}`` clears them) and/or the Stripe customer of the
+    meter events push (``""`` unlinks it). Audited in the tenant's log;
     sessions paused for quota resume if the tenant is under budget now."""
     org = await access_tenant(db, tenant_id)
-    limits, resumed = await service.assign_plan(db, org.id, org.slug, plan_key=body.plan,
-                                                overrides=body.overrides,
-                                                actor_id=admin.user_id)
-    return TenantPlanOut(plan=limits.plan_key, overrides=limits.overrides,
-                         limits=limits.limits, resumed_sessions=resumed)
+    _, resumed = await service.assign_plan(db, org.id, org.slug, plan_key=body.plan,
+                                           overrides=body.overrides, actor_id=admin.user_id,
+                                           stripe_customer_id=body.stripe_customer_id)
+    return await _tenant_plan(db, org.id, resumed)
 
 
 @router.get("/admin/prices", response_model=list[PriceOut])

@@ -13,6 +13,7 @@ Every function acting in a tenant takes ``ctx``; usage of another organization i
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -432,10 +433,13 @@ async def save_plan(db: AsyncSession, key: str, *, name: str, limits: dict[str, 
 
 async def assign_plan(db: AsyncSession, org_id: uuid.UUID, org_slug: str, *,
                       plan_key: str | None, overrides: dict[str, Any] | None,
-                      actor_id: uuid.UUID | None) -> tuple[OrgLimits, int]:
+                      actor_id: uuid.UUID | None,
+                      stripe_customer_id: str | None = None) -> tuple[OrgLimits, int]:
     """Give an organization a plan and/or overrides (None leaves that part as it is; an
-    empty dict clears the overrides). Audited in the organization's log. Resumes its paused
-    sessions when it is no longer over budget; returns the limits and how many resumed.
+    empty dict clears the overrides) and/or its Stripe customer (``cus_...``; '' unlinks it;
+    usage from the day it is linked on is pushed, usage/stripe.py). Audited in the
+    organization's log. Resumes its paused sessions when it is no longer over budget;
+    returns the limits and how many resumed.
 
     Binds ``db`` to the organization (the audit entry and the resume are tenant writes)."""
     if plan_key is not None and await repo.get_plan(db, plan_key) is None:
@@ -443,11 +447,22 @@ async def assign_plan(db: AsyncSession, org_id: uuid.UUID, org_slug: str, *,
             p.key for p in await repo.list_plans(db)) + ".",
             details={"errors": [{"field": "plan", "message": "unknown plan"}]})
     clean = clean_limits(overrides, field="overrides") if overrides is not None else None
+    if stripe_customer_id and not re.fullmatch(r"cus_[A-Za-z0-9_]{1,250}",
+                                               stripe_customer_id):
+        raise ValidationFailed(
+            "A Stripe customer id looks like cus_NffrFeUfNV2Hib ('' unlinks the customer).",
+            details={"errors": [{"field": "stripe_customer_id",
+                                 "message": "cus_ followed by letters and digits"}]})
     quota = await repo.admit_lock(db, org_id)
     if plan_key is not None:
         quota.plan_key = plan_key
     if clean is not None:
         quota.overrides = clean
+    if stripe_customer_id is not None and stripe_customer_id != (quota.stripe_customer_id or ""):
+        from enginex.usage.stripe import pushed_from
+
+        quota.stripe_customer_id = stripe_customer_id or None
+        quota.stripe_pushed_through = pushed_from() if stripe_customer_id else None
     quota.updated_at = utcnow()
     await db.flush()
     forget_cached(org_id)
@@ -455,7 +470,8 @@ async def assign_plan(db: AsyncSession, org_id: uuid.UUID, org_slug: str, *,
     await set_tenant(db, org_id)
     ctx = system_context(org_id, org_slug)
     await record(db, ctx, "usage.plan_changed", target_kind="organization", target_id=org_id,
-                 details={"plan": limits.plan_key, "overrides": limits.overrides},
+                 details={"plan": limits.plan_key, "overrides": limits.overrides,
+                          "stripe_customer_id": quota.stripe_customer_id},
                  actor_kind="platform_admin", actor_id=actor_id)
     resumed = await resume_paused(db, ctx, limits)
     return limits, resumed

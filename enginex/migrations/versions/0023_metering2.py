@@ -1,4 +1,6 @@
-"""Usage metering, part 2 (issue 18): the ``queued_sessions`` limit in the seeded plans.
+"""Usage metering, part 2 (issue 18): the ``queued_sessions`` limit in the seeded plans, and
+each organization's Stripe customer and how far its usage was pushed to Stripe Billing Meters
+(``org_quotas.stripe_customer_id``, ``org_quotas.stripe_pushed_through``: a UTC day).
 
 Adds ``queued_sessions`` (sessions waiting for a worker) to the seeded plans that the operator
 has not changed since 0020_metering seeded them: free 2, team 50, enterprise unlimited. A plan
@@ -48,6 +50,10 @@ def _limits(value: Any) -> dict[str, Any]:
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("org_quotas") as batch:
+        batch.add_column(sa.Column("stripe_customer_id", sa.String(length=255), nullable=True))
+        batch.add_column(sa.Column("stripe_pushed_through", sa.String(length=10),
+                                   nullable=True))
     bind = op.get_bind()
     for key, limits in bind.execute(sa.select(plans.c.key, plans.c.limits)).all():
         current = _limits(limits)
@@ -57,6 +63,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("org_quotas") as batch:
+        batch.drop_column("stripe_pushed_through")
+        batch.drop_column("stripe_customer_id")
     bind = op.get_bind()
     for key, limits in bind.execute(sa.select(plans.c.key, plans.c.limits)).all():
         current = _limits(limits)
