@@ -217,8 +217,9 @@ async def put_price(provider: str, model: str, body: PriceBody, db: DB,
     return PriceOut.model_validate(found)
 
 
-async def _tenant_usage(db: DB, start: datetime, end: datetime,
+async def tenant_usage(db: DB, start: datetime, end: datetime,
                         sort: str) -> list[TenantUsageOut]:
+    """Per tenant: sessions, steps, tokens and cost in [start, end), sorted by ``sort``."""
     if sort not in SORTS:
         raise ValidationFailed(f"sort is one of {', '.join(SORTS)}; got {sort!r}.",
                                details={"errors": [{"field": "sort", "message": str(SORTS)}]})
@@ -253,7 +254,7 @@ async def admin_usage(db: DB, _: Admin, start: FromQ = None, end: ToQ = None,
     """Usage across tenants in [from, to) (default: this month), top tenants first by
     ``sort`` (cost, tokens, steps, sessions). Counts and amounts only, never content."""
     start, end = _range(start, end)
-    return await _tenant_usage(db, start, end, sort)
+    return await tenant_usage(db, start, end, sort)
 
 
 @router.get("/admin/usage/export.csv", response_class=Response,
@@ -265,7 +266,7 @@ async def admin_usage_csv(db: DB, _: Admin, start: FromQ = None, end: ToQ = None
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["tenant_id", "slug", "plan", "sessions", "steps", "tokens", "cost_usd"])
-    for r in await _tenant_usage(db, start, end, sort):
+    for r in await tenant_usage(db, start, end, sort):
         writer.writerow([r.tenant_id, r.slug, r.plan or "", r.sessions, r.steps, r.tokens,
                          r.cost_usd])
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers={
