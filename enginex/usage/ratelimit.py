@@ -135,6 +135,12 @@ class RateLimiter:
             self._blocks.clear()
             self._window = window
         block = self._blocks.get((key, window))
+        if block is not None and block[1] > limit and block[0] > limit:
+            # Over the limit for the rest of this window: refusing needs no counter write,
+            # so a flood of refused requests costs the shared store (and its write lock)
+            # nothing.
+            block[0] += 1
+            return block[0] - 1
         if block is not None and block[0] <= block[1]:
             block[0] += 1
             return block[0] - 1

@@ -83,8 +83,10 @@ _prices_cache: list[Any] = [0.0, {}]
 def forget_cached(org_id: uuid.UUID | None = None) -> None:
     if org_id is None:
         _limits_cache.clear()
+        _totals_cache.clear()
     else:
         _limits_cache.pop(org_id, None)
+        _totals_cache.pop(org_id, None)
     _prices_cache[0] = 0.0
 
 
@@ -198,9 +200,44 @@ async def meter_step(db: AsyncSession, ctx: TenantContext, run: MeteredRun, step
     limits = await org_limits(db, ctx.org_id)
     if limits.get("tokens_per_month") is None and limits.get("cost_usd_per_month") is None:
         return None
-    totals = await usage.month_totals(now)
+    added = Totals(sum(u.input_tokens + u.output_tokens for u in meter.models.values()),
+                   sum(r["cost_micro_usd"] for r in rows))
+    totals = await _month_totals(usage, ctx.org_id, limits, added, now)
     await _maybe_warn(db, ctx, limits, totals, now)
     return over_budget(limits, totals, now)
+
+
+# Month totals per organization, per process: (expires, month start, totals). A step far from
+# its organization's budget adds its own usage to the cached totals instead of reading the
+# rollups again; near the budget (from the soft threshold, at most 80 %) or after
+# TOTALS_SECONDS the totals are read in the step's transaction. Other processes' usage is
+# therefore seen within TOTALS_SECONDS while an organization is below 80 % of its budget, and
+# at once above it: the pause still happens at the step boundary where the budget is spent.
+TOTALS_SECONDS = 2.0
+NEAR = 80
+_totals_cache: dict[uuid.UUID, tuple[float, datetime, Totals]] = {}
+
+
+def _near(limits: OrgLimits, totals: Totals) -> bool:
+    percent = min(NEAR, limits.get("soft_threshold_percent") or NEAR)
+    tokens, cost = limits.get("tokens_per_month"), micro_usd(limits.get("cost_usd_per_month"))
+    return (tokens is not None and totals.tokens * 100 >= tokens * percent) or \
+        (cost is not None and totals.cost_micro_usd * 100 >= cost * percent)
+
+
+async def _month_totals(usage: UsageRepository, org_id: uuid.UUID, limits: OrgLimits,
+                        added: Totals, now: datetime) -> Totals:
+    cached = _totals_cache.get(org_id)
+    month = month_of(now)
+    if cached is not None and cached[0] > time.monotonic() and cached[1] == month:
+        estimate = Totals(cached[2].tokens + added.tokens,
+                          cached[2].cost_micro_usd + added.cost_micro_usd)
+        if not _near(limits, estimate):
+            _totals_cache[org_id] = (cached[0], month, estimate)
+            return estimate
+    totals = await usage.month_totals(now)
+    _totals_cache[org_id] = (time.monotonic() + TOTALS_SECONDS, month, totals)
+    return totals
 
 
 def over_budget(limits: OrgLimits, totals: Totals, now: datetime) -> Pause | None:
