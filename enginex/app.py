@@ -57,6 +57,7 @@ from enginex.sso.service import DnsTxtResolver
 from enginex.sso.signin import FlowSealer
 from enginex.sso.web import router as sso_web_router
 from enginex.usage.api import router as usage_router
+from enginex.usage.apimeter import ApiRequestMeter
 from enginex.usage.metrics import router as metrics_router
 from enginex.usage.ratelimit import (
     ApiRateLimits,
@@ -101,6 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         protect_process()  # stdio MCP servers must not read this process's environ/memory
         task = None
+        stop_metering = asyncio.Event()
+        metering = asyncio.create_task(app.state.api_meter.run(stop_metering),
+                                       name="api-request-metering")
         if settings.embedded_worker:
             app.state.worker = build_worker(settings, app.state.db, app.state.engine)
             task = asyncio.create_task(app.state.worker.run(), name="embedded-worker")
@@ -111,6 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.worker.stop()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            stop_metering.set()  # the last minute's API request counts are written
+            with contextlib.suppress(asyncio.CancelledError):
+                await metering
             await app.state.db.dispose()
 
     # Swagger UI / ReDoc load scripts from a CDN, which the CSP (and closed networks) refuse:
@@ -134,9 +141,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Per-tenant API rate limits (usage/ratelimit.py), called by every API access rule.
     store: RateStore = (RedisRateStore(settings.redis_url) if settings.redis_url
                         else DatabaseRateStore(app.state.db.sessions))
+    app.state.api_meter = ApiRequestMeter(app.state.db.sessions)
     app.state.rate_limit = ApiRateLimits(
         RateLimiter(store), anonymous_per_minute=settings.rate_limit_anonymous_per_minute,
-        user_per_minute=settings.rate_limit_user_per_minute)
+        user_per_minute=settings.rate_limit_user_per_minute, meter=app.state.api_meter)
     install_error_handlers(app)
     install_scim_errors(app)  # SCIM clients read SCIM's error format under /scim/
     for router in (*ROUTERS, *WEB_ROUTERS):

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     rate_limit_anonymous_per_minute: int = Field(default=600, ge=1)
     rate_limit_user_per_minute: int = Field(default=1200, ge=1)
     metrics_token: str = ""
+    # Stripe Billing Meters push (usage/stripe.py, docs/USAGE.md); off when the key is empty.
+    stripe_api_key: str = ""
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_event_prefix: str = "enginex_"
 
     @property
     def trusted_proxy_list(self) -> list[str]:

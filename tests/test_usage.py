@@ -120,6 +120,8 @@ def test_a_run_records_tokens_and_cost_per_model_and_the_usage_api_agrees(
     for row in rows:
         by_kind[row.kind] = by_kind.get(row.kind, 0) + row.quantity
     assert by_kind.pop("storage_bytes") > 0  # the deployed package
+    # This test's own API requests, if a minute ended meanwhile (written once per minute).
+    by_kind.pop("api_requests", None)
     assert by_kind == {"session_started": 1, "step": 2, "llm_input_tokens": 16,
                        "llm_output_tokens": 10}
     tokens = [r for r in rows if r.kind.startswith("llm_")]
@@ -141,8 +143,8 @@ def test_a_run_records_tokens_and_cost_per_model_and_the_usage_api_agrees(
     assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(exported.text)))
     assert sum(int(r["quantity"]) for r in table if r["kind"] == "llm_input_tokens") == 16
-    assert sum(int(r["quantity"]) for r in table if r["kind"] != "storage_bytes") == sum(
-        by_kind.values())
+    assert sum(int(r["quantity"]) for r in table
+               if r["kind"] not in ("storage_bytes", "api_requests")) == sum(by_kind.values())
     assert {r["agent"] for r in table if r["kind"] == "step"} == {"metered"}
     # The billing export: rated lines per (kind, provider, model), the same on every call.
     period = utcnow().strftime("%Y-%m")
@@ -201,6 +203,11 @@ def test_the_month_budget_stops_a_run_at_a_step_boundary_and_raising_it_resumes(
         soft = [e for e in org.admin.client.get(f"/api/v1/orgs/{org.slug}/audit").json()
                 ["items"] if e["action"] == "usage.soft_threshold_reached"]
         assert len(soft) == 1 and soft[0]["details"]["limit"] == "tokens_per_month"
+        mail = [m for m in platform_admin.client.get("/api/v1/admin/outbox").json()
+                if m["kind"] == "usage_warning" and m["recipient"] == org.admin.email]
+        assert len(mail) == 1, mail  # once per month, to each admin
+        assert org.slug in mail[0]["subject"] and f"/o/{org.slug}/usage" in mail[0]["body"]
+        assert "18 of 10 tokens" in mail[0]["body"]
         # Raising the budget resumes the run where it stopped.
         fake.queue(FakeReply(tool_calls=[("set_output", {"key": "b", "value": 2})],
                              usage=(5, 3)))
@@ -378,3 +385,98 @@ def test_the_plan_cli_sets_a_plan_and_overrides(server: Server, platform_admin: 
     with pytest.raises(SystemExit):
         cli.main(["plan", "set", "--org", org.slug, "--override", "agents=-1"])
     assert "agents" in capsys.readouterr().err
+
+
+def test_the_seeded_plans_in_a_migrated_database_are_the_applications_definition(
+        server: Server, platform_admin: Actor) -> None:
+    plans = {p["key"]: p for p in platform_admin.client.get("/api/v1/admin/plans").json()}
+    for key, (name, weight, limits) in SEEDED_PLANS.items():
+        assert (plans[key]["name"], plans[key]["weight"]) == (name, weight)
+        assert plans[key]["limits"] == limits, key
+
+
+def test_the_queued_sessions_cap_refuses_a_start_with_429_and_says_what_to_do(
+        server: Server, platform_admin: Actor) -> None:
+    org = make_org(server, platform_admin, "queue")
+    deploy_agent(org)
+    assert set_plan(server, platform_admin, org,
+                    overrides={"queued_sessions": 0}).status_code == 200
+    refused = org.members["operator"].client.post(f"/api/v1/orgs/{org.slug}/sessions", json={
+        "agent": "hourly-tracking", "inputs": {"timesheet": "2026-12-01,a,b,1"}})
+    assert refused.status_code == 429, refused.text
+    assert int(refused.headers["Retry-After"]) >= 1
+    error = refused.json()["error"]
+    assert error["code"] == "queue_full"
+    assert error["details"]["limit"] == "queued_sessions"
+    assert error["details"]["limit_value"] == 0 and error["details"]["usage"] == 0
+    assert "queued sessions" in error["details"]["what_to_do"]
+    sessions = org.admin.client.get(f"/api/v1/orgs/{org.slug}/sessions").json()
+    assert (sessions["items"] if isinstance(sessions, dict) else sessions) == []
+    assert set_plan(server, platform_admin, org,
+                    overrides={"queued_sessions": None}).status_code == 200
+    start_session(org)
+
+
+def test_api_requests_are_counted_per_org_in_memory_and_written_once_per_minute(
+        server: Server, platform_admin: Actor) -> None:
+    from enginex.db import Database
+    from enginex.usage.apimeter import ApiRequestMeter
+
+    org = make_org(server, platform_admin, "apimeter")
+    import time
+
+    counts = server.app.state.api_meter.counts  # type: ignore[union-attr]
+    for _attempt in range(3):  # a minute ending mid-check lets the flush take the counts
+        started = int(time.time() // 60)
+        before = sum(n for (o, _), n in list(counts.items()) if str(o) == org.id)
+        for _ in range(3):
+            assert org.admin.client.get(f"/api/v1/orgs/{org.slug}/agents").status_code == 200
+        after = sum(n for (o, _), n in list(counts.items()) if str(o) == org.id)
+        written = [r for r in ledger(server, org) if r.kind == "api_requests"
+                   and int(r.occurred_at.timestamp() // 60) == started]
+        if int(time.time() // 60) == started:
+            break
+    assert after - before == 3  # counted in memory: no ledger write per request
+    assert written == []
+
+    # The flush (the API process's background task) writes one row per org and minute.
+    clock = [1_800_000_030.0]  # 30 s into a minute
+    minute = datetime.fromtimestamp(1_800_000_000, UTC)
+
+    async def flush() -> tuple[int, int]:
+        db = Database(server.settings)
+        try:
+            meter = ApiRequestMeter(db.sessions, clock=lambda: clock[0])
+            for _ in range(4):
+                meter.count(uuid.UUID(org.id))
+            early = await meter.flush()  # the minute is not over: nothing written
+            clock[0] += 60
+            return early, await meter.flush()
+        finally:
+            await db.dispose()
+
+    import asyncio
+    assert asyncio.run(flush()) == (0, 1)
+    rows = [r for r in ledger(server, org) if r.kind == "api_requests"]
+    assert [(r.quantity, r.unit, r.occurred_at) for r in rows] == [(4, "requests", minute)]
+    usage = org.admin.client.get(f"/api/v1/orgs/{org.slug}/usage", params={
+        "from": "2027-01-15T00:00:00Z", "to": "2027-01-16T00:00:00Z", "group_by": "day,kind"})
+    assert [(r["kind"], r["quantity"]) for r in usage.json()["rows"]] == [("api_requests", 4)]
+
+
+def test_released_storage_is_subtracted_once(server: Server, org_a: Org) -> None:
+    from enginex.usage.models import UsageKind
+    from enginex.usage.service import record_storage, release_storage
+
+    async def work(session: Any) -> int:
+        org_id = uuid.UUID(org_a.id)
+        await set_tenant(session, org_id)
+        ctx = system_context(org_id, org_a.slug)
+        usage = UsageRepository(session, ctx)
+        before = await usage.total(UsageKind.STORAGE_BYTES)
+        await record_storage(session, ctx, "run:x:1:storage_bytes", 1000)
+        await release_storage(session, ctx, "run:x:1:storage_bytes", 1000)
+        await release_storage(session, ctx, "run:x:1:storage_bytes", 1000)  # a retry
+        return await usage.total(UsageKind.STORAGE_BYTES) - before
+
+    assert run_db(server, work) == 0

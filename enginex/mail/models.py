@@ -30,6 +30,7 @@ class MailKind(StrEnum):
     PASSWORD_RESET = "password_reset"  # noqa: S105 - a kind of mail, no secret
     INVITATION = "invitation"
     SSO_SIGN_IN_NOTICE = "sso_sign_in_notice"
+    USAGE_WARNING = "usage_warning"  # an organization reached its soft threshold (usage/)
 
 
 class OutboxMessage(Base):

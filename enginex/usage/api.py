@@ -173,8 +173,10 @@ async def put_plan(plan_key: str, body: PlanBody, db: DB, _: Admin) -> PlanOut:
 
 async def _tenant_plan(db: DB, org_id: uuid.UUID, resumed: int = 0) -> TenantPlanOut:
     limits = await service.org_limits(db, org_id, fresh=True)
+    quota = await repo.get_quota(db, org_id)
     return TenantPlanOut(plan=limits.plan_key, overrides=limits.overrides,
-                         limits=limits.limits, resumed_sessions=resumed)
+                         limits=limits.limits, resumed_sessions=resumed,
+                         stripe_customer_id=quota.stripe_customer_id if quota else None)
 
 
 @router.get("/admin/tenants/{tenant_id}/plan", response_model=TenantPlanOut)
@@ -187,14 +189,14 @@ async def get_tenant_plan(tenant_id: uuid.UUID, db: DB, _: Admin) -> TenantPlanO
 @router.put("/admin/tenants/{tenant_id}/plan", response_model=TenantPlanOut)
 async def put_tenant_plan(tenant_id: uuid.UUID, body: TenantPlanBody, db: DB,
                           admin: Admin) -> TenantPlanOut:
-    """Assign a plan and/or overrides (``{}`` clears them). Audited in the tenant's log;
+    """Assign a plan and/or overrides (``{}`` clears them) and/or the Stripe customer of the
+    meter events push (``""`` unlinks it). Audited in the tenant's log;
     sessions paused for quota resume if the tenant is under budget now."""
     org = await access_tenant(db, tenant_id)
-    limits, resumed = await service.assign_plan(db, org.id, org.slug, plan_key=body.plan,
-                                                overrides=body.overrides,
-                                                actor_id=admin.user_id)
-    return TenantPlanOut(plan=limits.plan_key, overrides=limits.overrides,
-                         limits=limits.limits, resumed_sessions=resumed)
+    _, resumed = await service.assign_plan(db, org.id, org.slug, plan_key=body.plan,
+                                           overrides=body.overrides, actor_id=admin.user_id,
+                                           stripe_customer_id=body.stripe_customer_id)
+    return await _tenant_plan(db, org.id, resumed)
 
 
 @router.get("/admin/prices", response_model=list[PriceOut])
@@ -215,8 +217,9 @@ async def put_price(provider: str, model: str, body: PriceBody, db: DB,
     return PriceOut.model_validate(found)
 
 
-async def _tenant_usage(db: DB, start: datetime, end: datetime,
+async def tenant_usage(db: DB, start: datetime, end: datetime,
                         sort: str) -> list[TenantUsageOut]:
+    """Per tenant: sessions, steps, tokens and cost in [start, end), sorted by ``sort``."""
     if sort not in SORTS:
         raise ValidationFailed(f"sort is one of {', '.join(SORTS)}; got {sort!r}.",
                                details={"errors": [{"field": "sort", "message": str(SORTS)}]})
@@ -251,7 +254,7 @@ async def admin_usage(db: DB, _: Admin, start: FromQ = None, end: ToQ = None,
     """Usage across tenants in [from, to) (default: this month), top tenants first by
     ``sort`` (cost, tokens, steps, sessions). Counts and amounts only, never content."""
     start, end = _range(start, end)
-    return await _tenant_usage(db, start, end, sort)
+    return await tenant_usage(db, start, end, sort)
 
 
 @router.get("/admin/usage/export.csv", response_class=Response,
@@ -263,7 +266,7 @@ async def admin_usage_csv(db: DB, _: Admin, start: FromQ = None, end: ToQ = None
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["tenant_id", "slug", "plan", "sessions", "steps", "tokens", "cost_usd"])
-    for r in await _tenant_usage(db, start, end, sort):
+    for r in await tenant_usage(db, start, end, sort):
         writer.writerow([r.tenant_id, r.slug, r.plan or "", r.sessions, r.steps, r.tokens,
                          r.cost_usd])
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers={

@@ -59,8 +59,9 @@ def cmd_plan_set(args: argparse.Namespace, settings: Settings) -> None:
     from enginex.usage import service
 
     overrides = _pairs(args.override) if args.override else ({} if args.clear else None)
-    if args.plan is None and overrides is None:
-        raise CliError("give --plan KEY, --override NAME=VALUE or --clear-overrides")
+    if args.plan is None and overrides is None and args.stripe_customer is None:
+        raise CliError("give --plan KEY, --override NAME=VALUE, --clear-overrides or "
+                       "--stripe-customer")
 
     async def work(session: Any) -> dict[str, Any]:
         org = await org_repo.get_org_by_slug(session, args.org)
@@ -68,7 +69,8 @@ def cmd_plan_set(args: argparse.Namespace, settings: Settings) -> None:
             raise CliError(f"there is no organization '{args.org}'")
         limits, resumed = await service.assign_plan(session, org.id, org.slug,
                                                     plan_key=args.plan, overrides=overrides,
-                                                    actor_id=None)
+                                                    actor_id=None,
+                                                    stripe_customer_id=args.stripe_customer)
         return {"org": org.slug, "plan": limits.plan_key, "overrides": limits.overrides,
                 "limits": limits.limits, "resumed_sessions": resumed}
 
@@ -98,5 +100,39 @@ def add_plan_commands(subparsers: Any) -> None:
     setting.add_argument("--override", action="append", metavar="NAME=VALUE",
                          help="replace the organization's overrides with these (repeatable)")
     setting.add_argument("--clear-overrides", dest="clear", action="store_true")
+    setting.add_argument("--stripe-customer", metavar="CUS_ID",
+                         help="the organization's Stripe customer for the meter events push "
+                              "('' unlinks it)")
     setting.add_argument("--json", action="store_true")
     setting.set_defaults(func=cmd_plan_set)
+    push = actions.add_parser(
+        "push-stripe", help="push finished days of usage to Stripe Billing Meters",
+        description="Needs ENGINEX_STRIPE_API_KEY. Sends one meter event per organization, "
+                    "day, kind, provider and model with a deterministic identifier; run it "
+                    "from cron (hourly is fine: each day is pushed once). docs/USAGE.md.")
+    push.set_defaults(func=cmd_push_stripe)
+
+
+def cmd_push_stripe(args: argparse.Namespace, settings: Settings) -> None:
+    from enginex.cli import CliError, _migrate_embedded
+    from enginex.db import Database
+    from enginex.usage.stripe import StripeMeterClient, describe, push_meter_events
+
+    if not settings.stripe_api_key:
+        raise CliError("set ENGINEX_STRIPE_API_KEY to push meter events to Stripe")
+
+    async def work() -> dict[str, Any]:
+        db = Database(settings)
+        client = StripeMeterClient(settings.stripe_api_key, base=settings.stripe_api_base)
+        try:
+            return describe(await push_meter_events(db.sessions, client,
+                                                    prefix=settings.stripe_event_prefix))
+        finally:
+            await client.aclose()
+            await db.dispose()
+
+    _migrate_embedded(settings)
+    result = asyncio.run(work())
+    print(json.dumps(result))
+    if result["failed_orgs"]:
+        raise SystemExit(1)

@@ -24,6 +24,8 @@ class LimitSpec:
 LIMITS: dict[str, LimitSpec] = {spec.name: spec for spec in (
     LimitSpec("concurrent_sessions", "sessions",
               "sessions open at once (queued, running, waiting for approval or paused)"),
+    LimitSpec("queued_sessions", "sessions",
+              "sessions waiting in the queue for a worker (status queued)"),
     LimitSpec("sessions_per_day", "sessions", "sessions started per UTC day"),
     LimitSpec("steps_per_day", "steps", "steps executed per UTC day"),
     LimitSpec("tokens_per_month", "tokens", "model input + output tokens per calendar month"),
@@ -43,15 +45,20 @@ UNLIMITED: dict[str, Any] = dict.fromkeys(LIMITS)
 MAX_COUNT = 10 ** 15
 MAX_USD = Decimal(1_000_000_000)
 
+# The plans a new deployment starts with: the one definition in the application. Migrations
+# keep frozen copies of what they seeded (0020_metering, 0023_metering2), and
+# tests/test_usage.py checks that a migrated database holds exactly these.
 SEEDED_PLANS: dict[str, tuple[str, int, dict[str, Any]]] = {
     # key: (name, scheduler weight, limits)
     "free": ("Free", 1, {
-        "concurrent_sessions": 2, "sessions_per_day": 100, "steps_per_day": 2_000,
+        "concurrent_sessions": 2, "queued_sessions": 2, "sessions_per_day": 100,
+        "steps_per_day": 2_000,
         "tokens_per_month": 1_000_000, "cost_usd_per_month": "10", "soft_threshold_percent": 80,
         "storage_bytes": 100 * 1024 ** 2, "api_requests_per_minute": 120, "members": 5,
         "agents": 5}),
     "team": ("Team", 2, {
-        "concurrent_sessions": 100, "sessions_per_day": 10_000, "steps_per_day": 500_000,
+        "concurrent_sessions": 100, "queued_sessions": 50, "sessions_per_day": 10_000,
+        "steps_per_day": 500_000,
         "tokens_per_month": 100_000_000, "cost_usd_per_month": "1000",
         "soft_threshold_percent": 80, "storage_bytes": 10 * 1024 ** 3,
         "api_requests_per_minute": 3_000, "members": 500, "agents": 500}),

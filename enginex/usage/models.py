@@ -121,6 +121,10 @@ class OrgQuota(Base):
     overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     admissions: Mapped[int] = mapped_column(BigInteger, default=0)
     soft_warned_month: Mapped[str | None] = mapped_column(String(7))
+    # Stripe Billing Meters (usage/stripe.py): the organization's customer, and the last UTC
+    # day (YYYY-MM-DD) whose usage was pushed.
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_pushed_through: Mapped[str | None] = mapped_column(String(10))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enginex.db import SessionFactory
 from enginex.kit.errors import TooManyRequests
+from enginex.usage.apimeter import ApiRequestMeter
 from enginex.usage.models import RateWindow
 
 WINDOW_SECONDS = 60
@@ -134,6 +135,12 @@ class RateLimiter:
             self._blocks.clear()
             self._window = window
         block = self._blocks.get((key, window))
+        if block is not None and block[1] > limit and block[0] > limit:
+            # Over the limit for the rest of this window: refusing needs no counter write,
+            # so a flood of refused requests costs the shared store (and its write lock)
+            # nothing.
+            block[0] += 1
+            return block[0] - 1
         if block is not None and block[0] <= block[1]:
             block[0] += 1
             return block[0] - 1
@@ -196,9 +203,10 @@ class ApiRateLimits:
     EXEMPT = ("/healthz", "/readyz")  # load balancer probes
 
     def __init__(self, limiter: RateLimiter, *, anonymous_per_minute: int,
-                 user_per_minute: int) -> None:
+                 user_per_minute: int, meter: ApiRequestMeter | None = None) -> None:
         self.limiter = limiter
         self.anonymous, self.user = anonymous_per_minute, user_per_minute
+        self.meter = meter  # tenant requests into the usage ledger, per minute (apimeter.py)
 
     async def __call__(self, request: Any, db: AsyncSession | None, principal: Any,
                        org_id: uuid.UUID | None) -> None:
@@ -217,3 +225,5 @@ class ApiRateLimits:
         decision = await self.limiter.check(db, key, limit, org_id=org_id)
         if decision is not None:
             request.state.rate_limit = decision
+        if org_id is not None and self.meter is not None:
+            self.meter.count(org_id)

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.agents.models import Agent
+from enginex.auth.models import User
 from enginex.db import TenantContextMissing, UTCDateTime, session_tenant
 from enginex.orgs.models import Membership
 from enginex.runs.models import Run
@@ -30,6 +31,44 @@ from enginex.usage.models import (
 
 ROLLUP_KEY = ("tenant_id", "period", "period_start", "kind", "provider", "model", "agent_key")
 OPEN_STATUSES = ("queued", "running", "waiting_approval", "paused_quota")
+
+
+EVENT_COLUMNS = ("tenant_id", "id", "kind", "quantity", "unit", "provider", "model",
+                 "agent_key", "run_id", "cost_micro_usd", "price", "estimated",
+                 "idempotency_key", "occurred_at")
+_pg_append_cache: dict[int, Any] = {}
+
+
+def _pg_append_at(n: int) -> Any:
+    """The one-statement ledger insert + rollup upsert of ``n`` rows (PostgreSQL)."""
+    statement = _pg_append_cache.get(n)
+    if statement is None:
+        table = UsageEvent.__table__
+        values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in EVENT_COLUMNS) + ")"
+                           for i in range(n))
+        # Only names from EVENT_COLUMNS and bind placeholders are formatted in.
+        sql = (f"WITH ins AS (INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608
+               f"VALUES {values} ON CONFLICT (tenant_id, idempotency_key) DO NOTHING "
+               "RETURNING kind, provider, model, agent_key, quantity, cost_micro_usd) "
+               "INSERT INTO usage_rollups (tenant_id, period, period_start, kind, provider, "
+               "model, agent_key, quantity, cost_micro_usd, events) "
+               "SELECT :tenant, p.period, p.start, ins.kind, ins.provider, ins.model, "
+               "ins.agent_key, sum(ins.quantity), sum(ins.cost_micro_usd), count(*) "
+               "FROM ins CROSS JOIN (VALUES ('hour', CAST(:hour AS timestamptz)), "
+               "('day', CAST(:day AS timestamptz))) AS p(period, start) "
+               "GROUP BY p.period, p.start, ins.kind, ins.provider, ins.model, "
+               "ins.agent_key "
+               "ON CONFLICT (tenant_id, period, period_start, kind, provider, model, "
+               "agent_key) DO UPDATE SET quantity = usage_rollups.quantity + "
+               "excluded.quantity, cost_micro_usd = usage_rollups.cost_micro_usd + "
+               "excluded.cost_micro_usd, events = usage_rollups.events + excluded.events")
+        binds = [bindparam(f"{c}_{i}", type_=table.c[c].type)  # type: ignore[attr-defined]
+                 for i in range(n) for c in EVENT_COLUMNS]
+        binds += [bindparam("tenant", type_=table.c["tenant_id"].type),  # type: ignore[attr-defined]
+                  bindparam("hour", type_=UTCDateTime()), bindparam("day", type_=UTCDateTime())]
+        statement = text(sql).bindparams(*binds)
+        _pg_append_cache[n] = statement
+    return statement
 
 
 def _insert(db: AsyncSession) -> Any:
@@ -83,6 +122,23 @@ class UsageRepository:
         await self._roll_up(written)
         return written
 
+    async def append_at(self, rows: list[dict[str, Any]], at: datetime) -> None:
+        """``append`` for rows that all occurred at ``at`` (a step's usage), in as few round
+        trips as the database allows: on PostgreSQL one statement (the ledger insert and the
+        rollup upsert of exactly the inserted rows, in one data-modifying CTE); elsewhere
+        ``append``. The statement text is built once per row count."""
+        if not rows:
+            return
+        if self.db.get_bind().dialect.name != "postgresql":
+            await self.append(rows)
+            return
+        params: dict[str, Any] = {"tenant": self.ctx.org_id, "hour": hour_of(at),
+                                  "day": day_of(at)}
+        for i, row in enumerate(rows):
+            row["tenant_id"] = self.ctx.org_id
+            params.update({f"{c}_{i}": row.get(c) for c in EVENT_COLUMNS})
+        await self.db.execute(_pg_append_at(len(rows)), params)
+
     async def _roll_up(self, rows: list[dict[str, Any]]) -> None:
         totals: dict[tuple[Any, ...], list[int]] = {}
         for row in rows:
@@ -133,6 +189,11 @@ class UsageRepository:
     async def open_sessions(self) -> int:
         stmt = select(func.count()).select_from(Run).where(
             Run.tenant_id == self.ctx.org_id, Run.status.in_(OPEN_STATUSES))
+        return int((await self.db.execute(stmt)).scalar_one())
+
+    async def queued_sessions(self) -> int:
+        stmt = select(func.count()).select_from(Run).where(
+            Run.tenant_id == self.ctx.org_id, Run.status == "queued")
         return int((await self.db.execute(stmt)).scalar_one())
 
     async def rollups(self, period: str, start: datetime, end: datetime) -> list[UsageRollup]:
@@ -278,6 +339,14 @@ async def usage_by_tenant(db: AsyncSession, start: datetime, end: datetime) -> l
     rows = (await db.execute(sql, params)).all()
     return [TenantUsage(r[0] if isinstance(r[0], uuid.UUID) else uuid.UUID(str(r[0])),
                         str(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in rows]
+
+
+async def admin_emails(db: AsyncSession, ctx: TenantContext) -> list[str]:
+    """The addresses of the organization's active admins (enabled accounts)."""
+    stmt = select(User.email).join(Membership, Membership.user_id == User.id).where(
+        Membership.tenant_id == ctx.org_id, Membership.role == "admin",
+        Membership.disabled_at.is_(None), User.disabled.is_(False)).order_by(User.email)
+    return list((await db.execute(stmt)).scalars().all())
 
 
 async def count_members(db: AsyncSession, ctx: TenantContext) -> int:

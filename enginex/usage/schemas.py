@@ -63,6 +63,8 @@ class PlanOut(ResponseBody):
 class TenantPlanBody(RequestBody):
     plan: str | None = None
     overrides: dict[str, Any] | None = None
+    # The organization's Stripe customer for the meter events push ('' unlinks it).
+    stripe_customer_id: str | None = Field(default=None, max_length=255)
 
 
 class TenantPlanOut(ResponseBody):
@@ -70,6 +72,7 @@ class TenantPlanOut(ResponseBody):
     overrides: dict[str, Any]
     limits: dict[str, Any]
     resumed_sessions: int = 0
+    stripe_customer_id: str | None = None
 
 
 class PriceBody(RequestBody):

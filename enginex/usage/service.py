@@ -13,6 +13,7 @@ Every function acting in a tenant takes ``ctx``; usage of another organization i
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from enginex.runs.models import Run
 from enginex.runs.repository import RunRepository
 from enginex.tenancy.context import TenantContext, system_context
 from enginex.usage import repository as repo
-from enginex.usage.limits import LIMITS, SEEDED_PLANS, clean_limits, effective_limits, micro_usd
+from enginex.usage.limits import LIMITS, clean_limits, effective_limits, micro_usd
 from enginex.usage.meter import StepMeter
 from enginex.usage.models import UNITS, OrgQuota, Plan, PriceOverride, UsageKind
 from enginex.usage.pricing import price_tokens
@@ -37,6 +38,13 @@ from enginex.usage.repository import Totals, UsageRepository, day_of, month_of, 
 
 PAUSED = "paused_quota"
 CACHE_SECONDS = 5.0
+
+
+class QueueFull(AppError):
+    """429: the organization has as many sessions waiting for a worker as its plan allows."""
+
+    status_code = 429
+    code = "queue_full"
 
 
 class QuotaExceeded(AppError):
@@ -75,8 +83,10 @@ _prices_cache: list[Any] = [0.0, {}]
 def forget_cached(org_id: uuid.UUID | None = None) -> None:
     if org_id is None:
         _limits_cache.clear()
+        _totals_cache.clear()
     else:
         _limits_cache.pop(org_id, None)
+        _totals_cache.pop(org_id, None)
     _prices_cache[0] = 0.0
 
 
@@ -184,15 +194,50 @@ async def meter_step(db: AsyncSession, ctx: TenantContext, run: MeteredRun, step
         if quantity:
             rows.append(_row(kind, quantity, f"{base}:{kind}", now, run=run))
     usage = UsageRepository(db, ctx)
-    await usage.append(rows)
+    await usage.append_at(rows, now)
     if not meter.models:
         return None  # only model calls spend the monthly budget
     limits = await org_limits(db, ctx.org_id)
     if limits.get("tokens_per_month") is None and limits.get("cost_usd_per_month") is None:
         return None
-    totals = await usage.month_totals(now)
+    added = Totals(sum(u.input_tokens + u.output_tokens for u in meter.models.values()),
+                   sum(r["cost_micro_usd"] for r in rows))
+    totals = await _month_totals(usage, ctx.org_id, limits, added, now)
     await _maybe_warn(db, ctx, limits, totals, now)
     return over_budget(limits, totals, now)
+
+
+# Month totals per organization, per process: (expires, month start, totals). A step far from
+# its organization's budget adds its own usage to the cached totals instead of reading the
+# rollups again; near the budget (from the soft threshold, at most 80 %) or after
+# TOTALS_SECONDS the totals are read in the step's transaction. Other processes' usage is
+# therefore seen within TOTALS_SECONDS while an organization is below 80 % of its budget, and
+# at once above it: the pause still happens at the step boundary where the budget is spent.
+TOTALS_SECONDS = 2.0
+NEAR = 80
+_totals_cache: dict[uuid.UUID, tuple[float, datetime, Totals]] = {}
+
+
+def _near(limits: OrgLimits, totals: Totals) -> bool:
+    percent = min(NEAR, limits.get("soft_threshold_percent") or NEAR)
+    tokens, cost = limits.get("tokens_per_month"), micro_usd(limits.get("cost_usd_per_month"))
+    return (tokens is not None and totals.tokens * 100 >= tokens * percent) or \
+        (cost is not None and totals.cost_micro_usd * 100 >= cost * percent)
+
+
+async def _month_totals(usage: UsageRepository, org_id: uuid.UUID, limits: OrgLimits,
+                        added: Totals, now: datetime) -> Totals:
+    cached = _totals_cache.get(org_id)
+    month = month_of(now)
+    if cached is not None and cached[0] > time.monotonic() and cached[1] == month:
+        estimate = Totals(cached[2].tokens + added.tokens,
+                          cached[2].cost_micro_usd + added.cost_micro_usd)
+        if not _near(limits, estimate):
+            _totals_cache[org_id] = (cached[0], month, estimate)
+            return estimate
+    totals = await usage.month_totals(now)
+    _totals_cache[org_id] = (time.monotonic() + TOTALS_SECONDS, month, totals)
+    return totals
 
 
 def over_budget(limits: OrgLimits, totals: Totals, now: datetime) -> Pause | None:
@@ -230,10 +275,36 @@ async def _maybe_warn(db: AsyncSession, ctx: TenantContext, limits: OrgLimits, t
     if quota is None:
         await repo.admit_lock(db, ctx.org_id)
     if await repo.set_soft_warned(db, ctx.org_id, month):
+        percent = limits.get("soft_threshold_percent")
         await record(db, ctx, "usage.soft_threshold_reached", target_kind="organization",
                      target_id=ctx.org_id,
-                     details={"limit": limit, "month": month,
-                              "percent": limits.get("soft_threshold_percent")})
+                     details={"limit": limit, "month": month, "percent": percent})
+        await _mail_warning(db, ctx, limit, percent, limits.get(limit), totals, now)
+
+
+async def _mail_warning(db: AsyncSession, ctx: TenantContext, limit: str, percent: Any,
+                        value: Any, totals: Totals, now: datetime) -> None:
+    """Queue the soft-threshold email to each admin of the organization, in the caller's
+    transaction (the outbox sends it after commit; nothing is sent if the step rolls back)."""
+    from enginex.config import get_settings
+    from enginex.mail.models import MailKind
+    from enginex.mail.service import enqueue
+
+    used = (f"{totals.tokens} of {value} tokens" if limit == "tokens_per_month" else
+            f"{totals.cost_micro_usd / 1_000_000:.2f} of {value} USD (estimated)")
+    link = f"{get_settings().base_url.rstrip('/')}/o/{ctx.org_slug}/usage"
+    body = (f"The organization \"{ctx.org_slug}\" on EngineX has used {percent}% or more of "
+            f"its {LIMITS[limit].description} budget for {now:%B %Y}: {used}.\n\n"
+            "When the budget is spent, new sessions are refused and running sessions pause at "
+            "their next step (nothing is lost; they resume when the budget is raised). The "
+            f"budget resets on {next_month(now):%Y-%m-%d} (UTC).\n\n"
+            f"Usage against the limits: {link}\n\n"
+            "To raise the budget, ask the platform operator for a larger plan.\n"
+            "You receive this once per month, as an admin of the organization.\n")
+    for email in await repo.admin_emails(db, ctx):
+        enqueue(db, kind=MailKind.USAGE_WARNING, recipient=email,
+                subject=f"EngineX: {ctx.org_slug} reached {percent}% of its monthly budget",
+                body=body)
 
 
 async def record_session_started(db: AsyncSession, ctx: TenantContext, run: Run, *,
@@ -249,6 +320,15 @@ async def record_storage(db: AsyncSession, ctx: TenantContext, key: str, size_by
     """Meter report storage added (positive) or removed (negative) under ``key``."""
     await UsageRepository(db, ctx).append(
         [_row(UsageKind.STORAGE_BYTES, size_bytes, key, now or utcnow())])
+
+
+async def release_storage(db: AsyncSession, ctx: TenantContext, key: str, size_bytes: int, *,
+                          now: datetime | None = None) -> None:
+    """Meter storage freed when what was stored under ``key`` (``run:<id>:<step>:...``,
+    ``agent_version:<id>``) is deleted: a negative ``storage_bytes`` row keyed
+    ``released:<key>``, written in the deleting transaction, so one deletion counts once
+    however often it is retried. The storage limit and the page read the net total."""
+    await record_storage(db, ctx, f"released:{key}", -abs(size_bytes), now=now)
 
 
 # --- admission ---------------------------------------------------------------------------------
@@ -268,7 +348,8 @@ async def admit_session(db: AsyncSession, ctx: TenantContext, *,
     """Check the organization's limits before a session starts, holding its admission lock
     (until the caller's transaction ends) so that parallel starts are serialised.
 
-    Raises ConcurrencyLimited (429) when as many sessions are open as allowed, QuotaExceeded
+    Raises ConcurrencyLimited (429) when as many sessions are open as allowed, QueueFull (429
+    ``queue_full``) when as many wait in the queue as allowed, QuotaExceeded
     (403 ``quota_exceeded``) when the day's sessions or steps, or the month's tokens or cost,
     are spent. ``details`` name the limit, the usage, the reset time and what to do."""
     now = now or utcnow()
@@ -284,6 +365,17 @@ async def admit_session(db: AsyncSession, ctx: TenantContext, *,
                 f"({concurrent}). Wait for one to finish or cancel one, then start again.",
                 details=_details("concurrent_sessions", concurrent, open_now, None,
                                  "Wait for a session to finish, or cancel one. " + RAISE),
+                headers={"Retry-After": "30"})
+    queued = limits.get("queued_sessions")
+    if queued is not None:
+        waiting = await usage.queued_sessions()
+        if waiting >= queued:
+            raise QueueFull(
+                f"This organization already has {waiting} sessions waiting for a worker, its "
+                f"limit ({queued}). Start more when some of them are running.",
+                details=_details("queued_sessions", queued, waiting, None,
+                                 "Wait until queued sessions start running, or cancel some. "
+                                 + RAISE),
                 headers={"Retry-After": "30"})
     tomorrow = day_of(now) + timedelta(days=1)
     for limit, kind in (("sessions_per_day", UsageKind.SESSION_STARTED),
@@ -352,15 +444,6 @@ async def check_storage(db: AsyncSession, ctx: TenantContext, adding: int) -> No
 # --- platform admin: plans, assignments, prices ------------------------------------------------
 
 
-async def seed_plans(db: AsyncSession) -> None:
-    """Create the seeded plans that do not exist yet (``enterprise`` is the default)."""
-    for key, (name, weight, limits) in SEEDED_PLANS.items():
-        if await repo.get_plan(db, key) is None:
-            db.add(Plan(key=key, name=name, weight=weight, limits=dict(limits),
-                        is_default=key == "enterprise"))
-    await db.flush()
-
-
 async def save_plan(db: AsyncSession, key: str, *, name: str, limits: dict[str, Any],
                     weight: int, is_default: bool | None = None) -> Plan:
     """Create or replace plan ``key``. Limits are validated (ValidationFailed lists every
@@ -387,10 +470,13 @@ async def save_plan(db: AsyncSession, key: str, *, name: str, limits: dict[str, 
 
 async def assign_plan(db: AsyncSession, org_id: uuid.UUID, org_slug: str, *,
                       plan_key: str | None, overrides: dict[str, Any] | None,
-                      actor_id: uuid.UUID | None) -> tuple[OrgLimits, int]:
+                      actor_id: uuid.UUID | None,
+                      stripe_customer_id: str | None = None) -> tuple[OrgLimits, int]:
     """Give an organization a plan and/or overrides (None leaves that part as it is; an
-    empty dict clears the overrides). Audited in the organization's log. Resumes its paused
-    sessions when it is no longer over budget; returns the limits and how many resumed.
+    empty dict clears the overrides) and/or its Stripe customer (``cus_...``; '' unlinks it;
+    usage from the day it is linked on is pushed, usage/stripe.py). Audited in the
+    organization's log. Resumes its paused sessions when it is no longer over budget;
+    returns the limits and how many resumed.
 
     Binds ``db`` to the organization (the audit entry and the resume are tenant writes)."""
     if plan_key is not None and await repo.get_plan(db, plan_key) is None:
@@ -398,11 +484,22 @@ async def assign_plan(db: AsyncSession, org_id: uuid.UUID, org_slug: str, *,
             p.key for p in await repo.list_plans(db)) + ".",
             details={"errors": [{"field": "plan", "message": "unknown plan"}]})
     clean = clean_limits(overrides, field="overrides") if overrides is not None else None
+    if stripe_customer_id and not re.fullmatch(r"cus_[A-Za-z0-9_]{1,250}",
+                                               stripe_customer_id):
+        raise ValidationFailed(
+            "A Stripe customer id looks like cus_NffrFeUfNV2Hib ('' unlinks the customer).",
+            details={"errors": [{"field": "stripe_customer_id",
+                                 "message": "cus_ followed by letters and digits"}]})
     quota = await repo.admit_lock(db, org_id)
     if plan_key is not None:
         quota.plan_key = plan_key
     if clean is not None:
         quota.overrides = clean
+    if stripe_customer_id is not None and stripe_customer_id != (quota.stripe_customer_id or ""):
+        from enginex.usage.stripe import pushed_from
+
+        quota.stripe_customer_id = stripe_customer_id or None
+        quota.stripe_pushed_through = pushed_from() if stripe_customer_id else None
     quota.updated_at = utcnow()
     await db.flush()
     forget_cached(org_id)
@@ -410,7 +507,8 @@ async def assign_plan(db: AsyncSession, org_id: uuid.UUID, org_slug: str, *,
     await set_tenant(db, org_id)
     ctx = system_context(org_id, org_slug)
     await record(db, ctx, "usage.plan_changed", target_kind="organization", target_id=org_id,
-                 details={"plan": limits.plan_key, "overrides": limits.overrides},
+                 details={"plan": limits.plan_key, "overrides": limits.overrides,
+                          "stripe_customer_id": quota.stripe_customer_id},
                  actor_kind="platform_admin", actor_id=actor_id)
     resumed = await resume_paused(db, ctx, limits)
     return limits, resumed

@@ -40,6 +40,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$
 """
 
+# A frozen copy of the plans as seeded by this revision. Migrations never import application
+# code that changes later; the application's one definition is usage/limits.SEEDED_PLANS,
+# and later revisions (0023_metering2) bring seeded plans up to date with frozen copies too.
 SEEDED = [
     ("free", "Free", 1, False, {
         "concurrent_sessions": 2, "sessions_per_day": 100, "steps_per_day": 2000,
