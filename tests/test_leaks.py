@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from enginex.kit.logs import ContextFilter, JsonFormatter, TextFormatter
 from enginex.reports.storage import ArtifactStorage, StorageEscape
 from tests.factories import (
     PASSWORD,
@@ -24,15 +25,17 @@ from tests.factories import (
 
 
 class _Capture(logging.Handler):
+    """Each record as production writes it: stamped (tenant_id, request_id, run_id) and
+    formatted both ways (ENGINEX_LOG_FORMAT text and json)."""
+
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
+        self.addFilter(ContextFilter())
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.exc_info:
-            text += logging.Formatter().formatException(record.exc_info)
-        self.lines.append(text)
+        self.lines.append(TextFormatter().format(record))
+        self.lines.append(JsonFormatter().format(record))
 
 
 @pytest.fixture

@@ -114,20 +114,22 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
     """One handler on the root logger (stderr), stamping and formatting every record;
     ``auto`` writes JSON unless stderr is a terminal. uvicorn's loggers lose their own
-    handlers and propagate here (uvicorn is started with ``log_config=None``)."""
+    handlers and propagate here (uvicorn is started with ``log_config=None``). Like
+    ``logging.basicConfig``, it leaves alone a root logger that another program configured."""
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # noise per command
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per client request
+    root = logging.getLogger()
+    if any(not isinstance(h, _StderrHandler) for h in root.handlers):
+        return  # run inside a program that set up logging itself (a test): as basicConfig does
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = _StderrHandler()
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        if isinstance(existing, _StderrHandler):  # configured again (settings read): replace
-            root.removeHandler(existing)
+    for existing in list(root.handlers):  # configured again once the settings are read
+        root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # noise per command
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per client request
