@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 
 from enginex.audit import service
+from enginex.audit.anchor import anchor_keys
 from enginex.audit.repository import AuditFilter
 from enginex.kit.errors import ValidationFailed
 from enginex.tenancy.guards import DB, make_router
@@ -108,6 +109,7 @@ async def audit_list(request: Request, db: DB,
 async def audit_verify(request: Request, db: DB,
                        web: Annotated[WebContext, WebTenant(Scope.AUDIT_READ)]) -> Response:
     """Recompute the chain and show the verdict (first broken seq, or the entry count)."""
-    verdict = await service.verify_chain(db, web.ctx)
+    verdict = await service.verify_chain(
+        db, web.ctx, anchor_keys=anchor_keys(request.app.state.master_key))
     template = "audit/_verdict.html" if is_htmx(request) else "audit/verify.html"
     return render(request, template, principal=web.principal, ctx=web.ctx, verdict=verdict)

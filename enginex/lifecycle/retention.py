@@ -1,0 +1,299 @@
+"""Retention per organization (docs/DATA_LIFECYCLE.md "Retention").
+
+An org admin sets how many days the organization keeps finished sessions (with their events,
+checkpoints, approvals and reports) and audit entries (at least
+``ENGINEX_AUDIT_RETENTION_MIN_DAYS``, set by the platform operator); empty = until deleted by
+hand. Exports are deleted ``ENGINEX_EXPORT_RETENTION_DAYS`` after they were built (the export
+jobs do that, enginex/lifecycle/service.py).
+
+``apply_retention`` (every worker, every ``ENGINEX_RETENTION_SWEEP_SECONDS``; or
+``enginex tenant retention apply``) deletes in batches of ``ENGINEX_RETENTION_BATCH_ROWS``
+rows, one short transaction each, so writers are never blocked for long: a session's events,
+then its checkpoints, approvals and reports (files unlinked after the commit), then the session
+row. Old audit entries go oldest first, and each batch moves the chain's signed anchor to the
+last entry it deleted in the same transaction (enginex/audit/anchor.py), so the rest of the
+chain still verifies. A crash between batches loses nothing: the next pass continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Table, delete, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enginex.approvals.models import Approval
+from enginex.audit.anchor import delete_oldest_entries
+from enginex.audit.service import record
+from enginex.db import SessionFactory, set_tenant
+from enginex.kit.errors import ValidationFailed
+from enginex.kit.time import utcnow
+from enginex.lifecycle.models import RetentionPolicy
+from enginex.orgs.models import Organization
+from enginex.reports.models import Artifact
+from enginex.reports.storage import ArtifactStorage
+from enginex.runs.models import FINISHED, Checkpoint, Run, RunEvent
+from enginex.tenancy.context import TenantContext, system_context
+
+log = logging.getLogger("enginex.lifecycle.retention")
+
+MAX_DAYS = 36500
+RUNS_PER_GROUP = 50
+# A session's rows, children first; artifacts last among them (their files go after commit).
+SESSION_TABLES: tuple[Table, ...] = (
+    RunEvent.__table__, Checkpoint.__table__, Approval.__table__,  # type: ignore[attr-defined]
+    Artifact.__table__)  # type: ignore[attr-defined]
+
+
+# --- the policy ---------------------------------------------------------------------------
+
+
+async def get_policy(db: AsyncSession, org_id: uuid.UUID) -> RetentionPolicy | None:
+    return await db.get(RetentionPolicy, org_id)
+
+
+async def set_policy(db: AsyncSession, ctx: TenantContext, *, session_days: int | None,
+                     audit_days: int | None, audit_min_days: int) -> RetentionPolicy:
+    """Set ``ctx``'s retention (None: keep until deleted by hand). ValidationFailed for an
+    audit retention below the platform's minimum or a value out of range. Audited
+    (``retention.updated``) in the caller's transaction."""
+    for name, value in (("session_days", session_days), ("audit_days", audit_days)):
+        if value is not None and not 1 <= value <= MAX_DAYS:
+            raise ValidationFailed(f"{name}: give a number of days from 1 to {MAX_DAYS}, or "
+                                   "null to keep until deleted by hand.",
+                                   details={"field": name})
+    if audit_days is not None and audit_days < audit_min_days:
+        raise ValidationFailed(f"audit_days: the platform keeps audit entries at least "
+                               f"{audit_min_days} days; choose {audit_min_days} or more, or "
+                               "null to keep them all.",
+                               details={"field": "audit_days", "minimum": audit_min_days})
+    policy = await get_policy(db, ctx.org_id)
+    if policy is None:
+        policy = RetentionPolicy(org_id=ctx.org_id)
+        db.add(policy)
+    policy.session_days, policy.audit_days = session_days, audit_days
+    policy.updated_at = utcnow()
+    policy.updated_by = ctx.actor_id
+    await record(db, ctx, "retention.updated", target_kind="organization",
+                 target_id=ctx.org_id,
+                 details={"session_days": session_days, "audit_days": audit_days})
+    return policy
+
+
+async def list_policies(db: AsyncSession) -> list[tuple[Organization, RetentionPolicy | None]]:
+    """Every organization with its policy (None: keeps everything), in slug order."""
+    rows = (await db.execute(
+        select(Organization, RetentionPolicy)
+        .outerjoin(RetentionPolicy, RetentionPolicy.org_id == Organization.id)
+        .order_by(Organization.slug))).all()
+    return [(org, policy) for org, policy in rows]
+
+
+# --- records of processing ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessingRecord:
+    """One line of the records of processing: what is stored, why, and for how long."""
+
+    category: str
+    data: str
+    purpose: str
+    kept: str
+
+
+def _days(days: int | None, after: str, otherwise: str) -> str:
+    return f"{days} days {after}" if days else otherwise
+
+
+def records_of_processing(policy: RetentionPolicy | None, *, export_days: int,
+                          audit_min_days: int, grace_days: int) -> list[ProcessingRecord]:
+    """What the deployment stores for one organization and for how long, generated from its
+    retention policy and the platform settings."""
+    session_days = policy.session_days if policy else None
+    audit_days = policy.audit_days if policy else None
+    until = "until the organization deletes it, or the organization is deleted"
+    return [
+        ProcessingRecord("Members", "e-mail address, display name and role of each member; "
+                         "invitations (e-mail address of the invited person)",
+                         "sign-in and access control",
+                         "while the person is a member; invitations until accepted, revoked "
+                         "or expired"),
+        ProcessingRecord("Sessions", "inputs, event timelines, checkpoints (state), approvals "
+                         "and their decisions, reports and report files",
+                         "running the organization's agents and keeping their results",
+                         _days(session_days, "after the session finished", until)),
+        ProcessingRecord("Audit log", "who did what and when (people by account id, never by "
+                         "name or e-mail address)", "accountability and security review",
+                         _days(audit_days, f"(the platform minimum is {audit_min_days} days)",
+                               until)),
+        ProcessingRecord("Credentials", "secrets for tools and LLM providers, encrypted with the "
+                         "organization's data key", "calling the services the agents use",
+                         until + "; unreadable once the data key is destroyed"),
+        ProcessingRecord("Agents and settings", "agent packages and versions, LLM, MCP, skills "
+                         "and single sign-on settings", "running the organization's agents",
+                         until),
+        ProcessingRecord("Usage", "metered events (tokens, steps, sessions) and totals",
+                         "quotas and billing", until),
+        ProcessingRecord("Exports", "complete copies of the organization's data",
+                         "data portability", f"{export_days} days after each export is built"),
+        ProcessingRecord("Deletion", "when the organization is deleted, everything above; a "
+                         "tombstone keeps the organization id, the SHA-256 of its slug, the "
+                         "times and who asked", "proof of deletion",
+                         f"deleted for good {grace_days} days after the request (restorable "
+                         "until then); the tombstone is kept"),
+    ]
+
+
+# --- applying the policies ------------------------------------------------------------------
+
+
+@dataclass
+class RetentionReport:
+    sessions: int = 0
+    rows: int = 0
+    audit_entries: int = 0
+    files: int = 0
+    orgs: list[uuid.UUID] = field(default_factory=list)
+
+
+async def apply_retention(sessions: SessionFactory, storage: ArtifactStorage, *,
+                          anchor_key: bytes, batch_rows: int, now: datetime | None = None,
+                          stop: asyncio.Event | None = None) -> RetentionReport:
+    """Apply every organization's policy once (module docstring). Organizations being
+    deleted are skipped (the hard delete removes everything)."""
+    now = now or utcnow()
+    report = RetentionReport()
+    async with sessions() as db:
+        rows = (await db.execute(
+            select(RetentionPolicy, Organization.slug)
+            .join(Organization, Organization.id == RetentionPolicy.org_id)
+            .where((RetentionPolicy.session_days.is_not(None))
+                   | (RetentionPolicy.audit_days.is_not(None))))).all()
+        policies = [(p.org_id, slug, p.session_days, p.audit_days) for p, slug in rows]
+    for org_id, slug, session_days, audit_days in policies:
+        if stop is not None and stop.is_set():
+            break
+        ctx = system_context(org_id, slug)
+        if session_days:
+            await _expire_sessions(sessions, storage, ctx, now - timedelta(days=session_days),
+                                   batch_rows, report)
+        if audit_days:
+            await _expire_audit(sessions, ctx, now - timedelta(days=audit_days), batch_rows,
+                                anchor_key, report)
+        async with sessions() as db:
+            policy = await get_policy(db, org_id)
+            if policy is not None:
+                policy.last_applied_at = utcnow()
+                await db.commit()
+        report.orgs.append(org_id)
+    return report
+
+
+async def _expire_sessions(sessions: SessionFactory, storage: ArtifactStorage,
+                           ctx: TenantContext, cutoff: datetime, batch_rows: int,
+                           report: RetentionReport) -> None:
+    org_id = ctx.org_id
+    while True:
+        async with sessions() as db:
+            await set_tenant(db, org_id)
+            run_ids = list((await db.execute(
+                select(Run.id).where(Run.tenant_id == org_id, Run.status.in_(FINISHED),
+                                     Run.finished_at < cutoff)
+                .order_by(Run.finished_at).limit(RUNS_PER_GROUP))).scalars())
+        if not run_ids:
+            return
+        for table in SESSION_TABLES:
+            while True:
+                deleted, artifact_ids = await _delete_children(sessions, table, org_id,
+                                                               run_ids, batch_rows)
+                report.rows += deleted
+                for artifact_id in artifact_ids:
+                    with contextlib.suppress(OSError):
+                        storage.path_for(org_id, artifact_id).unlink(missing_ok=True)
+                        report.files += 1
+                if deleted < batch_rows:
+                    break
+        async with sessions() as db:
+            await set_tenant(db, org_id)
+            done = await db.execute(delete(Run).where(Run.tenant_id == org_id,
+                                                      Run.id.in_(run_ids))
+                                    .execution_options(synchronize_session=False))
+            count = int(done.rowcount or 0)  # type: ignore[attr-defined]
+            await record(db, ctx, "retention.sessions_deleted", target_kind="organization",
+                         target_id=org_id, details={"sessions": count,
+                                                    "finished_before": cutoff.isoformat()})
+            await db.commit()
+        report.sessions += count
+
+
+async def _delete_children(sessions: SessionFactory, table: Table, org_id: uuid.UUID,
+                           run_ids: list[uuid.UUID], limit: int
+                           ) -> tuple[int, list[uuid.UUID]]:
+    """Delete up to ``limit`` rows of ``table`` belonging to ``run_ids``, one transaction.
+    Returns (rows deleted, artifact ids deleted when ``table`` is the artifacts table)."""
+    pk = list(table.primary_key.columns)
+    async with sessions() as db:
+        await set_tenant(db, org_id)
+        keys = (await db.execute(select(*pk).where(table.c.tenant_id == org_id,
+                                                   table.c.run_id.in_(run_ids))
+                                 .limit(limit))).all()
+        if not keys:
+            return 0, []
+        await db.execute(delete(table).where(table.c.tenant_id == org_id,
+                                             tuple_(*pk).in_([tuple(k) for k in keys])))
+        await db.commit()
+    artifact_ids = [k.id for k in keys] if table.name == "artifacts" else []
+    return len(keys), artifact_ids
+
+
+async def _expire_audit(sessions: SessionFactory, ctx: TenantContext, cutoff: datetime,
+                        batch_rows: int, key: bytes, report: RetentionReport) -> None:
+    while True:
+        async with sessions() as db:
+            await set_tenant(db, ctx.org_id)
+            deleted = await delete_oldest_entries(db, ctx, before=cutoff, limit=batch_rows,
+                                                  key=key)
+            await db.commit()
+        report.audit_entries += deleted
+        if deleted < batch_rows:
+            return
+
+
+class RetentionSweeper:
+    """The worker's retention loop: ``apply_retention`` every ``period`` seconds, first after
+    a random part of it (workers started together do not sweep together). Failures are
+    logged and retried at the next period."""
+
+    def __init__(self, sessions: SessionFactory, storage: ArtifactStorage, *, anchor_key: bytes,
+                 batch_rows: int, period: float) -> None:
+        self.sessions = sessions
+        self.storage = storage
+        self.anchor_key = anchor_key
+        self.batch_rows = batch_rows
+        self.period = period
+
+    async def run(self, stop: asyncio.Event) -> None:
+        import random
+
+        delay = self.period * random.uniform(0.1, 1.0)  # noqa: S311
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            if stop.is_set():
+                return
+            try:
+                done = await apply_retention(self.sessions, self.storage,
+                                             anchor_key=self.anchor_key,
+                                             batch_rows=self.batch_rows, stop=stop)
+                if done.sessions or done.audit_entries:
+                    log.info("retention: %d session(s), %d row(s), %d audit entries deleted",
+                             done.sessions, done.rows, done.audit_entries)
+            except Exception:
+                log.exception("retention sweep failed")
+            delay = self.period
