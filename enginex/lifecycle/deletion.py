@@ -33,8 +33,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import Table, delete, select, text, tuple_, update
+from sqlalchemy import delete, inspect, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
@@ -70,17 +71,25 @@ def slug_hash(slug: str) -> str:
     return hashlib.sha256(slug.lower().encode()).hexdigest()
 
 
-def tenant_tables_in_delete_order() -> list[Table]:
-    """Every tenant table of the registry (kinds.py: exported kinds and excluded tables),
-    children before parents, without those of ``LAST``."""
+def tenant_models_in_delete_order() -> list[type[Base]]:
+    """The model of every tenant table of the registry (kinds.py: exported kinds and excluded
+    tables), children before parents, without those of ``LAST``."""
     import enginex.models  # noqa: F401  (every model registered)
 
     names = {k.table for k in KINDS} | set(EXCLUDED)
-    ordered = [t for t in reversed(Base.metadata.sorted_tables) if t.name in names]
-    missing = names - {t.name for t in ordered}
+    models = {m.local_table.name: m.class_ for m in Base.registry.mappers  # type: ignore[union-attr]
+              if m.local_table.name in names}  # type: ignore[union-attr]
+    missing = names - set(models)
     if missing:
-        raise RuntimeError(f"kinds.py names tables that do not exist: {sorted(missing)}")
-    return [t for t in ordered if t.name not in LAST]
+        raise RuntimeError(f"kinds.py names tables without a model: {sorted(missing)}")
+    return [models[t.name] for t in reversed(Base.metadata.sorted_tables)
+            if t.name in models and t.name not in LAST]
+
+
+def primary_key_of(model: type[Base]) -> list[Any]:
+    """The model's primary-key attributes (the ORM guard wants mapped attributes)."""
+    mapper = inspect(model)
+    return [mapper.get_property_by_column(c).class_attribute for c in mapper.primary_key]
 
 
 @dataclass(frozen=True)
@@ -227,12 +236,12 @@ async def hard_delete(sessions: SessionFactory, storage: ArtifactStorage,
         await db.commit()
     checkpoint("deletion:started")
 
-    for table in tenant_tables_in_delete_order():
+    for model in tenant_models_in_delete_order():
         while True:
-            deleted = await _delete_batch(sessions, table, org_id, deletion_id, batch_rows)
+            deleted = await _delete_batch(sessions, model, org_id, deletion_id, batch_rows)
             if not deleted:
                 break
-            checkpoint(f"deletion:batch:{table.name}")
+            checkpoint(f"deletion:batch:{model.__tablename__}")
             await heartbeat()
             if rows_per_second:
                 await asyncio.sleep(deleted / rows_per_second)
@@ -263,22 +272,23 @@ async def hard_delete(sessions: SessionFactory, storage: ArtifactStorage,
     return True
 
 
-async def _delete_batch(sessions: SessionFactory, table: Table, org_id: uuid.UUID,
+async def _delete_batch(sessions: SessionFactory, model: type[Base], org_id: uuid.UUID,
                         deletion_id: uuid.UUID, limit: int) -> int:
-    """Delete up to ``limit`` rows of ``org_id`` from ``table`` and count them on the
-    deletion, in one transaction. Returns how many were deleted."""
-    pk = [c for c in table.primary_key.columns]
+    """Delete up to ``limit`` rows of ``org_id`` from ``model``'s table and count them on
+    the deletion, in one transaction. Returns how many were deleted."""
+    pk = primary_key_of(model)
+    tenant = model.tenant_id  # type: ignore[attr-defined]
     async with sessions() as db:
         await set_tenant(db, org_id)
         if db.get_bind().dialect.name == "sqlite":
             await db.execute(text("PRAGMA secure_delete = ON"))
-        keys = (await db.execute(select(*pk).where(table.c.tenant_id == org_id)
-                                 .limit(limit))).all()
+        keys = (await db.execute(select(*pk).where(tenant == org_id).limit(limit))).all()
         if not keys:
             await db.rollback()
             return 0
-        await db.execute(delete(table).where(table.c.tenant_id == org_id,
-                                             tuple_(*pk).in_([tuple(k) for k in keys])))
+        await db.execute(delete(model).where(tenant == org_id,
+                                             tuple_(*pk).in_([tuple(k) for k in keys]))
+                         .execution_options(synchronize_session=False))
         await db.execute(update(OrgDeletion).where(OrgDeletion.id == deletion_id)
                          .values(rows_deleted=OrgDeletion.rows_deleted + len(keys)))
         await db.commit()

@@ -24,15 +24,16 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, delete, select, tuple_
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.approvals.models import Approval
 from enginex.audit.anchor import delete_oldest_entries
 from enginex.audit.service import record
-from enginex.db import SessionFactory, set_tenant
+from enginex.db import Base, SessionFactory, set_tenant
 from enginex.kit.errors import ValidationFailed
 from enginex.kit.time import utcnow
+from enginex.lifecycle.deletion import primary_key_of
 from enginex.lifecycle.models import RetentionPolicy
 from enginex.orgs.models import Organization
 from enginex.reports.models import Artifact
@@ -45,9 +46,7 @@ log = logging.getLogger("enginex.lifecycle.retention")
 MAX_DAYS = 36500
 RUNS_PER_GROUP = 50
 # A session's rows, children first; artifacts last among them (their files go after commit).
-SESSION_TABLES: tuple[Table, ...] = (
-    RunEvent.__table__, Checkpoint.__table__, Approval.__table__,  # type: ignore[attr-defined]
-    Artifact.__table__)  # type: ignore[attr-defined]
+SESSION_MODELS: tuple[type[Base], ...] = (RunEvent, Checkpoint, Approval, Artifact)
 
 
 # --- the policy ---------------------------------------------------------------------------
@@ -208,9 +207,9 @@ async def _expire_sessions(sessions: SessionFactory, storage: ArtifactStorage,
                 .order_by(Run.finished_at).limit(RUNS_PER_GROUP))).scalars())
         if not run_ids:
             return
-        for table in SESSION_TABLES:
+        for model in SESSION_MODELS:
             while True:
-                deleted, artifact_ids = await _delete_children(sessions, table, org_id,
+                deleted, artifact_ids = await _delete_children(sessions, model, org_id,
                                                                run_ids, batch_rows)
                 report.rows += deleted
                 for artifact_id in artifact_ids:
@@ -232,23 +231,24 @@ async def _expire_sessions(sessions: SessionFactory, storage: ArtifactStorage,
         report.sessions += count
 
 
-async def _delete_children(sessions: SessionFactory, table: Table, org_id: uuid.UUID,
+async def _delete_children(sessions: SessionFactory, model: type[Base], org_id: uuid.UUID,
                            run_ids: list[uuid.UUID], limit: int
                            ) -> tuple[int, list[uuid.UUID]]:
-    """Delete up to ``limit`` rows of ``table`` belonging to ``run_ids``, one transaction.
-    Returns (rows deleted, artifact ids deleted when ``table`` is the artifacts table)."""
-    pk = list(table.primary_key.columns)
+    """Delete up to ``limit`` rows of ``model`` belonging to ``run_ids``, one transaction.
+    Returns (rows deleted, artifact ids deleted when ``model`` is Artifact)."""
+    pk = primary_key_of(model)
+    tenant, run_id = model.tenant_id, model.run_id  # type: ignore[attr-defined]
     async with sessions() as db:
         await set_tenant(db, org_id)
-        keys = (await db.execute(select(*pk).where(table.c.tenant_id == org_id,
-                                                   table.c.run_id.in_(run_ids))
+        keys = (await db.execute(select(*pk).where(tenant == org_id, run_id.in_(run_ids))
                                  .limit(limit))).all()
         if not keys:
             return 0, []
-        await db.execute(delete(table).where(table.c.tenant_id == org_id,
-                                             tuple_(*pk).in_([tuple(k) for k in keys])))
+        await db.execute(delete(model).where(tenant == org_id,
+                                             tuple_(*pk).in_([tuple(k) for k in keys]))
+                         .execution_options(synchronize_session=False))
         await db.commit()
-    artifact_ids = [k.id for k in keys] if table.name == "artifacts" else []
+    artifact_ids = [k.id for k in keys] if model is Artifact else []
     return len(keys), artifact_ids
 
 
