@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from enginex.audit.anchor import anchor_key
 from enginex.audit.models import AuditAnchor, AuditEntry
@@ -334,8 +334,8 @@ def test_retention_deletes_old_sessions_and_audit_entries_and_the_chain_still_ve
         await set_tenant(session, org_id)
         anchor = (await session.execute(select(AuditAnchor))).scalar_one()
         anchor.seq = anchor.seq + 1  # hide one more entry: the signature no longer matches
-        await session.execute(AuditEntry.__table__.delete().where(  # type: ignore[attr-defined]
-            AuditEntry.tenant_id == org_id, AuditEntry.seq == anchor.seq))
+        await session.execute(delete(AuditEntry).where(AuditEntry.tenant_id == org_id,
+                                                       AuditEntry.seq == anchor.seq))
 
     run_db(server, forge)
     broken = admin.get(f"{base}/audit/verify").json()
