@@ -370,3 +370,43 @@ def test_the_platform_admin_sees_every_organizations_records_of_processing(
     assert org_a.admin.client.get("/api/v1/admin/records").status_code == 403
     assert org_a.members["viewer"].client.get(
         f"/api/v1/orgs/{org_a.slug}/records").status_code == 403
+
+
+# --- pages ----------------------------------------------------------------------------------
+
+
+def test_the_pages_delete_restore_and_show_the_records(server: Server,
+                                                       platform_admin: Actor) -> None:
+    org = make_org(server, platform_admin, "page", roles=("admin", "viewer"), with_keys=False)
+    page = f"/o/{org.slug}/settings/data"
+    admin = org.admin.client
+    shown = admin.get(page)
+    assert shown.status_code == 200 and "Records of processing" in shown.text
+    assert org.members["viewer"].client.get(page).status_code == 403
+    saved = admin.post(f"{page}/retention", data={"session_days": "90", "audit_days": ""})
+    assert saved.status_code == 303
+    assert "90 days after the session finished" in admin.get(page).text
+    bad = admin.post(f"{page}/retention", data={"session_days": "ninety", "audit_days": ""})
+    assert bad.status_code == 422 and "whole number of days" in bad.text
+    wrong = admin.post(f"{page}/delete", data={"confirm": org.slug, "password": "wrong!"})
+    assert wrong.status_code == 422 and "not your password" in wrong.text
+    done = admin.post(f"{page}/delete", data={"confirm": org.slug, "password": PASSWORD})
+    assert done.status_code == 202 and "scheduled for deletion" in done.text
+    assert admin.get(page).status_code == 403  # suspended
+
+    listing = platform_admin.client.get("/admin/deletions")
+    assert listing.status_code == 200 and org.slug in listing.text and "Restore" in listing.text
+    assert org.members["viewer"].client.get("/admin/deletions").status_code == 403
+    restored = platform_admin.client.post(f"/admin/tenants/{org.id}/restore")
+    assert restored.status_code == 303
+    assert admin.get(page).status_code == 200
+    confirm = platform_admin.client.get(f"/admin/tenants/{org.id}/delete")
+    assert confirm.status_code == 200 and org.slug in confirm.text
+    refused = platform_admin.client.post(f"/admin/tenants/{org.id}/delete",
+                                         data={"confirm": "nope"})
+    assert refused.status_code == 422 and "slug" in refused.text
+    assert platform_admin.client.post(f"/admin/tenants/{org.id}/delete",
+                                      data={"confirm": org.slug}).status_code == 303
+    assert admin.get(page).status_code == 403
+    records = platform_admin.client.get("/admin/records")
+    assert records.status_code == 200 and org.slug in records.text
