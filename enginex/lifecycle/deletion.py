@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, inspect, select, text, tuple_, update
+from sqlalchemy import delete, inspect, literal, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.service import record
@@ -272,24 +272,38 @@ async def hard_delete(sessions: SessionFactory, storage: ArtifactStorage,
     return True
 
 
+async def delete_prefix(db: AsyncSession, model: type[Base], where: list[Any],
+                        limit: int) -> int:
+    """Delete the first ``limit`` rows matching ``where`` in primary-key order, in the
+    caller's transaction: find the ``limit``-th key, then delete every matching row up to it
+    with one row-value range (``(pk...) <= (key...)``), which an index on the key serves on
+    PostgreSQL and SQLite alike (a list of thousands of keys is planned far worse). Returns how
+    many rows were deleted."""
+    pk = primary_key_of(model)
+    last = (await db.execute(select(*pk).where(*where).order_by(*pk)
+                             .offset(limit - 1).limit(1))).first()
+    stmt = delete(model).where(*where)
+    if last is not None:
+        stmt = stmt.where(tuple_(*pk) <= tuple_(*(literal(v, c.type)
+                                                  for c, v in zip(pk, last, strict=True))))
+    result = await db.execute(stmt.execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 async def _delete_batch(sessions: SessionFactory, model: type[Base], org_id: uuid.UUID,
                         deletion_id: uuid.UUID, limit: int) -> int:
     """Delete up to ``limit`` rows of ``org_id`` from ``model``'s table and count them on
     the deletion, in one transaction. Returns how many were deleted."""
-    pk = primary_key_of(model)
-    tenant = model.tenant_id  # type: ignore[attr-defined]
     async with sessions() as db:
         await set_tenant(db, org_id)
         if db.get_bind().dialect.name == "sqlite":
             await db.execute(text("PRAGMA secure_delete = ON"))
-        keys = (await db.execute(select(*pk).where(tenant == org_id).limit(limit))).all()
-        if not keys:
+        deleted = await delete_prefix(db, model, [model.tenant_id == org_id],  # type: ignore[attr-defined]
+                                      limit)
+        if not deleted:
             await db.rollback()
             return 0
-        await db.execute(delete(model).where(tenant == org_id,
-                                             tuple_(*pk).in_([tuple(k) for k in keys]))
-                         .execution_options(synchronize_session=False))
         await db.execute(update(OrgDeletion).where(OrgDeletion.id == deletion_id)
-                         .values(rows_deleted=OrgDeletion.rows_deleted + len(keys)))
+                         .values(rows_deleted=OrgDeletion.rows_deleted + deleted))
         await db.commit()
-        return len(keys)
+        return deleted

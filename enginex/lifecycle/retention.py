@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.approvals.models import Approval
@@ -33,7 +33,7 @@ from enginex.audit.service import record
 from enginex.db import Base, SessionFactory, set_tenant
 from enginex.kit.errors import ValidationFailed
 from enginex.kit.time import utcnow
-from enginex.lifecycle.deletion import primary_key_of
+from enginex.lifecycle.deletion import delete_prefix
 from enginex.lifecycle.models import RetentionPolicy
 from enginex.orgs.models import Organization
 from enginex.reports.models import Artifact
@@ -207,15 +207,11 @@ async def _expire_sessions(sessions: SessionFactory, storage: ArtifactStorage,
                 .order_by(Run.finished_at).limit(RUNS_PER_GROUP))).scalars())
         if not run_ids:
             return
-        for model in SESSION_MODELS:
+        for run_id in run_ids:
             while True:
-                deleted, artifact_ids = await _delete_children(sessions, model, org_id,
-                                                               run_ids, batch_rows)
+                deleted = await _delete_session_rows(sessions, storage, org_id, run_id,
+                                                     batch_rows, report)
                 report.rows += deleted
-                for artifact_id in artifact_ids:
-                    with contextlib.suppress(OSError):
-                        storage.path_for(org_id, artifact_id).unlink(missing_ok=True)
-                        report.files += 1
                 if deleted < batch_rows:
                     break
         async with sessions() as db:
@@ -231,25 +227,34 @@ async def _expire_sessions(sessions: SessionFactory, storage: ArtifactStorage,
         report.sessions += count
 
 
-async def _delete_children(sessions: SessionFactory, model: type[Base], org_id: uuid.UUID,
-                           run_ids: list[uuid.UUID], limit: int
-                           ) -> tuple[int, list[uuid.UUID]]:
-    """Delete up to ``limit`` rows of ``model`` belonging to ``run_ids``, one transaction.
-    Returns (rows deleted, artifact ids deleted when ``model`` is Artifact)."""
-    pk = primary_key_of(model)
-    tenant, run_id = model.tenant_id, model.run_id  # type: ignore[attr-defined]
+async def _delete_session_rows(sessions: SessionFactory, storage: ArtifactStorage,
+                               org_id: uuid.UUID, run_id: uuid.UUID, limit: int,
+                               report: RetentionReport) -> int:
+    """Delete up to ``limit`` rows of session ``run_id`` (events first, then checkpoints,
+    approvals, reports) in one transaction; a report's file is unlinked after the commit.
+    Returns how many rows; fewer than ``limit`` means none is left."""
+    budget, ids = limit, []
     async with sessions() as db:
         await set_tenant(db, org_id)
-        keys = (await db.execute(select(*pk).where(tenant == org_id, run_id.in_(run_ids))
-                                 .limit(limit))).all()
-        if not keys:
-            return 0, []
-        await db.execute(delete(model).where(tenant == org_id,
-                                             tuple_(*pk).in_([tuple(k) for k in keys]))
-                         .execution_options(synchronize_session=False))
+        for model in SESSION_MODELS:
+            if budget <= 0:
+                break
+            where = [model.tenant_id == org_id, model.run_id == run_id]  # type: ignore[attr-defined]
+            if model is Artifact:
+                ids = list((await db.execute(select(Artifact.id).where(*where).limit(budget)))
+                           .scalars())
+                if ids:
+                    await db.execute(delete(Artifact).where(*where, Artifact.id.in_(ids))
+                                     .execution_options(synchronize_session=False))
+                budget -= len(ids)
+            else:
+                budget -= await delete_prefix(db, model, where, budget)
         await db.commit()
-    artifact_ids = [k.id for k in keys] if model is Artifact else []
-    return len(keys), artifact_ids
+    for artifact_id in ids:
+        with contextlib.suppress(OSError):
+            storage.path_for(org_id, artifact_id).unlink(missing_ok=True)
+            report.files += 1
+    return limit - budget
 
 
 async def _expire_audit(sessions: SessionFactory, ctx: TenantContext, cutoff: datetime,
