@@ -20,7 +20,7 @@ import hmac
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.audit.chain import format_at
@@ -71,9 +71,14 @@ async def delete_oldest_entries(db: AsyncSession, ctx: TenantContext, *, before:
     if not prefix:
         return 0
     last = prefix[-1]
-    await db.execute(delete(AuditEntry).where(AuditEntry.tenant_id == ctx.org_id,
-                                              AuditEntry.seq <= last.seq)
-                     .execution_options(synchronize_session=False))
+    if db.get_bind().dialect.name == "postgresql":
+        # Append-only for the app role: the owner's function deletes (migration 0021).
+        await db.execute(text("SELECT enginex_audit_trim(:tenant, :upto)"),
+                         {"tenant": ctx.org_id, "upto": last.seq})
+    else:
+        await db.execute(delete(AuditEntry).where(AuditEntry.tenant_id == ctx.org_id,
+                                                  AuditEntry.seq <= last.seq)
+                         .execution_options(synchronize_session=False))
     anchor = await get_anchor(db, ctx)
     if anchor is None:
         anchor = AuditAnchor(tenant_id=ctx.org_id)

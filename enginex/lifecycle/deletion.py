@@ -10,7 +10,8 @@ the status it had and cancels the job. Both are audited in the organization's ch
 
 1. the deletion becomes ``deleting`` (from then on it cannot be restored);
 2. every tenant table named by enginex/lifecycle/kinds.py (exported kinds and excluded tables,
-   children before parents) is emptied of the organization's rows in batches of
+   children before parents; not ``tenant_keys`` and ``audit_entries``, see ``LAST``) is
+   emptied of the organization's rows in batches of
    ``ENGINEX_DELETION_BATCH_ROWS``, one short transaction each (a killed worker's successor
    continues with what is left);
 3. the organization's storage prefix (report files, export archives) is removed;
@@ -62,8 +63,9 @@ from enginex.tenancy.principal import Principal, UserPrincipal
 log = logging.getLogger("enginex.lifecycle.deletion")
 
 # Tables emptied by the final transaction, not in batches: the data keys are destroyed
-# together with the organization row (crypto-shredding).
-LAST = frozenset({"tenant_keys"})
+# together with the organization row (crypto-shredding), and audit entries are append-only
+# for the app role on PostgreSQL (they go with the organization row, by its cascade).
+LAST = frozenset({"tenant_keys", "audit_entries"})
 
 
 def slug_hash(slug: str) -> str:
