@@ -177,10 +177,16 @@ def test_the_hard_delete_leaves_no_row_file_or_secret_but_a_tombstone(
     assert canary.encode() not in dump
     assert not any(_found(dump, blob) for blob in wrapped + blobs)
     if server.backend == "postgres":  # the dump is text: only the tombstone names the org
-        lines = [line for line in dump.decode(errors="replace").splitlines()
-                 if org.id in line]
-        assert len(lines) == 1 and slug_hash(org.slug) in lines[0], lines
-        assert org.slug.encode() not in dump
+        naming = _tables_naming(dump.decode(errors="replace"), org.id)
+        assert set(naming) == {"org_deletions"}, naming
+        assert len(naming["org_deletions"]) == 1
+        assert slug_hash(org.slug) in naming["org_deletions"][0]
+        # Accounts are global (people may belong to other organizations): they may still
+        # carry the slug, because this fixture's e-mail addresses contain it. The platform
+        # mail outbox keeps the invitation e-mails sent for the org (no org id to find them
+        # by: a known gap, docs/DATA_LIFECYCLE.md "Not built yet").
+        assert set(_tables_naming(dump.decode(errors="replace"), org.slug)) <= {"users",
+                                                                               "outbox"}
     tombstone = [d for d in platform_admin.client.get("/api/v1/admin/deletions").json()
                  if d["org_id"] == org.id]
     assert len(tombstone) == 1 and tombstone[0]["status"] == "deleted"
@@ -188,6 +194,21 @@ def test_the_hard_delete_leaves_no_row_file_or_secret_but_a_tombstone(
     assert org.admin.client.get(f"{base}/members").status_code == 404
     # The other organization is untouched.
     assert org_a.admin.client.get(f"/api/v1/orgs/{org_a.slug}/members").status_code == 200
+
+
+def _tables_naming(dump: str, value: str) -> dict[str, list[str]]:
+    """The rows of a pg_dump (``COPY public.<table> ... FROM stdin;`` sections) that contain
+    ``value``, by table."""
+    found: dict[str, list[str]] = {}
+    table = None
+    for line in dump.splitlines():
+        if line.startswith("COPY public."):
+            table = line.split()[1].removeprefix("public.")
+        elif line == "\\.":
+            table = None
+        elif value in line:
+            found.setdefault(table or "(outside data)", []).append(line)
+    return found
 
 
 def test_a_hard_delete_whose_worker_is_killed_is_finished_by_the_next_worker(

@@ -17,7 +17,9 @@ the status it had and cancels the job. Both are audited in the organization's ch
 3. the organization's storage prefix (report files, export archives) is removed;
 4. one last transaction destroys its data keys (crypto-shredding, as
    ``credentials.rotation.delete_tenant``), deletes the organization row (cascading to what is
-   left: its platform rows, its job) and marks the deletion ``deleted``. That row is the
+   left: its platform rows, its job), removes the platform rows that name it without a foreign
+   key (API rate counters, browser sessions its SSO opened) and marks the deletion
+   ``deleted``. That row is the
    tombstone: org id, SHA-256 of the slug, the times, who asked -- no name, no member, no
    content.
 
@@ -262,6 +264,7 @@ async def hard_delete(sessions: SessionFactory, storage: ArtifactStorage,
         destroyed = 0
         if org is not None:
             destroyed = await delete_tenant(db, org, storage=storage)
+        await _forget_platform_references(db, org_id)
         deletion.status = DeletionStatus.DELETED
         deletion.deleted_at = utcnow()
         deletion.data_keys_destroyed = destroyed
@@ -272,6 +275,19 @@ async def hard_delete(sessions: SessionFactory, storage: ArtifactStorage,
     log.warning("organization %s deleted for good (deletion %s); %d data key(s) destroyed",
                 org_id, deletion_id, destroyed)
     return True
+
+
+async def _forget_platform_references(db: AsyncSession, org_id: uuid.UUID) -> None:
+    """Platform rows naming the organization without a foreign key: its API request counters
+    (``rate_windows``, one-minute windows) and the browser sessions its SSO opened
+    (``auth_sessions.sso_org_id``: those people sign in again; their accounts stay)."""
+    from enginex.auth.models import AuthSession
+    from enginex.usage.models import RateWindow
+
+    await db.execute(delete(RateWindow).where(RateWindow.org_id == org_id)
+                     .execution_options(synchronize_session=False))
+    await db.execute(delete(AuthSession).where(AuthSession.sso_org_id == org_id)
+                     .execution_options(synchronize_session=False))
 
 
 async def delete_prefix(db: AsyncSession, model: type[Base], where: list[Any],
