@@ -163,9 +163,11 @@ class RetentionReport:
 
 async def apply_retention(sessions: SessionFactory, storage: ArtifactStorage, *,
                           anchor_key: bytes, batch_rows: int, now: datetime | None = None,
+                          audit_min_days: int = 0,
                           stop: asyncio.Event | None = None) -> RetentionReport:
-    """Apply every organization's policy once (module docstring). Organizations being
-    deleted are skipped (the hard delete removes everything)."""
+    """Apply every organization's policy once (module docstring). An audit retention below
+    ``audit_min_days`` (the platform raised its minimum after the org chose) counts as the
+    minimum."""
     now = now or utcnow()
     report = RetentionReport()
     async with sessions() as db:
@@ -183,8 +185,8 @@ async def apply_retention(sessions: SessionFactory, storage: ArtifactStorage, *,
             await _expire_sessions(sessions, storage, ctx, now - timedelta(days=session_days),
                                    batch_rows, report)
         if audit_days:
-            await _expire_audit(sessions, ctx, now - timedelta(days=audit_days), batch_rows,
-                                anchor_key, report)
+            keep = timedelta(days=max(audit_days, audit_min_days))
+            await _expire_audit(sessions, ctx, now - keep, batch_rows, anchor_key, report)
         async with sessions() as db:
             policy = await get_policy(db, org_id)
             if policy is not None:
@@ -276,12 +278,13 @@ class RetentionSweeper:
     logged and retried at the next period."""
 
     def __init__(self, sessions: SessionFactory, storage: ArtifactStorage, *, anchor_key: bytes,
-                 batch_rows: int, period: float) -> None:
+                 batch_rows: int, period: float, audit_min_days: int = 0) -> None:
         self.sessions = sessions
         self.storage = storage
         self.anchor_key = anchor_key
         self.batch_rows = batch_rows
         self.period = period
+        self.audit_min_days = audit_min_days
 
     async def run(self, stop: asyncio.Event) -> None:
         import random
@@ -295,7 +298,8 @@ class RetentionSweeper:
             try:
                 done = await apply_retention(self.sessions, self.storage,
                                              anchor_key=self.anchor_key,
-                                             batch_rows=self.batch_rows, stop=stop)
+                                             batch_rows=self.batch_rows,
+                                             audit_min_days=self.audit_min_days, stop=stop)
                 if done.sessions or done.audit_entries:
                     log.info("retention: %d session(s), %d row(s), %d audit entries deleted",
                              done.sessions, done.rows, done.audit_entries)

@@ -88,6 +88,8 @@ def retention_loop(settings: Settings, storage: ArtifactStorage
         await RetentionSweeper(worker.sessions, storage,
                                anchor_key=anchor_key(load_master_key(settings)),
                                batch_rows=settings.retention_batch_rows,
-                               period=settings.retention_sweep_seconds).run(worker.stopping)
+                               period=settings.retention_sweep_seconds,
+                               audit_min_days=settings.audit_retention_min_days
+                               ).run(worker.stopping)
 
     return start
