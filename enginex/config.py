@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     export_rows_per_second: int = Field(default=0, ge=0)
     # How often the worker looks for life-cycle jobs (exports, expiries).
     lifecycle_poll_seconds: float = Field(default=2.0, gt=0)
+    # Deletion with a grace period (docs/DATA_LIFECYCLE.md "Deletion"): an organization
+    # deleted by its admin or a platform admin is suspended at once and deleted for good this
+    # many days later (0: at the next worker pass); the hard delete removes at most this many
+    # rows per transaction and per second (0: no limit).
+    deletion_grace_days: int = Field(default=30, ge=0, le=3650)
+    deletion_batch_rows: int = Field(default=1000, ge=1, le=100_000)
+    deletion_rows_per_second: int = Field(default=0, ge=0)
+    # Retention (docs/DATA_LIFECYCLE.md "Retention"): the shortest audit retention an org
+    # admin may choose, how often a worker applies the policies, and the rows per transaction.
+    audit_retention_min_days: int = Field(default=365, ge=1, le=36500)
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0)
+    retention_batch_rows: int = Field(default=2000, ge=1, le=100_000)
     # The largest archive ``enginex tenant import`` accepts (compressed and uncompressed).
     import_max_bytes: int = Field(default=10 * 1024**3, ge=1)
     # Usage and rate limits (docs/USAGE.md). Redis for the rate-limit counters (empty: the

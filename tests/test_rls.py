@@ -43,6 +43,8 @@ OPTIONAL_PLATFORM_FUNCTIONS = {
     "enginex_verified_domain_org": "the organization of a verified email domain, for SSO "
                                    "routing at sign-in and one-domain-one-org claims (an id)",
     "enginex_usage_by_tenant": "usage totals per tenant and kind (ids, quantities, costs)",
+    "enginex_audit_trim": "retention: deletes the bound tenant's oldest audit entries up to a seq "
+                          "(refuses another tenant; RLS applies to the owner); returns a count",
 }
 
 TENANT_TABLES_SQL = """

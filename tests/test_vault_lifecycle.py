@@ -233,9 +233,9 @@ def test_enginex_tenant_delete(server: Server, platform_admin: Actor) -> None:
         "name": "k", "type": "api_key", "values": {"key": f"canary-{secrets.token_hex(8)}"}})
     assert created.status_code == 201
     with pytest.raises(CliError, match="add --yes to confirm"):
-        cmd_tenant_delete(argparse.Namespace(org=org.slug, yes=False), server.settings)
+        cmd_tenant_delete(argparse.Namespace(org=org.slug, yes=False, now=True), server.settings)
     env = _env(server.settings, ENGINEX_MASTER_KEY=server.settings.master_key)
-    done = subprocess.run([str(ENGINEX), "tenant", "delete", "--org", org.slug, "--yes"],
+    done = subprocess.run([str(ENGINEX), "tenant", "delete", "--org", org.slug, "--yes", "--now"],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert f"deleted organization '{org.slug}'" in done.stdout and "1 data key(s)" in done.stdout

@@ -106,8 +106,16 @@ async def access_tenant(db: AsyncSession, org_id: uuid.UUID) -> Organization:
 async def set_tenant_status(db: AsyncSession, org_id: uuid.UUID, status: str, *,
                             actor_id: uuid.UUID) -> Organization:
     """Suspend (``suspended``) or reactivate (``active``) a tenant; audited in its log.
-    NotFound for an unknown id."""
+    NotFound for an unknown id; Conflict when reactivating a tenant scheduled for deletion
+    (``lifecycle.deletion.restore_deletion`` does that)."""
     org = await access_tenant(db, org_id)
+    if status == "active":
+        from enginex.lifecycle.deletion import pending_deletion
+
+        if await pending_deletion(db, org.id) is not None:
+            raise Conflict("This tenant is scheduled for deletion: restore it instead "
+                           "(POST /api/v1/admin/tenants/{id}/restore, or Restore on the "
+                           "deletions page).", code="deletion_scheduled")
     return await org_service.set_org_status(db, org, status, actor_id=actor_id)
 
 

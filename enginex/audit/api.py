@@ -11,6 +11,7 @@ from fastapi import Query, Request
 from fastapi.responses import StreamingResponse
 
 from enginex.audit import service
+from enginex.audit.anchor import anchor_keys
 from enginex.audit.repository import AuditFilter
 from enginex.audit.schemas import AuditEntryOut, AuditPageOut, AuditVerifyOut
 from enginex.db import Database
@@ -62,8 +63,10 @@ async def export_audit(request: Request, ctx: AuditReader) -> StreamingResponse:
 
 
 @router.get("/orgs/{org}/audit/verify", response_model=AuditVerifyOut)
-async def verify_audit(db: DB, ctx: AuditReader) -> AuditVerifyOut:
-    """Recompute the chain: ``intact``, the number of entries, and the first broken seq."""
-    verdict = await service.verify_chain(db, ctx)
+async def verify_audit(request: Request, db: DB, ctx: AuditReader) -> AuditVerifyOut:
+    """Recompute the chain: ``intact``, the number of entries, and the first broken seq. A
+    chain whose oldest entries retention deleted is verified from its signed anchor."""
+    verdict = await service.verify_chain(
+        db, ctx, anchor_keys=anchor_keys(request.app.state.master_key))
     return AuditVerifyOut(intact=verdict.intact, entries=verdict.entries,
                           broken_seq=verdict.broken_seq, message=verdict.describe())

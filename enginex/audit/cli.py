@@ -25,8 +25,10 @@ def add_audit_commands(subparsers: Any) -> None:
 
 
 async def _verify(settings: Settings, slug: str) -> tuple[bool, str]:
+    from enginex.audit.anchor import anchor_keys
     from enginex.audit.service import verify_chain
     from enginex.db import Database, set_tenant
+    from enginex.kit.crypto import load_master_key
     from enginex.orgs import repository as org_repo
     from enginex.tenancy.context import system_context
 
@@ -39,7 +41,8 @@ async def _verify(settings: Settings, slug: str) -> tuple[bool, str]:
 
                 raise CliError(f"no organization with slug '{slug}'")
             await set_tenant(session, org.id)
-            verdict = await verify_chain(session, system_context(org.id, org.slug))
+            verdict = await verify_chain(session, system_context(org.id, org.slug),
+                                         anchor_keys=anchor_keys(load_master_key(settings)))
             return verdict.intact, verdict.describe()
     finally:
         await db.dispose()

@@ -48,3 +48,17 @@ class AuditHead(TenantOwned, Base):
 
     last_seq: Mapped[int]
     last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditAnchor(TenantOwned, Base):
+    """Where an organization's chain starts after retention deleted its oldest entries: the
+    last deleted entry's seq and hash, signed (HMAC of a key derived from the master key), so
+    verification starts from it (enginex/audit/anchor.py)."""
+
+    __tablename__ = "audit_anchors"
+
+    seq: Mapped[int]
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    signature: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -126,12 +126,17 @@ async def export_chain(sessions: async_sessionmaker[AsyncSession],
             db.expunge_all()
 
 
-async def verify_chain(db: AsyncSession, ctx: TenantContext) -> Verdict:
+async def verify_chain(db: AsyncSession, ctx: TenantContext, *,
+                       anchor_keys: Sequence[bytes] = ()) -> Verdict:
     """Recompute ``ctx``'s chain; the verdict names the first broken seq, if any. Also compares
-    the last entry with the organization's head, so a removed tail is detected."""
+    the last entry with the organization's head, so a removed tail is detected. A chain whose
+    oldest entries retention deleted starts from its anchor, which must be signed with one of
+    ``anchor_keys`` (``audit.anchor.anchor_keys``)."""
     repo = AuditRepository(db, ctx)
     walker = ChainWalker(origins_of(await repo.imports()))
-    after = 0
+    after = await start_from_anchor(db, ctx, walker, anchor_keys)
+    if walker.verdict is not None:
+        return walker.verdict
     while True:
         batch = await repo.chain_batch(after, EXPORT_BATCH)
         if not all(walker.feed(entry) for entry in batch) or len(batch) < EXPORT_BATCH:
@@ -140,6 +145,26 @@ async def verify_chain(db: AsyncSession, ctx: TenantContext) -> Verdict:
         db.expunge_all()
     head = await repo.head()
     return walker.finish(head.last_seq if head else 0, head.last_hash if head else None)
+
+
+async def start_from_anchor(db: AsyncSession, ctx: TenantContext, walker: ChainWalker,
+                            keys: Sequence[bytes]) -> int:
+    """Position ``walker`` at ``ctx``'s anchor (enginex/audit/anchor.py) when retention deleted
+    the chain's oldest entries; returns the seq the remaining entries follow (0: genesis). An
+    anchor not signed with one of ``keys`` breaks the chain at the entry after it."""
+    from enginex.audit.anchor import anchor_is_signed, get_anchor
+
+    anchor = await get_anchor(db, ctx)
+    if anchor is None:
+        return 0
+    if not anchor_is_signed(anchor, keys):
+        walker.verdict = Verdict(0, anchor.seq + 1, "the chain's anchor (where retention "
+                                 "deleted older entries) is not signed with this deployment's "
+                                 "master key: it was forged or changed")
+        return anchor.seq
+    walker.expected_seq = anchor.seq + 1
+    walker.prev_hash = anchor.hash
+    return anchor.seq
 
 
 # --- sign-ins ----------------------------------------------------------------------------------

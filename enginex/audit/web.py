@@ -22,6 +22,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 
 from enginex.audit import labels, service
+from enginex.audit.anchor import anchor_keys
 from enginex.audit.models import AuditEntry
 from enginex.audit.repository import AuditFilter
 from enginex.auth import service as auth_service
@@ -207,6 +208,7 @@ async def audit_list(request: Request, db: DB,
 async def audit_verify(request: Request, db: DB,
                        web: Annotated[WebContext, WebTenant(Scope.AUDIT_READ)]) -> Response:
     """Recompute the chain and show the verdict (first broken seq, or the entry count)."""
-    verdict = await service.verify_chain(db, web.ctx)
+    verdict = await service.verify_chain(
+        db, web.ctx, anchor_keys=anchor_keys(request.app.state.master_key))
     template = "audit/_verdict.html" if is_htmx(request) else "audit/verify.html"
     return render(request, template, principal=web.principal, ctx=web.ctx, verdict=verdict)

@@ -1,4 +1,5 @@
-"""``enginex keys rotate-master | rotate-tenant | status`` and ``enginex tenant delete``.
+"""``enginex keys rotate-master | rotate-tenant | status``, ``enginex tenant delete`` (with the
+grace period; ``--now`` at once) and ``enginex tenant restore``.
 
 They connect with ENGINEX_DATABASE_URL (the application role) and work one tenant per
 transaction (``set_tenant``), so row-level security holds for them too; no SECURITY DEFINER
@@ -165,30 +166,91 @@ def cmd_keys_status(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_tenant_delete(args: argparse.Namespace, settings: Settings) -> None:
-    from enginex.credentials.rotation import delete_tenant, purge_deleted_content
+    """Schedule the deletion (grace period), or with ``--now`` delete at once, in this
+    process, through the same resumable hard delete the worker runs (a tombstone is kept)."""
+    from datetime import timedelta
+
+    from enginex.kit.time import utcnow
+    from enginex.lifecycle import deletion
     from enginex.orgs.repository import get_org_by_slug
     from enginex.reports.storage import ArtifactStorage
 
     if not args.yes:
-        raise _cli_error(f"this deletes organization '{args.org}' with all its data and "
-                            "destroys its data keys for good; add --yes to confirm")
+        what = ("deletes organization '{}' with all its data and destroys its data keys for "
+                "good" if args.now else "suspends organization '{}' now and deletes it with all "
+                "its data after the grace period").format(args.org)
+        raise _cli_error(f"this {what}; add --yes to confirm")
     _migrate_embedded(settings)
     storage = ArtifactStorage(settings.resolved_storage_dir)
+    grace = timedelta(days=0 if args.now else settings.deletion_grace_days)
 
-    async def work(db: Database) -> int:
+    async def work(db: Database) -> tuple[str, int, object]:
         async with db.sessions() as session:
             org = await get_org_by_slug(session, args.org)
             if org is None:
                 raise _cli_error(f"no organization with slug '{args.org}'")
-            destroyed = await delete_tenant(session, org, storage=storage)
+            pending = await deletion.pending_deletion(session, org.id)
+            if pending is None:
+                pending = await deletion.schedule_deletion(
+                    session, org, requester=deletion.Requester("cli", None), grace=grace)
+            elif args.now and pending.status == "scheduled":
+                pending.hard_delete_at = utcnow()
+            elif not args.now:
+                raise _cli_error(f"organization '{args.org}' is already scheduled for "
+                                 f"deletion on {pending.hard_delete_at:%Y-%m-%d %H:%M} UTC; "
+                                 "`enginex tenant restore` cancels it, --now deletes it now")
+            deletion_id, due = pending.id, pending.hard_delete_at
             await session.commit()
-        await purge_deleted_content(db.engine)
-        return destroyed
+        if not args.now:
+            return "scheduled", 0, due
 
-    destroyed = asyncio.run(_with_database(settings, work))
+        async def no_heartbeat() -> None:
+            return None
+
+        await deletion.hard_delete(db.sessions, storage, deletion_id,
+                                   batch_rows=settings.deletion_batch_rows,
+                                   rows_per_second=settings.deletion_rows_per_second,
+                                   heartbeat=no_heartbeat)
+        async with db.sessions() as session:
+            done = await session.get(deletion.OrgDeletion, deletion_id)
+            destroyed = done.data_keys_destroyed if done is not None else 0
+        return "deleted", destroyed, due
+
+    outcome, destroyed, due = asyncio.run(_with_database(settings, work))
+    if outcome == "scheduled":
+        print(f"organization '{args.org}' is suspended and will be deleted with all its data "
+              f"on {due:%Y-%m-%d %H:%M} UTC (ENGINEX_DELETION_GRACE_DAYS="
+              f"{settings.deletion_grace_days}) by a worker; `enginex tenant restore --org "
+              f"{args.org}` cancels it until then.")
+        return
     print(f"deleted organization '{args.org}' and all its data; {destroyed} data key(s) "
-          "destroyed. Backups taken before now still hold its data under the master key: "
-          "rotate the master key and destroy the old one to shred those too.")
+          "destroyed; a tombstone (id, slug hash, times) is kept. Backups taken before now "
+          "still hold its data under the master key: rotate the master key and destroy the "
+          "old one to shred those too.")
+
+
+def cmd_tenant_restore(args: argparse.Namespace, settings: Settings) -> None:
+    from enginex.kit.errors import AppError
+    from enginex.lifecycle import deletion
+    from enginex.orgs.repository import get_org_by_slug
+
+    _migrate_embedded(settings)
+
+    async def work(db: Database) -> str:
+        async with db.sessions() as session:
+            org = await get_org_by_slug(session, args.org)
+            if org is None:
+                raise _cli_error(f"no organization with slug '{args.org}'")
+            try:
+                restored, _ = await deletion.restore_deletion(session, org.id, actor_id=None)
+            except AppError as exc:
+                raise _cli_error(exc.message) from exc
+            status = restored.status
+            await session.commit()
+            return status
+
+    status = asyncio.run(_with_database(settings, work))
+    print(f"organization '{args.org}' restored; its status is {status} again.")
 
 
 def add_keys_commands(keys: Any) -> None:
@@ -207,8 +269,15 @@ def add_keys_commands(keys: Any) -> None:
 
 def add_tenant_commands(tenant: Any) -> None:
     """Register ``enginex tenant delete`` on the ``enginex tenant`` sub-parsers."""
-    delete = tenant.add_parser("delete", help="delete an organization and all its data; its "
-                               "data keys are destroyed (crypto-shredding)")
+    delete = tenant.add_parser("delete", help="suspend an organization now and delete it with "
+                               "all its data after the grace period (--now: at once); its data "
+                               "keys are destroyed (crypto-shredding)")
     delete.add_argument("--org", required=True, help="the organization's slug")
     delete.add_argument("--yes", action="store_true", help="confirm the deletion")
+    delete.add_argument("--now", action="store_true", help="delete for good at once instead "
+                        "of after ENGINEX_DELETION_GRACE_DAYS")
     delete.set_defaults(func=cmd_tenant_delete)
+    restore = tenant.add_parser("restore", help="cancel an organization's scheduled deletion "
+                                "(within the grace period)")
+    restore.add_argument("--org", required=True, help="the organization's slug")
+    restore.set_defaults(func=cmd_tenant_restore)

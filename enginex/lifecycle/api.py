@@ -6,17 +6,31 @@ missing one. See docs/DATA_LIFECYCLE.md.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Request, status
 from fastapi.responses import FileResponse
 
+from enginex.admin.service import access_tenant
 from enginex.kit.errors import Forbidden, ValidationFailed
-from enginex.lifecycle import service
-from enginex.lifecycle.models import TenantExport
-from enginex.lifecycle.schemas import ExportCreate, ExportLinkOut, ExportOut
+from enginex.lifecycle import deletion, retention, service
+from enginex.lifecycle.models import OrgDeletion, RetentionPolicy, TenantExport
+from enginex.lifecycle.schemas import (
+    AdminDeletionRequest,
+    DeletionOut,
+    DeletionRequest,
+    ExportCreate,
+    ExportLinkOut,
+    ExportOut,
+    OrgRecordsOut,
+    ProcessingRecordOut,
+    RetentionIn,
+    RetentionOut,
+)
 from enginex.tenancy.context import TenantContext
-from enginex.tenancy.guards import DB, Require, make_router
+from enginex.tenancy.guards import DB, PlatformAdmin, Require, make_router
+from enginex.tenancy.principal import UserPrincipal
 from enginex.tenancy.scopes import Scope
 
 router = make_router(prefix="/api/v1", tags=["exports"])
@@ -120,3 +134,133 @@ async def download_export(token: str, request: Request, db: DB,
     return FileResponse(path, media_type="application/zip",
                         filename=f"enginex-export-{ctx.org_slug}-{stamp}.zip",
                         headers={"Cache-Control": "no-store"})
+
+
+# --- deletion with a grace period, retention, records of processing -----------------------
+
+OrgAdmin = Annotated[TenantContext, Require(Scope.ORG_WRITE)]
+OrgMember = Annotated[TenantContext, Require(Scope.ORG_READ)]
+RecordsReader = Annotated[TenantContext, Require(Scope.DATA_EXPORT)]
+PlatformAdminUser = Annotated[UserPrincipal, PlatformAdmin()]
+
+
+def deletion_out(deletion: OrgDeletion) -> DeletionOut:
+    return DeletionOut.model_validate(deletion)
+
+
+def _grace(request: Request) -> timedelta:
+    return timedelta(days=request.app.state.settings.deletion_grace_days)
+
+
+@router.post("/orgs/{org}/deletion", response_model=DeletionOut,
+             status_code=status.HTTP_202_ACCEPTED, responses={409: {}, 422: {}})
+async def delete_organization(body: DeletionRequest, request: Request, db: DB,
+                              ctx: OrgAdmin) -> DeletionOut:
+    """Delete this organization: it is suspended at once (every member, you included, loses
+    access) and deleted for good after ENGINEX_DELETION_GRACE_DAYS; until then a platform
+    admin can restore it. Needs your password (``password``) and the slug (``confirm``); an
+    API key cannot do it (403). Audited (``org.deletion_scheduled``)."""
+    if body.confirm != ctx.org_slug:
+        raise ValidationFailed("confirm: type the organization's slug to confirm its "
+                               "deletion.", details={"field": "confirm"})
+    await deletion.reauthenticate(db, ctx.principal, body.password)
+    org = await access_tenant(db, ctx.org_id)
+    scheduled = await deletion.schedule_deletion(
+        db, org, requester=deletion.Requester("org_admin", ctx.actor_id), grace=_grace(request))
+    return deletion_out(scheduled)
+
+
+@router.get("/orgs/{org}/retention", response_model=RetentionOut)
+async def get_retention(request: Request, db: DB, ctx: OrgMember) -> RetentionOut:
+    """How long the organization keeps finished sessions and audit entries (null: until
+    deleted by hand), the platform's minimum audit retention and the export retention."""
+    return _retention_out(request, await retention.get_policy(db, ctx.org_id))
+
+
+@router.put("/orgs/{org}/retention", response_model=RetentionOut, responses={422: {}})
+async def put_retention(body: RetentionIn, request: Request, db: DB,
+                        ctx: OrgAdmin) -> RetentionOut:
+    """Set the retention: ``session_days`` (a finished session with its events, checkpoints,
+    approvals and reports is deleted that many days after it finished) and ``audit_days``
+    (at least the platform minimum); null keeps until deleted by hand. A worker applies it
+    within ENGINEX_RETENTION_SWEEP_SECONDS. Audited (``retention.updated``)."""
+    settings = request.app.state.settings
+    policy = await retention.set_policy(db, ctx, session_days=body.session_days,
+                                        audit_days=body.audit_days,
+                                        audit_min_days=settings.audit_retention_min_days)
+    return _retention_out(request, policy)
+
+
+def _retention_out(request: Request, policy: RetentionPolicy | None) -> RetentionOut:
+    settings = request.app.state.settings
+    return RetentionOut(session_days=policy.session_days if policy else None,
+                        audit_days=policy.audit_days if policy else None,
+                        audit_min_days=settings.audit_retention_min_days,
+                        export_days=settings.export_retention_days,
+                        updated_at=policy.updated_at if policy else None,
+                        last_applied_at=policy.last_applied_at if policy else None)
+
+
+def records_for(request: Request, policy: RetentionPolicy | None
+                ) -> list[retention.ProcessingRecord]:
+    settings = request.app.state.settings
+    return retention.records_of_processing(
+        policy, export_days=settings.export_retention_days,
+        audit_min_days=settings.audit_retention_min_days,
+        grace_days=settings.deletion_grace_days)
+
+
+@router.get("/orgs/{org}/records", response_model=OrgRecordsOut)
+async def get_records(request: Request, db: DB, ctx: RecordsReader) -> OrgRecordsOut:
+    """The organization's records of processing: what the deployment stores for it, why and
+    for how long (generated from its retention settings)."""
+    org = await access_tenant(db, ctx.org_id)
+    policy = await retention.get_policy(db, ctx.org_id)
+    return OrgRecordsOut(org_id=org.id, slug=org.slug, status=org.status, records=[
+        ProcessingRecordOut.model_validate(r) for r in records_for(request, policy)])
+
+
+@router.post("/admin/tenants/{tenant_id}/deletion", response_model=DeletionOut,
+             status_code=status.HTTP_202_ACCEPTED, tags=["platform admin"],
+             responses={409: {}, 422: {}})
+async def admin_delete_tenant(tenant_id: uuid.UUID, body: AdminDeletionRequest,
+                              request: Request, db: DB,
+                              admin: PlatformAdminUser) -> DeletionOut:
+    """Delete a tenant with the grace period: suspended now, deleted for good after
+    ENGINEX_DELETION_GRACE_DAYS (restore it before with ``.../restore``). ``confirm`` must be
+    its slug. 404 for an unknown id; 409 when a deletion is already scheduled."""
+    org = await access_tenant(db, tenant_id)
+    if body.confirm != org.slug:
+        raise ValidationFailed("confirm: pass the tenant's slug to confirm its deletion.",
+                               details={"field": "confirm"})
+    scheduled = await deletion.schedule_deletion(
+        db, org, requester=deletion.Requester("platform_admin", admin.user_id),
+        grace=_grace(request))
+    return deletion_out(scheduled)
+
+
+@router.post("/admin/tenants/{tenant_id}/restore", response_model=DeletionOut,
+             tags=["platform admin"], responses={409: {}})
+async def admin_restore_tenant(tenant_id: uuid.UUID, db: DB,
+                               admin: PlatformAdminUser) -> DeletionOut:
+    """Cancel a tenant's scheduled deletion within the grace period: it gets back the status
+    it had (active or suspended). 404 for an unknown id; 409 when no deletion is scheduled or
+    the hard delete has started."""
+    _, restored = await deletion.restore_deletion(db, tenant_id, actor_id=admin.user_id)
+    return deletion_out(restored)
+
+
+@router.get("/admin/deletions", response_model=list[DeletionOut], tags=["platform admin"])
+async def admin_list_deletions(db: DB, _: PlatformAdminUser) -> list[DeletionOut]:
+    """Deletions, newest first: scheduled, restored, running, and the tombstones of deleted
+    tenants (org id, slug hash, times, who asked)."""
+    return [deletion_out(d) for d in await deletion.list_deletions(db)]
+
+
+@router.get("/admin/records", response_model=list[OrgRecordsOut], tags=["platform admin"])
+async def admin_records(request: Request, db: DB, _: PlatformAdminUser) -> list[OrgRecordsOut]:
+    """Records of processing of every tenant: what the deployment stores per organization and
+    for how long, from each one's retention settings. Metadata only."""
+    return [OrgRecordsOut(org_id=org.id, slug=org.slug, status=org.status, records=[
+        ProcessingRecordOut.model_validate(r) for r in records_for(request, policy)])
+        for org, policy in await retention.list_policies(db)]

@@ -1,6 +1,8 @@
 """The life-cycle job loop every worker runs beside its run claimer (``runs/worker.py``).
 
-One job at a time per worker: claim the oldest due job of ``lifecycle_jobs`` under a lease
+Jobs: build an export, expire one, hard-delete an organization whose grace period ended
+(enginex/lifecycle/deletion.py: resumable, the next claim continues where a dead worker
+stopped). One job at a time per worker: claim the oldest due job of ``lifecycle_jobs`` under a lease
 (``ENGINEX_EXPORT_LEASE_SECONDS``), keep the lease fresh while working, finish it. A worker
 killed mid-job leaves its lease to lapse; the next claim takes the job again and starts the
 export over (the archive is only renamed into place when complete, so a half file is never
@@ -19,6 +21,7 @@ from enginex.credentials.vault import Keyring
 from enginex.db import SessionFactory, is_transient_db_error
 from enginex.lifecycle import repository as repo
 from enginex.lifecycle import service
+from enginex.lifecycle.deletion import hard_delete
 from enginex.lifecycle.models import JobKind, JobStatus, LifecycleJob
 from enginex.reports.storage import ArtifactStorage
 
@@ -34,7 +37,8 @@ class LeaseLost(RuntimeError):
 class LifecycleJobs:
     def __init__(self, sessions: SessionFactory, storage: ArtifactStorage, *, name: str,
                  lease_seconds: int, poll_seconds: float, retention_days: int,
-                 rows_per_second: int, keyring: Keyring | None = None) -> None:
+                 rows_per_second: int, keyring: Keyring | None = None,
+                 deletion_batch_rows: int = 1000, deletion_rows_per_second: int = 0) -> None:
         self.sessions = sessions
         self.keyring = keyring  # opens credentials for an export with secrets
         self.storage = storage
@@ -43,6 +47,8 @@ class LifecycleJobs:
         self.poll_seconds = poll_seconds
         self.retention = timedelta(days=retention_days)
         self.rows_per_second = rows_per_second
+        self.deletion_batch_rows = deletion_batch_rows
+        self.deletion_rows_per_second = deletion_rows_per_second
         self.jobs_done = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -108,5 +114,10 @@ class LifecycleJobs:
                                        keyring=self.keyring)
         elif job.kind == JobKind.EXPIRE_EXPORT:
             await service.expire_export(self.sessions, self.storage, job)
+        elif job.kind == JobKind.HARD_DELETE:
+            await hard_delete(self.sessions, self.storage, job.target_id,
+                              batch_rows=self.deletion_batch_rows,
+                              rows_per_second=self.deletion_rows_per_second,
+                              heartbeat=lambda: self._heartbeat(job))
         else:
             raise ValueError(f"unknown life-cycle job kind {job.kind!r}")

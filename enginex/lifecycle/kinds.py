@@ -137,6 +137,8 @@ EXCLUDED: dict[str, str] = {
     "tenant_keys": "data keys wrapped by this deployment's master key; the importing "
                    "deployment makes its own (crypto-shredding stays per deployment)",
     "audit_heads": "derived: the head is the last entry of the exported chain",
+    "audit_anchors": "signed with this deployment's master key; an archive's chain starts at "
+                     "its first entry's prev_hash (docs/DATA_LIFECYCLE.md \"Retention\")",
     "idempotency_keys": "a 24-hour replay cache of API answers, not data",
     "run_queue_state": "scheduler bookkeeping, rebuilt by the scheduler",
     "tenant_exports": "the exports themselves (an archive does not contain archives)",

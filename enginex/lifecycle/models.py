@@ -8,6 +8,12 @@
   work from (build an export, expire one). It holds ids only, so a worker can find work in
   every organization without reading any tenant's rows; the work itself runs bound to the
   organization (``set_tenant``).
+* ``org_deletions`` (platform, no tenant content): an organization's deletion -- scheduled
+  (suspended, hard delete due at ``hard_delete_at``), restored, being deleted, or deleted. A
+  deleted row is the tombstone: org id, SHA-256 of the slug, the times and who asked; it has
+  no foreign key, so it outlives the organization.
+* ``retention_policies`` (platform, one row per organization): how long the organization
+  keeps finished sessions and audit entries (docs/DATA_LIFECYCLE.md "Retention").
 """
 
 from __future__ import annotations
@@ -35,6 +41,14 @@ class ExportStatus(StrEnum):
 class JobKind(StrEnum):
     BUILD_EXPORT = "build_export"
     EXPIRE_EXPORT = "expire_export"
+    HARD_DELETE = "hard_delete"
+
+
+class DeletionStatus(StrEnum):
+    SCHEDULED = "scheduled"  # suspended; hard delete due at hard_delete_at
+    RESTORED = "restored"  # a platform admin restored it within the grace period
+    DELETING = "deleting"  # the worker is deleting its rows (resumable)
+    DELETED = "deleted"  # the tombstone: nothing of the organization is left
 
 
 class JobStatus(StrEnum):
@@ -100,3 +114,44 @@ class LifecycleJob(Base):
         Index("ix_lifecycle_jobs_status_run_after", "status", "run_after"),
         Index("ix_lifecycle_jobs_org_id", "org_id"),
     )
+
+
+class OrgDeletion(Base):
+    """One deletion of an organization; once ``deleted``, its tombstone (docstring above)."""
+
+    __tablename__ = "org_deletions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    org_id: Mapped[uuid.UUID]  # no foreign key: the tombstone outlives the organization
+    slug_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default=DeletionStatus.SCHEDULED)
+    previous_status: Mapped[str] = mapped_column(String(20), default="active")
+    requested_by: Mapped[uuid.UUID | None]
+    requested_by_kind: Mapped[str] = mapped_column(String(20))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    hard_delete_at: Mapped[datetime]
+    restored_by: Mapped[uuid.UUID | None]
+    restored_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
+    rows_deleted: Mapped[int] = mapped_column(BigInteger, default=0)
+    data_keys_destroyed: Mapped[int] = mapped_column(default=0)
+
+    __table_args__ = (
+        Index("ix_org_deletions_org_id", "org_id"),
+        Index("ix_org_deletions_status_hard_delete_at", "status", "hard_delete_at"),
+    )
+
+
+class RetentionPolicy(Base):
+    """How long one organization keeps its data; NULL = until deleted by hand."""
+
+    __tablename__ = "retention_policies"
+
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    session_days: Mapped[int | None]
+    audit_days: Mapped[int | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[uuid.UUID | None]
+    last_applied_at: Mapped[datetime | None]

@@ -1,4 +1,4 @@
-"""Bodies of the export routes."""
+"""Bodies of the life-cycle routes: exports, deletion, retention, records of processing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from enginex.kit.schemas import RequestBody, ResponseBody
+from enginex.kit.schemas import Password, RequestBody, ResponseBody
 
 
 class ExportOut(ResponseBody):
@@ -47,3 +47,60 @@ class ExportCreate(RequestBody):
     password: Annotated[str | None, StringConstraints(max_length=1024)] = Field(
         default=None, description="Your current password: required with secrets_recipient "
                                   "(re-authentication).")
+
+
+class DeletionRequest(RequestBody):
+    password: Password = Field(description="your password (re-authentication)")
+    confirm: str = Field(max_length=40, description="the organization's slug, to confirm")
+
+
+class AdminDeletionRequest(RequestBody):
+    confirm: str = Field(max_length=40, description="the tenant's slug, to confirm")
+
+
+class DeletionOut(ResponseBody):
+    id: uuid.UUID
+    org_id: uuid.UUID
+    status: str = Field(description="scheduled, restored, deleting or deleted (tombstone)")
+    slug_sha256: str = Field(description="SHA-256 of the organization's slug")
+    requested_by: uuid.UUID | None
+    requested_by_kind: str = Field(description="org_admin, platform_admin or cli")
+    requested_at: datetime
+    hard_delete_at: datetime = Field(description="when the worker deletes it for good")
+    restored_at: datetime | None
+    restored_by: uuid.UUID | None
+    started_at: datetime | None
+    deleted_at: datetime | None
+    rows_deleted: int
+    data_keys_destroyed: int
+
+
+class RetentionIn(RequestBody):
+    session_days: int | None = Field(default=None, description="days a finished session "
+                                     "(events, checkpoints, approvals, reports) is kept; null: "
+                                     "until deleted by hand")
+    audit_days: int | None = Field(default=None, description="days an audit entry is kept (at "
+                                   "least the platform minimum); null: all kept")
+
+
+class RetentionOut(ResponseBody):
+    session_days: int | None
+    audit_days: int | None
+    audit_min_days: int = Field(description="the platform's minimum audit retention")
+    export_days: int = Field(description="days an export archive is kept")
+    updated_at: datetime | None
+    last_applied_at: datetime | None
+
+
+class ProcessingRecordOut(ResponseBody):
+    category: str
+    data: str
+    purpose: str
+    kept: str
+
+
+class OrgRecordsOut(ResponseBody):
+    org_id: uuid.UUID
+    slug: str
+    status: str
+    records: list[ProcessingRecordOut]

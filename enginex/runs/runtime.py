@@ -55,7 +55,8 @@ def build_worker(settings: Settings, db: Database, deps: EngineDeps) -> Worker:
     return Worker(db, deps, slots=settings.worker_slots, tenant_limit=settings.tenant_concurrency,
                   database_url=settings.resolved_database_url,
                   mail=lambda sessions: MailSender(sessions, smtp, mail_from=settings.mail_from),
-                  background=[lifecycle_loop(settings, deps.storage)])
+                  background=[lifecycle_loop(settings, deps.storage),
+                              retention_loop(settings, deps.storage)])
 
 
 def lifecycle_loop(settings: Settings, storage: ArtifactStorage
@@ -73,6 +74,27 @@ def lifecycle_loop(settings: Settings, storage: ArtifactStorage
                             poll_seconds=settings.lifecycle_poll_seconds,
                             retention_days=settings.export_retention_days,
                             rows_per_second=settings.export_rows_per_second,
-                            keyring=keyring).run(worker.stopping)
+                            keyring=keyring,
+                            deletion_batch_rows=settings.deletion_batch_rows,
+                            deletion_rows_per_second=settings.deletion_rows_per_second
+                            ).run(worker.stopping)
+
+    return start
+
+
+def retention_loop(settings: Settings, storage: ArtifactStorage
+                   ) -> Callable[[Worker], Awaitable[None]]:
+    """The retention sweep (enginex/lifecycle/retention.py) as a worker background task."""
+    from enginex.audit.anchor import anchor_key
+    from enginex.kit.crypto import load_master_key
+    from enginex.lifecycle.retention import RetentionSweeper
+
+    async def start(worker: Worker) -> None:
+        await RetentionSweeper(worker.sessions, storage,
+                               anchor_key=anchor_key(load_master_key(settings)),
+                               batch_rows=settings.retention_batch_rows,
+                               period=settings.retention_sweep_seconds,
+                               audit_min_days=settings.audit_retention_min_days
+                               ).run(worker.stopping)
 
     return start

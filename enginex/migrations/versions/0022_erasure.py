@@ -17,7 +17,7 @@ from alembic import op
 import enginex.db
 
 revision = '0022_erasure'
-down_revision = '0020_metering'
+down_revision = '0021_deletion'
 branch_labels = None
 depends_on = None
 
