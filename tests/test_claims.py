@@ -208,6 +208,66 @@ def test_a_batch_claim_keeps_the_tenant_limit_and_serves_the_small_tenant_first(
     asyncio.run(scenario())
 
 
+def test_a_heavier_organization_gets_claims_in_proportion_to_its_weight(
+        engine_server: Server, tenant_a: Org, tenant_b: Org,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fair share weighted per organization: with both tenants backlogged, A (weight 2) is
+    served twice for each claim of B (weight 1). The weight is plugged in where a plan's
+    weight would be: the SQL function enginex_claim_weight on PostgreSQL (replaced by the
+    owner role, as a migration would), the weight query on SQLite."""
+    a_tenant = uuid.UUID(tenant_a.id)
+    postgres = engine_server.settings.resolved_database_url.startswith("postgresql")
+    if postgres:
+        _replace_claim_weight(engine_server, f"CASE WHEN p_tenant = '{a_tenant}'::uuid "
+                                             "THEN 2.0 ELSE 1.0 END")
+    else:
+        monkeypatch.setattr(scheduler, "SQLITE_CLAIM_WEIGHT_SQL",
+                            f"SELECT CASE WHEN :t = '{a_tenant.hex}' THEN 2.0 ELSE 1.0 END")
+
+    async def scenario() -> list[uuid.UUID]:
+        async with engine_for(engine_server) as (db, _):
+            await queue_runs(db, tenant_a, "quick-report", 40)
+            await queue_runs(db, tenant_b, "quick-report", 40)
+            served = []
+            try:
+                for _ in range(30):
+                    async with db.sessions() as session:
+                        (claim,) = await scheduler.claim_runs(
+                            session, worker="w", lease_seconds=60, tenant_limit=1000,
+                            max_runs=1)
+                        await session.commit()
+                    served.append(claim.tenant_id)
+            finally:
+                await cancel_all(db, tenant_a)
+                await cancel_all(db, tenant_b)
+            return served
+
+    try:
+        served = asyncio.run(scenario())
+    finally:
+        if postgres:
+            _replace_claim_weight(engine_server, "1.0")
+    a_claims = served.count(a_tenant)
+    # 2:1 of 30 claims is 20:10; one claim either way for where the turn started.
+    assert 19 <= a_claims <= 21, served
+    # Never starved: B is served at least once in every four consecutive claims.
+    assert all(set(served[i:i + 4]) != {a_tenant} for i in range(len(served) - 3)), served
+
+
+def _replace_claim_weight(server: Server, expression: str) -> None:
+    """As the owner role (a migration's connection): answer ``expression`` as weight."""
+    import psycopg
+    from sqlalchemy import make_url
+
+    url = make_url(server.settings.resolved_migration_url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION enginex_claim_weight(p_tenant uuid) "
+            "RETURNS double precision LANGUAGE sql STABLE "
+            "SET search_path = pg_catalog, pg_temp AS "
+            f"$$ SELECT ({expression})::double precision $$")
+
+
 # --- (c) two worker processes never share a run -------------------------------------------------
 
 
