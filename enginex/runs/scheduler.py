@@ -21,10 +21,12 @@ the limit and the round robin hold within a batch. ``claim_next`` is a batch of 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, column, text
+from sqlalchemy import Row, bindparam, column, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enginex.db import UTCDateTime
@@ -40,11 +42,14 @@ _TIMES = (bindparam("now", type_=UTCDateTime()), bindparam("exp", type_=UTCDateT
 DEFAULT_DEAD_SECONDS = 3 * WORKER_HEARTBEAT_SECONDS
 # Weights are clamped to this range (see ``served_time``).
 WEIGHT_RANGE = (0.1, 100.0)
-# SQLite's source of an organization's claim weight: None (every organization weighs 1), or a
-# scalar query of ``:t`` (the organization's id) answering its weight. PostgreSQL's is the SQL
-# function ``enginex_claim_weight(org)`` (migration 0025_engine). A migration that gives plans
-# a weight replaces both with a read of the organization's plan (docs/ARCHITECTURE.md).
-SQLITE_CLAIM_WEIGHT_SQL: str | None = None
+# SQLite's source of an organization's claim weight: an SQL expression over ``o.id`` (the
+# organization's id), the scheduler weight of its plan (the default plan when none is
+# assigned), 1 without plans. PostgreSQL's is the SQL function ``enginex_claim_weight(org)``
+# (migration 0025_engine), the same read. Another source replaces both (docs/ARCHITECTURE.md).
+SQLITE_CLAIM_WEIGHT_SQL = (
+    "COALESCE((SELECT p.weight FROM org_quotas oq JOIN plans p ON p.key = oq.plan_key "
+    "WHERE oq.org_id = o.id), (SELECT p.weight FROM plans p WHERE p.is_default "
+    "ORDER BY p.key LIMIT 1), 1)")
 
 
 def _sql(statement: str):  # noqa: ANN202 - a TextClause with typed time parameters
@@ -97,16 +102,21 @@ async def claim_runs(db: AsyncSession, *, worker: str, lease_seconds: int, tenan
                                dead_seconds=dead_seconds)
 
 
-def served_time(now: datetime, served: datetime | None, floor: datetime | None,
+def served_time(now: datetime, served: datetime | None, others: datetime | None,
                 weight: float) -> datetime:
     """A tenant's new served time after a claim (weighted fair share): ``1/weight`` of the
-    way to ``now`` from its previous served time, itself taken no earlier than ``floor``
-    (the oldest served time among the candidates: an idle tenant saves no credit). Weight 1
-    gives ``now`` (plain round robin); with every tenant backlogged, a tenant of weight 2 is
-    served twice as often as one of weight 1. Same arithmetic as enginex_claim_runs."""
+    way to ``now`` from its previous served time. That start is taken no further behind
+    ``others`` (the other candidates' oldest served time) than ``others`` is behind now, so a
+    tenant saves no credit while idle. Weight 1 gives ``now`` (plain round robin); with every
+    tenant backlogged, a tenant of weight 2 is served about twice as often as one of weight 1.
+    Same arithmetic as enginex_claim_runs (migration 0025_engine)."""
     low, high = WEIGHT_RANGE
     weight = min(max(weight, low), high)
-    start = max(served or floor or now, floor or now)
+    if others is None:
+        start = served or now
+    else:
+        earliest = others - (now - others)
+        start = earliest if served is None else max(served, earliest)
     start = min(start, now)
     return start + (now - start) / weight
 
@@ -138,7 +148,7 @@ _SQLITE_TENANTS = f"""
                 WHERE r.status IN ('queued', 'running') AND r.tenant_id > active.tenant_id
                 ORDER BY r.tenant_id LIMIT 1)
         FROM active WHERE active.tenant_id IS NOT NULL)
-    SELECT o.id, q.last_claimed_at FROM active
+    SELECT o.id, q.last_claimed_at, {{weight}} AS weight FROM active
     JOIN organizations o ON o.id = active.tenant_id
     LEFT JOIN run_queue_state q ON q.tenant_id = o.id
     WHERE o.status = 'active'
@@ -163,15 +173,18 @@ async def _claim_sqlite(db: AsyncSession, *, worker: str, lease_seconds: int,
                         tenant_limit: int, max_runs: int, dead_seconds: float) -> list[Claim]:
     now = await _now_in_transaction(db)
     times = {"now": now, "dead": now - timedelta(seconds=dead_seconds)}
-    tenants_sql = _sql(_SQLITE_TENANTS).columns(column("id"),
-                                               column("last_claimed_at", UTCDateTime()))
+    tenants_sql = _sql(_SQLITE_TENANTS.replace("{weight}", SQLITE_CLAIM_WEIGHT_SQL)).columns(
+        column("id"), column("last_claimed_at", UTCDateTime()), column("weight"))
     claims: list[Claim] = []
     while True:  # rounds: one run per eligible tenant each
         tenants = (await db.execute(tenants_sql, {**times, "limit": tenant_limit})).all()
-        served_times = [served for _, served in tenants if served is not None]
-        floor = min(served_times) if served_times else None
+        low, high = WEIGHT_RANGE
+        weights = {tenant: min(max(float(weight or 1.0), low), high)
+                   for tenant, _, weight in tenants}
+        # Relative to the lightest candidate: equal weights are a plain round robin.
+        lightest = min(weights.values(), default=1.0)
         claimed_before = len(claims)
-        for tenant, served in tenants:
+        for tenant, served, _ in tenants:
             run_id = (await db.execute(_sql(_SQLITE_OLDEST), {"t": tenant, **times})).scalar()
             if run_id is None:
                 continue
@@ -181,21 +194,24 @@ async def _claim_sqlite(db: AsyncSession, *, worker: str, lease_seconds: int,
                 "started_at = COALESCE(started_at, :now) WHERE tenant_id = :t AND id = :r"),
                 {"w": worker, "exp": now + timedelta(seconds=lease_seconds), "now": now,
                  "t": tenant, "r": run_id})
-            weight = 1.0
-            if SQLITE_CLAIM_WEIGHT_SQL is not None:
-                weight = float((await db.execute(text(SQLITE_CLAIM_WEIGHT_SQL),
-                                                 {"t": tenant})).scalar() or 1.0)
             # Served times one microsecond apart keep this batch's order for the next claim.
             await db.execute(_sql(
                 "INSERT INTO run_queue_state (tenant_id, last_claimed_at) VALUES (:t, :served) "
                 "ON CONFLICT (tenant_id) DO UPDATE SET last_claimed_at = excluded.last_claimed_at"),
-                {"t": tenant, "served": served_time(now, served, floor, weight)
+                {"t": tenant, "served": served_time(now, served, _oldest_other(tenants, tenant),
+                                                    weights[tenant] / lightest)
                  + timedelta(microseconds=len(claims))})
             claims.append(Claim(_uuid(tenant), _uuid(run_id)))
             if len(claims) >= max_runs:
                 return claims
         if len(claims) == claimed_before:
             return claims
+
+
+def _oldest_other(tenants: Sequence[Row[Any]], tenant: object) -> datetime | None:
+    """The oldest served time among the candidates other than ``tenant``."""
+    times = [served for other, served, _ in tenants if other != tenant and served is not None]
+    return min(times) if times else None
 
 
 async def expire_approvals(db: AsyncSession) -> int:

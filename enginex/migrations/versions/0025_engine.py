@@ -11,13 +11,16 @@ count towards the per-tenant limit.
 
 Weighted fair share: the round robin orders tenants by ``run_queue_state.last_claimed_at``
 (served longest ago first). Serving a tenant of weight ``w`` now moves that time forward by
-only ``1/w`` of the way from where it stood (never from before the oldest served time among
-the candidates, so an idle tenant saves no credit) to now: with every tenant backlogged, a
-tenant of weight 2 is served twice as often as one of weight 1. Weight 1 sets it to now,
-exactly the previous round robin. The weight comes from ``enginex_claim_weight(org)``, which
-answers 1 for every organization here; a migration that gives plans a weight replaces that
-function (``CREATE OR REPLACE``) with a read of the organization's plan, and nothing else
-changes (docs/ARCHITECTURE.md "Fair claiming"). Weights are clamped to [0.1, 100].
+only ``1/w`` of the way from where it stood to now (from no further behind the other
+candidates' oldest served time than that time is behind now, so an idle tenant saves no
+credit): with every tenant backlogged, a
+tenant of weight 2 is served about twice as often as one of weight 1. Weights are taken
+relative to the lightest candidate, so equal weights set it to now: exactly the previous round
+robin. The weight comes from ``enginex_claim_weight(org)``: the scheduler weight of the
+organization's plan (``plans.weight``, migration 0020; the default plan when none is
+assigned), 1 without plans. Another source replaces that function (``CREATE OR REPLACE``) and
+nothing else changes (docs/ARCHITECTURE.md "Fair scheduling"). Weights are clamped to
+[0.1, 100].
 
 Revision ID: 0025_engine
 Revises: 0020_metering
@@ -40,7 +43,11 @@ CLAIM_WEIGHT_FUNCTION = """
 CREATE OR REPLACE FUNCTION enginex_claim_weight(p_tenant uuid)
 RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 1.0::double precision
+    SELECT COALESCE(
+        (SELECT p.weight FROM public.org_quotas q JOIN public.plans p ON p.key = q.plan_key
+         WHERE q.org_id = p_tenant),
+        (SELECT p.weight FROM public.plans p WHERE p.is_default ORDER BY p.key LIMIT 1),
+        1)::double precision
 $$
 """
 
@@ -58,6 +65,7 @@ DECLARE
     v_served timestamptz;
     v_floor timestamptz;
     v_weight double precision;
+    v_lightest double precision;
     v_run uuid;
     v_queued uuid;
     v_queued_at timestamptz;
@@ -79,7 +87,7 @@ BEGIN
     v_dead := v_now - make_interval(secs => p_dead_seconds);
     LOOP  -- rounds: one run per eligible tenant each, until the batch is full or none is left
         v_round_start := v_claimed;
-        FOR v_tenant, v_served, v_floor IN
+        FOR v_tenant, v_served, v_floor, v_weight, v_lightest IN
             -- Tenants with queued or running runs, by a skip scan of ix_runs_active_tenant_id:
             -- one index probe per such tenant, none for idle tenants.
             WITH RECURSIVE active(tenant_id) AS (
@@ -91,10 +99,15 @@ BEGIN
                         WHERE r.status IN ('queued', 'running') AND r.tenant_id > a.tenant_id
                         ORDER BY r.tenant_id LIMIT 1)
                 FROM active a WHERE a.tenant_id IS NOT NULL)
-            SELECT o.id, q.last_claimed_at, min(q.last_claimed_at) OVER ()
+            SELECT o.id, q.last_claimed_at,
+                   min(q.last_claimed_at) OVER (ROWS BETWEEN UNBOUNDED PRECEDING
+                                                AND UNBOUNDED FOLLOWING EXCLUDE CURRENT ROW),
+                   w.weight, min(w.weight) OVER ()
             FROM active t
             JOIN public.organizations o ON o.id = t.tenant_id
             LEFT JOIN public.run_queue_state q ON q.tenant_id = o.id
+            CROSS JOIN LATERAL (SELECT LEAST(GREATEST(COALESCE(
+                public.enginex_claim_weight(o.id), 1.0), 0.1), 100.0) AS weight) w
             WHERE o.status = 'active'
               AND (EXISTS (SELECT 1 FROM public.runs r
                            WHERE r.tenant_id = o.id AND r.status = 'queued')
@@ -132,13 +145,18 @@ BEGIN
                     attempts = r.attempts + 1, status = 'running',
                     started_at = COALESCE(r.started_at, v_now)
                 WHERE r.tenant_id = v_tenant AND r.id = v_run;
-                -- Weighted served time: 1/weight of the way to now, from no earlier than the
-                -- oldest served time among the candidates (no credit saved while idle).
+                -- Weighted served time: 1/weight of the way to now, from no further behind the
+                -- other candidates' oldest served time than that is behind now (no credit
+                -- saved while idle). Same arithmetic as scheduler.served_time.
                 -- Served times one microsecond apart keep this batch's order for the next.
-                v_weight := LEAST(GREATEST(COALESCE(public.enginex_claim_weight(v_tenant), 1.0),
-                                           0.1), 100.0);
-                v_from := GREATEST(COALESCE(v_served, v_floor, v_now),
-                                   COALESCE(v_floor, v_now));
+                -- Relative to the lightest candidate: equal weights are a plain round robin.
+                v_weight := v_weight / v_lightest;
+                IF v_floor IS NULL THEN
+                    v_from := COALESCE(v_served, v_now);
+                ELSE
+                    v_from := GREATEST(COALESCE(v_served, '-infinity'::timestamptz),
+                                       v_floor - (v_now - v_floor));
+                END IF;
                 IF v_from > v_now THEN
                     v_from := v_now;
                 END IF;
