@@ -106,16 +106,17 @@ def served_time(now: datetime, served: datetime | None, others: datetime | None,
                 weight: float) -> datetime:
     """A tenant's new served time after a claim (weighted fair share): ``1/weight`` of the
     way to ``now`` from its previous served time. That start is taken no further behind
-    ``others`` (the other candidates' oldest served time) than ``others`` is behind now, so a
-    tenant saves no credit while idle. Weight 1 gives ``now`` (plain round robin); with every
-    tenant backlogged, a tenant of weight 2 is served about twice as often as one of weight 1.
+    ``others`` (the other candidates' oldest served time) than ``weight`` times ``others`` is
+    behind now, so a tenant saves no credit while idle (and a heavier one keeps its lead).
+    Weight 1 gives ``now`` (plain round robin); with every tenant backlogged, a tenant of
+    weight 2 is served about twice as often as one of weight 1.
     Same arithmetic as enginex_claim_runs (migration 0025_engine)."""
     low, high = WEIGHT_RANGE
     weight = min(max(weight, low), high)
     if others is None:
         start = served or now
     else:
-        earliest = others - (now - others)
+        earliest = others - (now - others) * weight
         start = earliest if served is None else max(served, earliest)
     start = min(start, now)
     return start + (now - start) / weight

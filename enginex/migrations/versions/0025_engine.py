@@ -12,8 +12,8 @@ count towards the per-tenant limit.
 Weighted fair share: the round robin orders tenants by ``run_queue_state.last_claimed_at``
 (served longest ago first). Serving a tenant of weight ``w`` now moves that time forward by
 only ``1/w`` of the way from where it stood to now (from no further behind the other
-candidates' oldest served time than that time is behind now, so an idle tenant saves no
-credit): with every tenant backlogged, a
+candidates' oldest served time than ``w`` times that time is behind now, so an idle tenant
+saves no credit): with every tenant backlogged, a
 tenant of weight 2 is served about twice as often as one of weight 1. Weights are taken
 relative to the lightest candidate, so equal weights set it to now: exactly the previous round
 robin. The weight comes from ``enginex_claim_weight(org)``: the scheduler weight of the
@@ -146,8 +146,8 @@ BEGIN
                     started_at = COALESCE(r.started_at, v_now)
                 WHERE r.tenant_id = v_tenant AND r.id = v_run;
                 -- Weighted served time: 1/weight of the way to now, from no further behind the
-                -- other candidates' oldest served time than that is behind now (no credit
-                -- saved while idle). Same arithmetic as scheduler.served_time.
+                -- other candidates' oldest served time than weight times that is behind now
+                -- (no credit saved while idle). Same arithmetic as scheduler.served_time.
                 -- Served times one microsecond apart keep this batch's order for the next.
                 -- Relative to the lightest candidate: equal weights are a plain round robin.
                 v_weight := v_weight / v_lightest;
@@ -155,7 +155,7 @@ BEGIN
                     v_from := COALESCE(v_served, v_now);
                 ELSE
                     v_from := GREATEST(COALESCE(v_served, '-infinity'::timestamptz),
-                                       v_floor - (v_now - v_floor));
+                                       v_floor - (v_now - v_floor) * v_weight);
                 END IF;
                 IF v_from > v_now THEN
                     v_from := v_now;
