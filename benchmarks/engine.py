@@ -661,6 +661,8 @@ def pgbench_script(txns: list[Txn], runs: list[uuid.UUID]) -> tuple[str, dict[st
                 text_value = _pg_value(value)
                 if text_value in index:
                     return f":r{index[text_value]}"
+                if text_value == "":  # pgbench refuses an empty -D value
+                    return "''"
                 name = f"v{len(variables)}"
                 variables[name] = text_value
                 return f":{name}"

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     worker_slots: int = 4
     tenant_concurrency: int = 4
     lease_seconds: int = 30
+    # How often a worker refreshes its presence row; a worker silent for three of these is
+    # dead and its runs are claimed again at once (enginex/runs/scheduler.py). The same value
+    # for every worker of a deployment.
+    worker_heartbeat_seconds: float = Field(default=2.0, gt=0, le=60)
     allow_private_network: bool = False
     mcp_stdio_user: str = "auto"
     # Connecting to an MCP server (a stdio process's start, then the MCP handshake) may take

@@ -208,6 +208,112 @@ def test_a_batch_claim_keeps_the_tenant_limit_and_serves_the_small_tenant_first(
     asyncio.run(scenario())
 
 
+def test_a_heavier_organization_gets_claims_in_proportion_to_its_weight(
+        engine_server: Server, tenant_a: Org, tenant_b: Org,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fair share weighted per organization: with both tenants backlogged, A (weight 2) is
+    served about twice for each claim of B (weight 1). The weights replace the plans' ones
+    where another source would plug in: the SQL function enginex_claim_weight on PostgreSQL
+    (replaced by the owner role, as a migration would), the weight expression on SQLite."""
+    a_tenant = uuid.UUID(tenant_a.id)
+    postgres = engine_server.settings.resolved_database_url.startswith("postgresql")
+    if postgres:
+        original = _claim_weight_function(engine_server)
+        _replace_claim_weight(engine_server, f"CASE WHEN p_tenant = '{a_tenant}'::uuid "
+                                             "THEN 2.0 ELSE 1.0 END")
+    else:
+        monkeypatch.setattr(scheduler, "SQLITE_CLAIM_WEIGHT_SQL",
+                            f"(CASE WHEN o.id = '{a_tenant.hex}' THEN 2.0 ELSE 1.0 END)")
+
+    try:
+        served = _claim_thirty(engine_server, tenant_a, tenant_b)
+    finally:
+        if postgres:
+            _owner_execute(engine_server, original)  # the plans' weights again
+    _assert_about_two_to_one(served, a_tenant)
+
+
+def test_the_plans_scheduler_weights_decide_the_share(
+        engine_server: Server, admin: Actor, tenant_a: Org, tenant_b: Org) -> None:
+    """Out of the box the weight is the plan's (``plans.weight``, relative to the lightest
+    candidate): A on Enterprise (4) and B on Team (2) share the claims about 2:1; on the same
+    plan they alternate."""
+    def assign(org: Org, plan: str) -> None:
+        response = admin.client.put(f"/api/v1/admin/tenants/{org.id}/plan",
+                                    json={"plan": plan})
+        assert response.status_code == 200, response.text
+
+    assign(tenant_a, "enterprise")
+    assign(tenant_b, "team")
+    try:
+        served = _claim_thirty(engine_server, tenant_a, tenant_b)
+        assign(tenant_b, "enterprise")  # the default plan: both as before
+        equal = _claim_thirty(engine_server, tenant_a, tenant_b)
+    finally:
+        assign(tenant_b, "enterprise")
+    a_tenant = uuid.UUID(tenant_a.id)
+    _assert_about_two_to_one(served, a_tenant)
+    assert 14 <= equal.count(a_tenant) <= 16, equal
+
+
+def _claim_thirty(server: Server, tenant_a: Org, tenant_b: Org) -> list[uuid.UUID]:
+    """Both tenants backlogged: the tenant of each of 30 claims of one run, in order."""
+    async def scenario() -> list[uuid.UUID]:
+        async with engine_for(server) as (db, _):
+            await queue_runs(db, tenant_a, "quick-report", 40)
+            await queue_runs(db, tenant_b, "quick-report", 40)
+            served = []
+            try:
+                for _ in range(30):
+                    async with db.sessions() as session:
+                        (claim,) = await scheduler.claim_runs(
+                            session, worker="w", lease_seconds=60, tenant_limit=1000,
+                            max_runs=1)
+                        await session.commit()
+                    served.append(claim.tenant_id)
+            finally:
+                await cancel_all(db, tenant_a)
+                await cancel_all(db, tenant_b)
+            return served
+
+    return asyncio.run(scenario())
+
+
+def _assert_about_two_to_one(served: list[uuid.UUID], a_tenant: uuid.UUID) -> None:
+    order = "".join("A" if tenant == a_tenant else "B" for tenant in served)
+    a_claims = served.count(a_tenant)
+    # 2:1 of 30 claims is 20:10. The share is proportional in time (served time moves 1/w of
+    # the way to now), so uneven gaps between claims move it a little (simulated with
+    # heavy-tailed gaps: 18-20, never more than two of A in a row); equal weights alternate.
+    assert 17 <= a_claims <= 23, order
+    # Never starved: B is served at least once in every four consecutive claims.
+    assert "AAAA" not in order, order
+def _owner_execute(server: Server, sql: str) -> Any:
+    """As the owner role (a migration's connection)."""
+    import psycopg
+    from sqlalchemy import make_url
+
+    url = make_url(server.settings.resolved_migration_url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        cursor = conn.execute(sql)
+        return cursor.fetchone() if cursor.description else None
+
+
+def _claim_weight_function(server: Server) -> str:
+    row = _owner_execute(server, "SELECT pg_get_functiondef("
+                                 "'enginex_claim_weight(uuid)'::regprocedure)")
+    return str(row[0])
+
+
+def _replace_claim_weight(server: Server, expression: str) -> None:
+    """Answer ``expression`` as every organization's weight (what a migration would do)."""
+    _owner_execute(server,
+                   "CREATE OR REPLACE FUNCTION enginex_claim_weight(p_tenant uuid) "
+                   "RETURNS double precision LANGUAGE sql STABLE "
+                   "SET search_path = pg_catalog, pg_temp AS "
+                   f"$$ SELECT ({expression})::double precision $$")
+
+
 # --- (c) two worker processes never share a run -------------------------------------------------
 
 

@@ -47,6 +47,7 @@ from enginex.runs.worker import Worker
 from enginex.tenancy.context import TenantContext, system_context
 from tests.conftest import separate_deployment
 from tests.factories import (
+    WAIT_SECONDS,
     Actor,
     Org,
     Server,
@@ -147,7 +148,7 @@ class SlowEndpoint:
         with self.lock:
             return self.hits.get(token, 0)
 
-    def wait_for_hits(self, token: str, n: int, timeout: float = 30.0) -> None:
+    def wait_for_hits(self, token: str, n: int, timeout: float = WAIT_SECONDS) -> None:
         deadline = time.monotonic() + timeout
         while self.count(token) < n:
             if time.monotonic() > deadline:
@@ -276,9 +277,10 @@ def _worker_command() -> list[str]:
     return [sys.executable, "-c", "from enginex.cli import main; main()", "worker"]
 
 
-def start_worker(server: Server, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(server: Server, log: Path, **overrides: str) -> subprocess.Popen[bytes]:
     """``enginex worker`` as its own process, configured like the server (same database,
-    master key, data and storage directories), with a short lease."""
+    master key, data and storage directories), with a short lease; ``overrides`` replace
+    environment variables."""
     settings = server.settings
     env = {**os.environ,
            "ENGINEX_DATABASE_URL": settings.resolved_database_url,
@@ -289,7 +291,7 @@ def start_worker(server: Server, log: Path) -> subprocess.Popen[bytes]:
            "ENGINEX_ALLOW_PRIVATE_NETWORK": "true",
            "ENGINEX_LEASE_SECONDS": str(LEASE_SECONDS),
            "ENGINEX_WORKER_SLOTS": "2",
-           "ENGINEX_LOG_LEVEL": "INFO"}
+           "ENGINEX_LOG_LEVEL": "INFO", **overrides}
     with open(log, "ab") as out:
         return subprocess.Popen(_worker_command(), env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -373,6 +375,58 @@ def test_sigkilled_worker_loses_nothing_and_applies_nothing_twice(
 
     # claims: step 1, step 2 (killed), step 2 again after the lease expired, step 3
     assert asyncio.run(attempts()) == 4
+
+
+def test_sigkilled_workers_run_is_reclaimed_long_before_its_lease_expires(
+        engine_server: Server, tenant_a: Org, slow: SlowEndpoint, tmp_path: Path) -> None:
+    """A worker killed with SIGKILL stops refreshing its presence row; three heartbeats later
+    its run is claimable although its lease (here 10 minutes) still runs. A live worker's
+    run is not taken meanwhile, however long its step lasts."""
+    from enginex.runs.models import WORKER_HEARTBEAT_SECONDS
+
+    deploy_agent(tenant_a, "slow_tool")
+    token = secrets.token_hex(6)
+    slow.hold(token)
+    run = start_session(tenant_a, {"url": slow.url(token)}, agent="slow-tool")
+    log = tmp_path / "workers.log"
+    lease = 600
+    env = {"ENGINEX_LEASE_SECONDS": str(lease),
+           "ENGINEX_WORKER_HEARTBEAT_SECONDS": str(WORKER_HEARTBEAT_SECONDS)}
+    workers = {w.pid: w for w in (start_worker(engine_server, log, **env),
+                                  start_worker(engine_server, log, **env))}
+    try:
+        try:
+            slow.wait_for_hits(token, 1)
+        except AssertionError:
+            raise AssertionError(log.read_text()) from None
+        # Longer than the dead-worker horizon: the owner beats, so nobody takes its run.
+        time.sleep(3 * WORKER_HEARTBEAT_SECONDS + 1)
+        assert slow.count(token) == 1
+
+        async def lease_of() -> tuple[str | None, Any]:
+            async with engine_for(engine_server) as (db, _):
+                current = await load_run(db, tenant_a, run["id"])
+                return current.lease_owner, current.lease_expires_at
+
+        owner, expires = asyncio.run(lease_of())
+        assert owner is not None and expires is not None
+        victim = workers.pop(int(owner.split(":")[-2]))
+        stop(victim, signal.SIGKILL)
+        slow.release(token)
+        # Well inside the killed worker's lease (600 s): reclaimed by presence, not expiry.
+        try:
+            done = wait_for_status(tenant_a, run["id"], {"succeeded", "failed", "cancelled"},
+                                   timeout=lease / 4)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log.read_text()}") from None
+    finally:
+        for process in workers.values():
+            stop(process, signal.SIGKILL)
+    assert done["status"] == "succeeded", done
+    assert utcnow() < expires
+    assert slow.count(token) == 2  # the killed worker's step ran again, once
+    checkpoints = api(tenant_a, f"/sessions/{run['id']}/checkpoints")
+    assert [c["step"] for c in checkpoints] == [1, 2, 3]
 
 
 # --- 2. a worker that lost its lease cannot commit -----------------------------------------------

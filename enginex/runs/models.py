@@ -107,9 +107,10 @@ class QueueState(TenantOwned, Base):
     last_claimed_at: Mapped[datetime | None]
 
 
-# How often a worker refreshes its row in ``workers``; it counts as alive while its last beat
-# is younger than three of these.
-WORKER_HEARTBEAT_SECONDS = 5.0
+# How often a worker refreshes its row in ``workers`` (default of the setting
+# ``worker_heartbeat_seconds``); it counts as alive while its last beat is younger than three of
+# these, and a run leased by a worker that is not alive is claimed again at once.
+WORKER_HEARTBEAT_SECONDS = 2.0
 
 
 class WorkerPresence(Base):

@@ -53,6 +53,7 @@ def build_engine(settings: Settings, db: Database, master_key: bytes) -> EngineD
 def build_worker(settings: Settings, db: Database, deps: EngineDeps) -> Worker:
     smtp = SmtpConfig.from_url(settings.smtp_url) if settings.smtp_url else None
     return Worker(db, deps, slots=settings.worker_slots, tenant_limit=settings.tenant_concurrency,
+                  heartbeat_seconds=settings.worker_heartbeat_seconds,
                   database_url=settings.resolved_database_url,
                   mail=lambda sessions: MailSender(sessions, smtp, mail_from=settings.mail_from),
                   background=[lifecycle_loop(settings, deps.storage),

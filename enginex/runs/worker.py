@@ -11,7 +11,10 @@ poll interval. Idle slots therefore cost one claim per poll per worker, not one 
 slots never queue on the platform-wide claim lock against each other.
 
 Every worker also keeps a row in the global ``workers`` table fresh (name, start, last beat,
-slots, steps committed) for the platform admin's health panel; a clean stop removes it.
+slots, steps committed) for the platform admin's health panel; a clean stop removes it. The
+same row tells the other workers it is alive: a run leased by a worker whose row is older than
+three heartbeats (SIGKILL, a lost host) is claimable at once, without waiting for its lease to
+expire (``scheduler.claim_runs``).
 
 Every worker also runs the mail outbox's sender (mail/sender.py) when built with ``mail``.
 Every worker also runs the background loops it was given (``background``: the life-cycle
@@ -90,6 +93,9 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.steps_committed = 0
         self.heartbeat_seconds = heartbeat_seconds
+        # A lease whose owner stopped beating for three heartbeats is dead (scheduler): every
+        # worker of a deployment runs with the same heartbeat setting.
+        self.dead_seconds = 3 * heartbeat_seconds
         self.report_sweep_seconds = report_sweep_seconds
         self.report_orphan_age = report_orphan_age
         self._stop = asyncio.Event()
@@ -204,7 +210,8 @@ class Worker:
         async with self.sessions() as session:
             claims = await claim_runs(session, worker=self.name,
                                       lease_seconds=self.deps.lease_seconds,
-                                      tenant_limit=self.tenant_limit, max_runs=free)
+                                      tenant_limit=self.tenant_limit, max_runs=free,
+                                      dead_seconds=self.dead_seconds)
             await session.commit()
             self.claims_made += 1
             return claims
