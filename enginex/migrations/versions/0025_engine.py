@@ -32,7 +32,7 @@ from alembic import op
 from enginex.migrations.rls import is_postgres
 
 revision = '0025_engine'
-down_revision = '0020_metering'
+down_revision = '0023_metering2'
 branch_labels = None
 depends_on = None
 
