@@ -225,3 +225,16 @@ def test_sidebar_lists_the_sections_the_persona_may_open(
     expect(page).to_have_url(browsing.url(f"/o/{look.org.slug}"))
     expect(sections.locator('[aria-current="page"]')).to_have_text("Overview")
     browsing.problems.assert_clean()
+
+
+def test_axe_reports_what_it_should_the_control(open_look: Any) -> None:
+    """The control for the tests above: on a page given a nameless button and an image
+    without alternative text, the same axe run reports both as blocking."""
+    browsing: Browsing = open_look(phone=False, dark=False)
+    browsing.page.goto("/login")
+    assert _axe(browsing) == []
+    browsing.page.evaluate("""() => {
+        document.querySelector('main').append(document.createElement('button'),
+                                              document.createElement('img'));
+    }""")
+    assert {v["id"] for v in _axe(browsing)} >= {"button-name", "image-alt"}
