@@ -122,9 +122,11 @@ def _assert_no_horizontal_scroll(browsing: Browsing) -> None:
     scroll_width, client_width = browsing.page.evaluate(
         "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
     if scroll_width > client_width:
+        # What sticks out, leaving out what scrolls inside a box of its own (the sections).
         wide = browsing.page.evaluate("""(width) => [...document.querySelectorAll('body *')]
             .filter(el => el.getBoundingClientRect().right > width)
-            .map(el => el.tagName.toLowerCase() + '.' + el.className + ' ' +
+            .filter(el => !el.parentElement.closest('nav.sections ul, table'))
+            .map(el => el.tagName.toLowerCase() + '.' + el.getAttribute('class') + ' ' +
                        Math.round(el.getBoundingClientRect().right))""", client_width)
         raise AssertionError(f"{browsing.page.url} is {scroll_width}px wide on "
                              f"{client_width}px: {wide[:8]}")
