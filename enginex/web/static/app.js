@@ -9,6 +9,14 @@
   document.addEventListener("htmx:configRequest", function (event) {
     event.detail.headers["X-CSRF-Token"] = csrfToken();
   });
+  // On a narrow screen the sections scroll sideways: bring the current one into view.
+  document.addEventListener("DOMContentLoaded", function () {
+    var current = document.querySelector('nav.sections [aria-current="page"]');
+    var strip = current && current.closest("ul");
+    if (strip && strip.scrollWidth > strip.clientWidth) {
+      strip.scrollLeft += current.getBoundingClientRect().left - strip.getBoundingClientRect().left - 16;
+    }
+  });
   // Copy buttons: <button data-copy="#element-id">Copy</button>
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-copy]");
