@@ -165,6 +165,9 @@
     }
   }
 
+  // Other scripts ask for the same refresh with this event (the page's hook since it began).
+  document.body.addEventListener("enx-session-changed", function () { changed(); });
+
   function follow(list) {
     var status = document.getElementById("timeline-status");
     var seen = parseInt(list.getAttribute("data-after") || "0", 10) || 0;
