@@ -73,7 +73,8 @@ def test_the_credential_form_reports_every_invalid_field_at_once(org_a: Org) -> 
     assert fixed.status_code == 303, fixed.text
 
 
-DESTRUCTIVE = ("Delete", "Revoke", "Remove", "Suspend", "Disable", "Cancel", "Erase")
+DESTRUCTIVE = ("Delete", "Revoke", "Remove", "Suspend", "Disable", "Cancel", "Erase",
+               "Ask for the erasure")
 
 
 def test_red_marks_destructive_controls_only() -> None:

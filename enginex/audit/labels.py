@@ -30,6 +30,7 @@ AREAS: dict[str, str] = {
     "scim": "SCIM provisioning",
     "scim_token": "SCIM tokens",
     "export": "Data exports",
+    "retention": "Data retention",
     "org": "Organization",
     "usage": "Usage and plan",
     "vault": "Encryption keys",
