@@ -55,6 +55,9 @@ def test_help_imports_no_server_module_and_shows_no_markup(argv: list[str]) -> N
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
                 if line.startswith("import time:")}
     assert sorted(m for m in HEAVY if m in imported) == []
+    # Help reads no settings: pydantic alone costs ~0.4 s of start-up (a command module that
+    # imported enginex.config at its top did that to every --help).
+    assert "pydantic" not in imported
     assert "usage: enginex" in done.stdout
     assert "``" not in done.stdout  # reStructuredText literals, not for a terminal
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from enginex.config import Settings
+if TYPE_CHECKING:  # `enginex --help` must not load pydantic (tests/test_cli_startup.py)
+    from enginex.config import Settings
 
 
 def _value(text: str) -> Any:
