@@ -33,6 +33,13 @@ PREVIEW_CHARS = 8000
 WATERFALL = 1000  # the bars' coordinate width (an SVG viewBox, no inline style under the CSP)
 
 
+def _span(start: datetime | None, end: datetime | None) -> timedelta | None:
+    """How long from ``start`` to ``end`` (never negative), or None when either is unknown."""
+    if start is None or end is None:
+        return None
+    return max(end - start, timedelta(0))
+
+
 @dataclass
 class TraceCall:
     """One call made during a step: ``kind`` is model, tool, mcp or output (set_output)."""
@@ -74,9 +81,7 @@ class TraceStep:
 
     @property
     def duration(self) -> timedelta | None:
-        if self.started_at is None or self.ended_at is None:
-            return None
-        return max(self.ended_at - self.started_at, timedelta(0))
+        return _span(self.started_at, self.ended_at)
 
     @property
     def tokens_in(self) -> int:
@@ -112,9 +117,7 @@ class Trace:
 
     @property
     def duration(self) -> timedelta | None:
-        if self.started_at is None or self.ended_at is None:
-            return None
-        return max(self.ended_at - self.started_at, timedelta(0))
+        return _span(self.started_at, self.ended_at)
 
     @property
     def tokens_in(self) -> int:
